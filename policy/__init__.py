@@ -1,0 +1,1 @@
+"""Balance checks and organisation policy rules (pure decisions over facts); to come."""

@@ -1,0 +1,536 @@
+"""Keys in an HSM over PKCS#11 (python-pkcs11), safe to use from many threads at once.
+
+The locking trap (FIELD-NOTES): python-pkcs11 calls `C_Initialize(NULL)`, which tells the module
+that the application is single-threaded, so SoftHSM turns its internal locking off and concurrent
+sessions corrupt its state. PKCS#11 has a proper answer: initialise with `CKF_OS_LOCKING_OK`, which
+obliges the module to lock with the OS primitives. python-pkcs11 offers no way to pass those
+arguments, so the first time a module path is opened in this process we let python-pkcs11 load
+it, then, before any session exists, call `C_Finalize(NULL)` and `C_Initialize(&args)` through
+the module's own function list (ctypes). On top of that, each session serves one operation at a
+time (a pool of sessions per token) and the process logs into each token once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import hmac
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11e
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from signer.base import Signature, checksum
+from signer.ecdsa import address_of, check_digest, finish_signature
+from signer.errors import (
+    HsmError,
+    KeyNotFound,
+    ModuleNotFound,
+    NotLoggedIn,
+    PinIncorrect,
+    PinLocked,
+    TokenNotFound,
+)
+
+SECP256K1_OID = "1.3.132.0.10"
+SECP256K1_PARAMS: bytes = encode_named_curve_parameters(SECP256K1_OID)
+
+SOFTHSM_MODULE_PATHS = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+)
+
+
+def find_softhsm_module() -> str | None:
+    """SoftHSM2's PKCS#11 library in the usual places, or None."""
+    return next((path for path in SOFTHSM_MODULE_PATHS if os.path.isfile(path)), None)
+
+
+# --- the raw PKCS#11 calls python-pkcs11 does not offer ------------------------------------------
+
+_CKR_OK = 0
+_CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
+_CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
+_CKR_PIN_INCORRECT = 0xA0
+_CKR_PIN_LOCKED = 0xA4
+_CKR_PIN_LEN_RANGE = 0xA2
+_CKR_USER_ALREADY_LOGGED_IN = 0x100
+_CKF_OS_LOCKING_OK = 0x2
+_CKU_SO = 0
+_CKU_USER = 1
+
+_ULONG = ctypes.c_ulong
+_RV = ctypes.c_ulong
+
+
+class _InitializeArgs(ctypes.Structure):
+    _fields_ = (
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", _ULONG),
+        ("pReserved", ctypes.c_void_p),
+    )
+
+
+# The head of CK_FUNCTION_LIST (PKCS#11 v2.40 section 5.16 order), as far as we need it.
+_FUNCTION_NAMES = (
+    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
+    "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo",
+    "C_InitToken", "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession",
+    "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState",
+    "C_Login", "C_Logout",
+)  # fmt: skip
+
+
+class _FunctionListHead(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_ubyte * 2),) + tuple(
+        (name, ctypes.c_void_p) for name in _FUNCTION_NAMES
+    )
+
+
+_SIGNATURES: dict[str, tuple[Any, ...]] = {
+    "C_Initialize": (ctypes.c_void_p,),
+    "C_Finalize": (ctypes.c_void_p,),
+    "C_InitToken": (_ULONG, ctypes.c_char_p, _ULONG, ctypes.c_char_p),
+    "C_Login": (_ULONG, _ULONG, ctypes.c_char_p, _ULONG),
+    "C_Logout": (_ULONG,),
+}
+
+
+class _RawModule:
+    """Direct calls into a PKCS#11 module through its `C_GetFunctionList` table."""
+
+    def __init__(self, path: str) -> None:
+        self._dll = ctypes.CDLL(path)
+        head = ctypes.POINTER(_FunctionListHead)()
+        get_list = self._dll.C_GetFunctionList
+        get_list.restype = _RV
+        get_list.argtypes = (ctypes.POINTER(ctypes.POINTER(_FunctionListHead)),)
+        rv = get_list(ctypes.byref(head))
+        if rv != _CKR_OK:
+            raise HsmError(f"C_GetFunctionList failed (CKR {rv:#x})")
+        self._functions = {
+            name: ctypes.CFUNCTYPE(_RV, *args)(getattr(head.contents, name))
+            for name, args in _SIGNATURES.items()
+        }
+
+    def call(self, name: str, *args: Any) -> int:
+        return int(self._functions[name](*args))
+
+    def initialise_with_os_locking(self) -> None:
+        args = _InitializeArgs(None, None, None, None, _CKF_OS_LOCKING_OK, None)
+        rv = self.call("C_Initialize", ctypes.byref(args))
+        if rv != _CKR_OK:
+            raise HsmError(f"C_Initialize with CKF_OS_LOCKING_OK failed (CKR {rv:#x})")
+
+    def finalise(self) -> None:
+        rv = self.call("C_Finalize", None)
+        if rv not in (_CKR_OK, _CKR_CRYPTOKI_NOT_INITIALIZED):
+            raise HsmError(f"C_Finalize failed (CKR {rv:#x})")
+
+
+@dataclass
+class _ModuleState:
+    lib: Any
+    raw: _RawModule
+    users: int = 0
+
+
+_modules: dict[str, _ModuleState] = {}
+_modules_lock = threading.Lock()
+
+
+def _acquire_module(path: str) -> _ModuleState:
+    """Load (once per process) and initialise the module with OS locking; count the users.
+
+    The PKCS#11 library's initialisation is process-wide state, so this registry is too: two
+    `Hsm` objects on one module share one initialisation, and the last to close finalises it.
+    """
+    if not os.path.isfile(path):
+        raise ModuleNotFound(f"PKCS#11 module not found: {path}")
+    with _modules_lock:
+        state = _modules.get(path)
+        if state is None:
+            try:
+                lib = pkcs11.lib(path)  # loads and calls C_Initialize(NULL) the first time
+            except p11e.PKCS11Error as exc:
+                raise ModuleNotFound(f"cannot load the PKCS#11 module {path}: {exc}") from None
+            raw = _RawModule(path)
+            raw.finalise()
+            state = _ModuleState(lib=lib, raw=raw)
+            _modules[path] = state
+        if state.users == 0:
+            state.raw.initialise_with_os_locking()
+        state.users += 1
+        return state
+
+
+def _release_module(path: str) -> None:
+    with _modules_lock:
+        state = _modules[path]
+        state.users -= 1
+        if state.users == 0:
+            state.raw.finalise()
+
+
+# --- the HSM, its tokens and keys -------------------------------------------------------------
+
+
+def _translate(exc: Exception, doing: str) -> HsmError:
+    """One clear `HsmError` for a python-pkcs11 failure; never includes a PIN."""
+    if isinstance(exc, p11e.PinIncorrect):
+        return PinIncorrect("the token refused the PIN")
+    if isinstance(exc, p11e.PinLocked):
+        return PinLocked("the token's user PIN is locked after too many wrong attempts")
+    if isinstance(exc, HsmError):
+        return exc
+    return HsmError(f"HSM error while {doing}: {type(exc).__name__}")
+
+
+class Hsm:
+    """A PKCS#11 module opened by this process: its tokens, their sessions, a bounded executor.
+
+    `sessions_per_token` sessions are opened when a token is logged into; the executor that
+    runs the blocking PKCS#11 calls for async callers has as many threads.
+    """
+
+    def __init__(self, module_path: str, *, sessions_per_token: int = 4) -> None:
+        if sessions_per_token < 1:
+            raise ValueError("sessions_per_token must be at least 1")
+        self.module_path = module_path
+        self.sessions_per_token = sessions_per_token
+        self._state = _acquire_module(module_path)
+        self._lib = self._state.lib
+        self._tokens: dict[str, Token] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.executor = ThreadPoolExecutor(
+            max_workers=sessions_per_token, thread_name_prefix="pkcs11"
+        )
+
+    def __enter__(self) -> Hsm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            tokens, self._tokens = list(self._tokens.values()), {}
+        self.executor.shutdown(wait=True)
+        for token in tokens:
+            token.close()
+        _release_module(self.module_path)
+
+    def describe(self) -> str:
+        """A short line proving the module answers (for readiness checks)."""
+        try:
+            slots = self._lib.get_slots(token_present=True)
+        except p11e.PKCS11Error as exc:
+            raise _translate(exc, "listing slots") from None
+        return f"{self._lib.manufacturer_id} ({len(slots)} token slots)"
+
+    def token_labels(self) -> list[str]:
+        try:
+            return [token.label for token in self._lib.get_tokens()]
+        except p11e.PKCS11Error as exc:
+            raise _translate(exc, "listing tokens") from None
+
+    def _find_token(self, label: str) -> Any:
+        try:
+            return self._lib.get_token(token_label=label)
+        except p11e.NoSuchToken:
+            raise TokenNotFound(f"no initialised token labelled {label!r}") from None
+        except p11e.MultipleTokensReturned:
+            raise TokenNotFound(f"more than one token is labelled {label!r}") from None
+        except p11e.PKCS11Error as exc:
+            raise _translate(exc, "finding the token") from None
+
+    def login(self, label: str, pin: str) -> Token:
+        """Log this process into the token once and open its sessions.
+
+        Later calls for the same token do not touch the token (a second `C_Login` is refused,
+        and each one rewrites SoftHSM's token file): they check that `pin` is the PIN the
+        process logged in with, so a later caller proves knowledge of the PIN all the same.
+        """
+        with self._lock:
+            if self._closed:
+                raise HsmError("the HSM handle is closed")
+            token = self._tokens.get(label)
+            if token is None:
+                token = Token._login(self, self._find_token(label), pin)
+                self._tokens[label] = token
+                return token
+        token.check_pin(pin)
+        return token
+
+    def token(self, label: str) -> Token:
+        """A token this process has logged into."""
+        token = self._tokens.get(label)
+        if token is None:
+            raise NotLoggedIn(f"this process has not logged into the token {label!r}")
+        return token
+
+    def initialise_token(self, label: str, so_pin: str, user_pin: str) -> str:
+        """Initialise a fresh token on the first free slot; returns its serial.
+
+        For SoftHSM set-up (dev, tests): a production HSM's tokens are made with its own tools.
+        """
+        if not 1 <= len(label.encode()) <= 32:
+            raise ValueError("a token label is 1 to 32 bytes")
+        try:
+            free = [s for s in self._lib.get_slots(token_present=True)
+                    if not s.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED]  # fmt: skip
+        except p11e.PKCS11Error as exc:
+            raise _translate(exc, "listing slots") from None
+        if not free:
+            raise HsmError("the PKCS#11 module has no free slot to initialise a token in")
+        so, padded = so_pin.encode(), label.encode().ljust(32, b" ")
+        rv = self._state.raw.call("C_InitToken", free[0].slot_id, so, len(so), padded)
+        if rv != _CKR_OK:
+            raise HsmError(f"C_InitToken failed (CKR {rv:#x})")
+        token = self._find_token(label)
+        try:
+            with token.open(rw=True) as session:
+                raw = self._state.raw
+                _check_login(raw.call("C_Login", session.handle, _CKU_SO, so, len(so)))
+                try:
+                    session.init_pin(user_pin)
+                finally:
+                    raw.call("C_Logout", session.handle)
+        except p11e.PKCS11Error as exc:
+            raise _translate(exc, "setting the user PIN") from None
+        return str(token.serial.decode() if isinstance(token.serial, bytes) else token.serial)
+
+
+def _check_login(rv: int) -> None:
+    if rv == _CKR_OK:
+        return
+    if rv == _CKR_USER_ALREADY_LOGGED_IN:
+        # Login state belongs to the process: another Hsm handle on the same module holds it.
+        raise HsmError("this process is already logged into the token through another handle")
+    if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_LEN_RANGE):
+        raise PinIncorrect("the token refused the PIN")
+    if rv == _CKR_PIN_LOCKED:
+        raise PinLocked("the token's user PIN is locked after too many wrong attempts")
+    raise HsmError(f"C_Login failed (CKR {rv:#x})")
+
+
+class _Session:
+    """One PKCS#11 session and the key handles found in it (handles are per session here)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.private_keys: dict[bytes, Any] = {}
+
+    def private_key(self, key_id: bytes) -> Any:
+        key = self.private_keys.get(key_id)
+        if key is None:
+            try:
+                key = self.session.get_key(
+                    object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC, id=key_id
+                )
+            except p11e.NoSuchKey:
+                raise KeyNotFound(f"no private key with id {key_id.hex()} on the token") from None
+            self.private_keys[key_id] = key
+        return key
+
+
+class Token:
+    """A token this process is logged into, with its pool of sessions."""
+
+    def __init__(self, hsm: Hsm, token: Any, sessions: list[_Session], pin_mac: bytes) -> None:
+        self.hsm = hsm
+        self.label: str = token.label
+        serial = token.serial
+        self.serial: str = serial.decode().strip() if isinstance(serial, bytes) else str(serial)
+        self._all = sessions
+        self._free: queue.SimpleQueue[_Session] = queue.SimpleQueue()
+        for session in sessions:
+            self._free.put(session)
+        self._pin_mac = pin_mac
+
+    # A per-process random key: the PIN is only ever compared as an HMAC under it.
+    _PIN_KEY = secrets.token_bytes(32)
+
+    @classmethod
+    def _mac(cls, pin: str) -> bytes:
+        return hmac.new(cls._PIN_KEY, pin.encode(), hashlib.sha256).digest()
+
+    @classmethod
+    def _login(cls, hsm: Hsm, token: Any, pin: str) -> Token:
+        sessions: list[_Session] = []
+        try:
+            first = token.open(rw=True)
+            sessions.append(_Session(first))
+            encoded = pin.encode()
+            _check_login(hsm._state.raw.call("C_Login", first.handle, _CKU_USER, encoded,
+                                             len(encoded)))  # fmt: skip
+            # Login state is per application and token: the other sessions share it.
+            sessions += [_Session(token.open(rw=True)) for _ in range(hsm.sessions_per_token - 1)]
+        except (p11e.PKCS11Error, HsmError) as exc:
+            for opened in sessions:
+                with contextlib.suppress(p11e.PKCS11Error):
+                    opened.session.close()
+            raise _translate(exc, "logging into the token") from None
+        return cls(hsm, token, sessions, cls._mac(pin))
+
+    def check_pin(self, pin: str) -> None:
+        if not hmac.compare_digest(self._mac(pin), self._pin_mac):
+            raise PinIncorrect("the PIN does not match the token's PIN")
+
+    def close(self) -> None:
+        # Closing the last session of the application logs it out of the token.
+        for session in self._all:
+            with contextlib.suppress(p11e.PKCS11Error):
+                session.session.close()
+        self._all = []
+
+    @contextlib.contextmanager
+    def session(self, timeout: float = 30.0) -> Iterator[_Session]:
+        """Borrow a session: one operation at a time on each."""
+        try:
+            borrowed = self._free.get(timeout=timeout)
+        except queue.Empty:
+            raise HsmError(f"no free session on token {self.label!r} within {timeout}s") from None
+        try:
+            yield borrowed
+        finally:
+            self._free.put(borrowed)
+
+    def generate_key(self, key_id: bytes, label: str) -> HsmKey:
+        """A new secp256k1 key pair inside the token; the private key never leaves it."""
+        public_template = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.VERIFY: True,
+            Attribute.ID: key_id,
+            Attribute.LABEL: label,
+            Attribute.EC_PARAMS: SECP256K1_PARAMS,
+        }
+        private_template = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+            Attribute.ID: key_id,
+            Attribute.LABEL: label,
+        }
+        with self.session() as borrowed:
+            try:
+                existing = list(borrowed.session.get_objects({Attribute.ID: key_id}))
+                if existing:
+                    raise HsmError(f"the token already holds a key with id {key_id.hex()}")
+                public, _private = borrowed.session.generate_keypair(
+                    KeyType.EC,
+                    public_template=public_template,
+                    private_template=private_template,
+                    mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                )
+                point = public[Attribute.EC_POINT]
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "generating a key pair") from None
+        return HsmKey(self, key_id, label, _unwrap_ec_point(point))
+
+    def key(self, *, key_id: bytes | None = None, label: str | None = None) -> HsmKey:
+        """The key with that CKA_ID or label (exactly one must match)."""
+        if (key_id is None) == (label is None):
+            raise ValueError("find a key by key_id or by label")
+        attrs: dict[Any, Any] = {Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                 Attribute.KEY_TYPE: KeyType.EC}  # fmt: skip
+        attrs[Attribute.ID if key_id is not None else Attribute.LABEL] = key_id or label
+        what = f"id {key_id.hex()}" if key_id is not None else f"label {label!r}"
+        with self.session() as borrowed:
+            try:
+                found = list(borrowed.session.get_objects(attrs))
+                if len(found) != 1:
+                    raise KeyNotFound(
+                        f"{'no' if not found else 'more than one'} key with {what} on token "
+                        f"{self.label!r}"
+                    )
+                public = found[0]
+                found_id, found_label = public[Attribute.ID], public[Attribute.LABEL]
+                point = public[Attribute.EC_POINT]
+                borrowed.private_key(found_id)  # the private half must be there too
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "finding a key") from None
+        return HsmKey(self, bytes(found_id), str(found_label), _unwrap_ec_point(point))
+
+    def keys(self) -> list[HsmKey]:
+        with self.session() as borrowed:
+            try:
+                ids = [bytes(obj[Attribute.ID]) for obj in borrowed.session.get_objects(
+                    {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC})]
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "listing keys") from None
+        return [self.key(key_id=key_id) for key_id in ids]
+
+    def sign_raw(self, key_id: bytes, digest: bytes) -> tuple[int, int]:
+        """Plain ECDSA over the digest (`Mechanism.ECDSA`: no hashing in the HSM): (r, s)."""
+        check_digest(digest)
+        with self.session() as borrowed:
+            try:
+                raw = borrowed.private_key(key_id).sign(digest, mechanism=Mechanism.ECDSA)
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "signing") from None
+        if len(raw) != 64:
+            raise HsmError(f"the HSM returned a {len(raw)}-byte ECDSA signature, expected 64")
+        return int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+
+
+def _unwrap_ec_point(value: bytes) -> bytes:
+    """CKA_EC_POINT is a DER OCTET STRING around the 65-byte uncompressed point."""
+    value = bytes(value)
+    if len(value) == 67 and value[0] == 0x04 and value[1] == 65:
+        value = value[2:]
+    if len(value) != 65 or value[0] != 0x04:
+        raise HsmError("the token returned an EC point that is not an uncompressed secp256k1 point")
+    return value
+
+
+class HsmKey:
+    """A secp256k1 key inside a logged-in token; a `Signer` and an `AsyncSigner`."""
+
+    def __init__(self, token: Token, key_id: bytes, label: str, public_key: bytes) -> None:
+        self.token = token
+        self.key_id = key_id
+        self.label = label
+        self.public_key = public_key
+        self._address = address_of(public_key)
+
+    def __repr__(self) -> str:
+        return f"HsmKey({checksum(self._address)}, id={self.key_id.hex()}, token={self.token.label!r})"
+
+    @property
+    def address(self) -> bytes:
+        return self._address
+
+    def sign_digest(self, digest: bytes) -> Signature:
+        r, s = self.token.sign_raw(self.key_id, digest)
+        return finish_signature(digest, r, s, self.public_key)
+
+    async def sign_digest_async(self, digest: bytes) -> Signature:
+        check_digest(digest)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.token.hsm.executor, self.sign_digest, digest)
