@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "key in it, and print the demo account's address.",
     )
     dev.add_argument(
-        "--state-dir", default=".quorum-signer", help="where the dev state lives (default: %(default)s)"
+        "--state-dir",
+        default=".quorum-signer",
+        help="where the dev state lives (default: %(default)s)",
     )
     dev.add_argument("--pkcs11-module", help="PKCS#11 library (default: SoftHSM2's)")
     dev.set_defaults(handler=_dev)

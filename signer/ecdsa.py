@@ -35,12 +35,8 @@ def normalise(r: int, s: int) -> tuple[int, int, bool]:
 
 def recover_public_key(digest: bytes, signature: Signature) -> bytes:
     """The 65-byte uncompressed public point that `signature` recovers to over `digest`."""
-    sig65 = (
-        signature.r.to_bytes(32, "big") + signature.s.to_bytes(32, "big") + bytes([signature.v])
-    )
-    return PublicKey.from_signature_and_message(sig65, digest, hasher=None).format(
-        compressed=False
-    )
+    sig65 = signature.r.to_bytes(32, "big") + signature.s.to_bytes(32, "big") + bytes([signature.v])
+    return PublicKey.from_signature_and_message(sig65, digest, hasher=None).format(compressed=False)
 
 
 def finish_signature(digest: bytes, r: int, s: int, public_key: bytes) -> Signature:

@@ -46,7 +46,9 @@ def parse_typed_data(typed_data: str | Mapping[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise InvalidMessage("typed data is not valid JSON") from None
     if not isinstance(typed_data, Mapping):
-        raise InvalidMessage("typed data must be an object with types, primaryType, domain, message")
+        raise InvalidMessage(
+            "typed data must be an object with types, primaryType, domain, message"
+        )
     data = dict(typed_data)
     types, primary, domain = data.get("types"), data.get("primaryType"), data.get("domain")
     if not isinstance(types, Mapping) or not all(
@@ -60,7 +62,9 @@ def parse_typed_data(typed_data: str | Mapping[str, Any]) -> dict[str, Any]:
         try:
             primary = get_primary_type({k: v for k, v in types.items() if k != "EIP712Domain"})
         except ValueError:
-            raise InvalidMessage("typed data has no `primaryType` and none can be inferred") from None
+            raise InvalidMessage(
+                "typed data has no `primaryType` and none can be inferred"
+            ) from None
         data["primaryType"] = primary
     if not isinstance(primary, str) or (primary not in types and primary != "EIP712Domain"):
         raise InvalidMessage("typed data `primaryType` must name one of its `types`")

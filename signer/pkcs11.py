@@ -100,8 +100,9 @@ _FUNCTION_NAMES = (
 
 
 class _FunctionListHead(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_ubyte * 2),) + tuple(
-        (name, ctypes.c_void_p) for name in _FUNCTION_NAMES
+    _fields_ = (
+        ("version", ctypes.c_ubyte * 2),
+        *((name, ctypes.c_void_p) for name in _FUNCTION_NAMES),
     )
 
 
@@ -480,8 +481,12 @@ class Token:
     def keys(self) -> list[HsmKey]:
         with self.session() as borrowed:
             try:
-                ids = [bytes(obj[Attribute.ID]) for obj in borrowed.session.get_objects(
-                    {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC})]
+                ids = [
+                    bytes(obj[Attribute.ID])
+                    for obj in borrowed.session.get_objects(
+                        {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
+                    )
+                ]
             except p11e.PKCS11Error as exc:
                 raise _translate(exc, "listing keys") from None
         return [self.key(key_id=key_id) for key_id in ids]
@@ -520,7 +525,9 @@ class HsmKey:
         self._address = address_of(public_key)
 
     def __repr__(self) -> str:
-        return f"HsmKey({checksum(self._address)}, id={self.key_id.hex()}, token={self.token.label!r})"
+        return (
+            f"HsmKey({checksum(self._address)}, id={self.key_id.hex()}, token={self.token.label!r})"
+        )
 
     @property
     def address(self) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import rlp
 from eth_hash.auto import keccak
-from eth_utils import is_checksum_address, to_canonical_address
+from eth_utils.address import is_checksum_address, to_canonical_address
 
 from signer.base import AsyncSigner, Signature, SignedTransaction, Signer
 from signer.errors import InvalidTransaction

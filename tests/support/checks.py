@@ -81,7 +81,10 @@ class CheckedTransaction(NamedTuple):
 def _int(item: Any) -> int:
     if not isinstance(item, bytes):
         raise SignatureProblem("expected an RLP string, got a list")
-    return int(big_endian_int.deserialize(item))  # refuses leading zeros
+    try:
+        return int(big_endian_int.deserialize(item))  # refuses leading zeros
+    except rlp.exceptions.DeserializationError:
+        raise SignatureProblem("integer with leading zeros (not canonical)") from None
 
 
 def check_raw_transaction(
@@ -139,5 +142,7 @@ def assert_signed_by(
 ) -> CheckedTransaction:
     checked = check_raw_transaction(raw, chain_id=chain_id, private=private)
     if checked.sender != sender:
-        raise SignatureProblem(f"transaction sent by {checked.sender.hex()}, expected {sender.hex()}")
+        raise SignatureProblem(
+            f"transaction sent by {checked.sender.hex()}, expected {sender.hex()}"
+        )
     return checked

@@ -27,27 +27,31 @@ def import_private_key(token: Token, private_key: bytes, label: str | None = Non
     point = PrivateKey(private_key).public_key.format(compressed=False)
     with token.session() as borrowed:
         session: Any = borrowed.session
-        session.create_object({
-            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-            Attribute.KEY_TYPE: KeyType.EC,
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True,
-            Attribute.ID: key_id,
-            Attribute.LABEL: label,
-            Attribute.EC_PARAMS: SECP256K1_PARAMS,
-            Attribute.VALUE: private_key,
-        })
-        session.create_object({
-            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-            Attribute.KEY_TYPE: KeyType.EC,
-            Attribute.TOKEN: True,
-            Attribute.VERIFY: True,
-            Attribute.ID: key_id,
-            Attribute.LABEL: label,
-            Attribute.EC_PARAMS: SECP256K1_PARAMS,
-            Attribute.EC_POINT: bytes([0x04, 65]) + point,
-        })
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                Attribute.KEY_TYPE: KeyType.EC,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True,
+                Attribute.ID: key_id,
+                Attribute.LABEL: label,
+                Attribute.EC_PARAMS: SECP256K1_PARAMS,
+                Attribute.VALUE: private_key,
+            }
+        )
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.KEY_TYPE: KeyType.EC,
+                Attribute.TOKEN: True,
+                Attribute.VERIFY: True,
+                Attribute.ID: key_id,
+                Attribute.LABEL: label,
+                Attribute.EC_PARAMS: SECP256K1_PARAMS,
+                Attribute.EC_POINT: bytes([0x04, 65]) + point,
+            }
+        )
     return token.key(key_id=key_id)

@@ -53,7 +53,9 @@ def test_eth_account_agrees(case: dict[str, Any]) -> None:
     if fields.get("type") == "0x0":
         del fields["type"]
     theirs = Account.sign_transaction(fields, case["privateKey"])
-    ours = sign_transaction(Transaction.from_dict(case["tx"]), SoftwareSigner(hexbytes(case["privateKey"])))
+    ours = sign_transaction(
+        Transaction.from_dict(case["tx"]), SoftwareSigner(hexbytes(case["privateKey"]))
+    )
     assert bytes(theirs.raw_transaction) == ours.raw
 
 
