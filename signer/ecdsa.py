@@ -7,10 +7,15 @@ against the key's known public point, so a wrong or corrupted signature is caugh
 from __future__ import annotations
 
 from coincurve import PublicKey
-from eth_hash.auto import keccak
+from Crypto.Hash import keccak as _keccak
 
 from signer.base import SECP256K1_HALF_N, SECP256K1_N, Signature
 from signer.errors import InvalidDigest, SignatureInvalid
+
+
+def keccak256(data: bytes) -> bytes:
+    """Ethereum's Keccak-256 (pycryptodome, eth-hash's own backend, without its dispatch)."""
+    return bytes(_keccak.new(data=data, digest_bits=256).digest())
 
 
 def check_digest(digest: bytes) -> None:
@@ -23,7 +28,7 @@ def address_of(public_key: bytes) -> bytes:
     """Address (20 bytes) of a 65-byte uncompressed public point `04 || x || y`."""
     if len(public_key) != 65 or public_key[0] != 4:
         raise ValueError("public key must be 65 bytes, uncompressed (0x04 prefix)")
-    return keccak(public_key[1:])[12:]
+    return keccak256(public_key[1:])[12:]
 
 
 def normalise(r: int, s: int) -> tuple[int, int, bool]:

@@ -16,9 +16,9 @@ from eth_account._utils.encode_typed_data.encoding_and_hashing import (
     hash_struct,
 )
 from eth_account.messages import defunct_hash_message
-from eth_hash.auto import keccak
 
 from signer.base import AsyncSigner, SignedMessage, Signer
+from signer.ecdsa import keccak256
 from signer.errors import InvalidMessage
 
 # The canonical order of the standard domain fields (EIP-712), used when `EIP712Domain` is absent.
@@ -90,7 +90,7 @@ def typed_data_digest(typed_data: str | Mapping[str, Any]) -> bytes:
             parts.append(hash_struct(data["primaryType"], types, dict(data["message"])))
     except (ValueError, TypeError, KeyError, OverflowError, EncodingError) as exc:
         raise InvalidMessage(f"typed data cannot be encoded: {exc}") from None
-    return bytes(keccak(b"".join(parts)))
+    return keccak256(b"".join(parts))
 
 
 def sign_personal_message(message: bytes, signer: Signer) -> SignedMessage:

@@ -2,8 +2,9 @@
 
 Four schemes: legacy pre-EIP-155 (and its GoQuorum private form, v 37/38), legacy EIP-155,
 EIP-2930 (type 1) and EIP-1559 (type 2). Field layouts follow the EIPs; the RLP itself is the
-`rlp` package's. eth-account serves as an independent cross-check in the tests: it is 4x slower
-than plain `rlp` (FIELD-NOTES), and this sits on the hot signing path.
+`rlp` package's codec (`encode_raw`, Rust-backed through rusty-rlp), fed with integers already
+turned into minimal big-endian bytes: `rlp.encode`'s type inference alone cost more than the
+rest of the path (bench/sign.py). eth-account is the independent cross-check in the tests.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import rlp
-from eth_hash.auto import keccak
 from eth_utils.address import is_checksum_address, to_canonical_address
+from rlp.codec import encode_raw
 
 from signer.base import AsyncSigner, Signature, SignedTransaction, Signer
+from signer.ecdsa import keccak256
 from signer.errors import InvalidTransaction
 
 UINT256_MAX = 2**256 - 1
@@ -136,19 +137,28 @@ class Transaction:
             raise InvalidTransaction(f"missing transaction field {missing.args[0]}") from None
 
     def _fields(self) -> list[Any]:
+        """The unsigned fields as RLP items (bytes or lists), in the scheme's order."""
         to = self.to or b""
         if self.type == 0:
-            return [self.nonce, self.gas_price, self.gas, to, self.value, self.data]
+            return _items(self.nonce, self.gas_price, self.gas, to, self.value, self.data)
         access = [[address, list(keys)] for address, keys in self.access_list]
         if self.type == 1:
-            return [
+            return _items(
                 self.chain_id, self.nonce, self.gas_price, self.gas, to, self.value, self.data,
                 access,
-            ]  # fmt: skip
-        return [
+            )  # fmt: skip
+        return _items(
             self.chain_id, self.nonce, self.max_priority_fee_per_gas, self.max_fee_per_gas,
             self.gas, to, self.value, self.data, access,
-        ]  # fmt: skip
+        )  # fmt: skip
+
+
+def _items(*values: Any) -> list[Any]:
+    """Integers as minimal big-endian bytes (RLP's scalar form); bytes and lists as they are."""
+    return [
+        value.to_bytes((value.bit_length() + 7) // 8, "big") if isinstance(value, int) else value
+        for value in values
+    ]
 
 
 def _check_uint(name: str, value: object, maximum: int) -> None:
@@ -227,13 +237,13 @@ def unsigned_payload(tx: Transaction) -> bytes:
     fields = tx._fields()
     if tx.type == 0:
         if tx.chain_id is not None:
-            fields += [tx.chain_id, 0, 0]
-        return bytes(rlp.encode(fields))
-    return bytes([tx.type]) + bytes(rlp.encode(fields))
+            fields += _items(tx.chain_id, 0, 0)
+        return bytes(encode_raw(fields))
+    return bytes([tx.type]) + bytes(encode_raw(fields))
 
 
 def signing_digest(tx: Transaction) -> bytes:
-    return bytes(keccak(unsigned_payload(tx)))
+    return keccak256(unsigned_payload(tx))
 
 
 def v_value(tx: Transaction, signature: Signature) -> int:
@@ -249,14 +259,14 @@ def v_value(tx: Transaction, signature: Signature) -> int:
 
 def encode_signed(tx: Transaction, signature: Signature) -> bytes:
     """The raw signed transaction for `eth_sendRawTransaction` / `eth_sendRawPrivateTransaction`."""
-    fields = [*tx._fields(), v_value(tx, signature), signature.r, signature.s]
-    encoded = bytes(rlp.encode(fields))
+    fields = [*tx._fields(), *_items(v_value(tx, signature), signature.r, signature.s)]
+    encoded = bytes(encode_raw(fields))
     return encoded if tx.type == 0 else bytes([tx.type]) + encoded
 
 
 def _signed(tx: Transaction, signature: Signature, sender: bytes) -> SignedTransaction:
     raw = encode_signed(tx, signature)
-    return SignedTransaction(raw=raw, hash=bytes(keccak(raw)), sender=sender, signature=signature)
+    return SignedTransaction(raw=raw, hash=keccak256(raw), sender=sender, signature=signature)
 
 
 def sign_transaction(tx: Transaction, signer: Signer) -> SignedTransaction:
