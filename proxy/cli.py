@@ -7,21 +7,69 @@ exits 2 with one line on stderr saying what to fix.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import json
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
+from proxy import store
+from proxy.auth import issue_token
+from proxy.errors import BadInput, ProxyError, SettingsError
+from proxy.identity import ROLES, Identity
+from proxy.settings import Settings
 from signer.base import checksum
 from signer.errors import SignerError
 from signer.pkcs11 import Hsm, find_softhsm_module
 from softhsm import write_config
 
+T = TypeVar("T")
+UsageError = BadInput
 
-class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit code 2."""
+
+def _read_secret(path: str | None, prompt: str) -> str:
+    """A secret from a file (`-` = standard input; one trailing newline dropped) or a prompt."""
+    if path is None:
+        if not sys.stdin.isatty():
+            raise BadInput(f"no terminal to ask for the {prompt.lower()}: give it in a file")
+        secret = getpass.getpass(f"{prompt}: ")
+    elif path == "-":
+        secret = sys.stdin.read()
+    else:
+        try:
+            secret = Path(path).read_text()
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"cannot read {path}: not UTF-8 text") from None
+    secret = secret.removesuffix("\n")
+    if not secret:
+        raise BadInput(f"the {prompt.lower()} is empty")
+    return secret
+
+
+def _check_one_stdin(*paths: str | None) -> None:
+    if sum(1 for p in paths if p == "-") > 1:
+        raise BadInput("at most one secret may be read from standard input (-)")
+
+
+def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
+    async def run() -> T:
+        pool = await store.connect(settings.require_database(), max_size=2)
+        try:
+            return await work(Identity(pool, settings))
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def _hsm(settings: Settings) -> Hsm:
+    return Hsm(settings.require_pkcs11_module(), sessions_per_token=1)
 
 
 def _progress(message: str) -> None:
@@ -72,25 +120,218 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    async def run() -> list[str]:
+        pool = await store.connect(settings.require_database(), max_size=1)
+        try:
+            return await store.upgrade(pool)
+        finally:
+            await pool.close()
+
+    applied = asyncio.run(run())
+    _progress(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+    print(store.migrations()[-1][0])
+    return 0
+
+
+def _org_create(args: argparse.Namespace, settings: Settings) -> int:
+    _with_identity(settings, lambda identity: identity.create_organisation(args.name))
+    print(args.name.strip())
+    return 0
+
+
+def _account_create(args: argparse.Namespace, settings: Settings) -> int:
+    pin = _read_secret(args.pin_file, "Token PIN")
+    with _hsm(settings) as hsm:
+        account = _with_identity(
+            settings,
+            lambda identity: identity.create_account(
+                args.org, hsm, args.token_label, pin, name=args.name
+            ),
+        )
+    print(checksum(account.address))
+    return 0
+
+
+def _account_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(identity: Identity) -> list[Any]:
+        return await identity.accounts(await identity.organisation_id(args.org))
+
+    for account in _with_identity(settings, work):
+        print(f"{checksum(account.address)}\t{account.name or ''}")
+    return 0
+
+
+def _user_add(args: argparse.Namespace, settings: Settings) -> int:
+    _check_one_stdin(args.pin_file, args.password_file)
+    pin = _read_secret(args.pin_file, "Token PIN")
+    password = _read_secret(args.password_file, "Password")
+    if args.password_file is None:
+        if _read_secret(None, "Password again") != password:
+            raise BadInput("the two passwords differ")
+    with _hsm(settings) as hsm:
+        _with_identity(
+            settings,
+            lambda identity: identity.add_user(
+                args.org, args.user, args.role, hsm, pin, password, token_label=args.token_label
+            ),
+        )
+    print(args.user)
+    return 0
+
+
+def _user_passwd(args: argparse.Namespace, settings: Settings) -> int:
+    _check_one_stdin(args.password_file, args.new_password_file)
+    old = _read_secret(args.password_file, "Current password")
+    new = _read_secret(args.new_password_file, "New password")
+    if args.new_password_file is None and _read_secret(None, "New password again") != new:
+        raise BadInput("the two new passwords differ")
+    _with_identity(settings, lambda identity: identity.change_password(args.user, old, new))
+    print(args.user)
+    return 0
+
+
+def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
+    _with_identity(settings, lambda identity: identity.disable_user(args.user))
+    print(args.user)
+    return 0
+
+
+def _apikey_create(args: argparse.Namespace, settings: Settings) -> int:
+    password = _read_secret(args.password_file, "Password")
+    key = _with_identity(settings, lambda identity: identity.create_api_key(args.user, password))
+    _progress(f"key id: {key.key_id}")
+    _progress("the key is shown once: store it now")
+    print(key.key)
+    return 0
+
+
+def _apikey_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    _with_identity(settings, lambda identity: identity.revoke_api_key(args.key_id))
+    print(args.key_id)
+    return 0
+
+
+def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ttl < 1:
+        raise BadInput("--ttl must be a positive number of seconds")
+    _with_identity(settings, lambda identity: identity.principal(args.user))
+    print(issue_token(settings, args.user, args.ttl))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quorum-signer",
-        description="JSON-RPC signing proxy for Quorum nodes, with keys held in an HSM.",
+        description="JSON-RPC signing proxy for Quorum nodes, with keys held in an HSM. "
+        "Configuration comes from QSIGNER_* environment variables (or --config FILE.toml).",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--config", help="a TOML file with the same keys as the environment")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)  # fmt: skip
+
     dev = commands.add_parser(
         "dev",
         help="run everything on this machine with nothing to configure",
         description="Create (or reuse) a SoftHSM token under ./.quorum-signer/ and a demo "
         "key in it, and print the demo account's address.",
     )
-    dev.add_argument(
-        "--state-dir",
-        default=".quorum-signer",
-        help="where the dev state lives (default: %(default)s)",
-    )
+    dev.add_argument("--state-dir", default=".quorum-signer",
+                     help="where the dev state lives (default: %(default)s)")  # fmt: skip
     dev.add_argument("--pkcs11-module", help="PKCS#11 library (default: SoftHSM2's)")
     dev.set_defaults(handler=_dev)
+
+    db = commands.add_parser("db", help="the database schema").add_subparsers(
+        dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    db.add_parser("upgrade", help="create or upgrade the schema; safe to run again",
+                  description="Apply the schema migrations not yet applied (idempotent).",
+                  ).set_defaults(handler=_db_upgrade)  # fmt: skip
+
+    org = commands.add_parser("org", help="organisations").add_subparsers(
+        dest="org_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    org_create = org.add_parser("create", help="a new organisation",
+                                description="Create an organisation.")  # fmt: skip
+    org_create.add_argument("name")
+    org_create.set_defaults(handler=_org_create)
+
+    account = commands.add_parser("account", help="HSM accounts").add_subparsers(
+        dest="account_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    create = account.add_parser(
+        "create", help="generate a key pair inside the HSM token for an organisation",
+        description="Generate a secp256k1 key pair inside the token (private key sensitive and "
+        "not extractable), register it for the organisation and print its address.",
+    )  # fmt: skip
+    create.add_argument("--org", required=True)
+    create.add_argument("--token-label", required=True)
+    create.add_argument("--name")
+    create.add_argument("--pin-file", help="file holding the token PIN (- for stdin)")
+    create.set_defaults(handler=_account_create)
+    listing = account.add_parser("list", help="the organisation's accounts",
+                                 description="Print address and name of each account.")  # fmt: skip
+    listing.add_argument("--org", required=True)
+    listing.set_defaults(handler=_account_list)
+
+    user = commands.add_parser("user", help="users").add_subparsers(
+        dest="user_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    add = user.add_parser(
+        "add", help="register a user with encrypted HSM credentials",
+        description="Register a user; the token PIN is stored only inside an envelope "
+        "encrypted under the user's password.",
+    )  # fmt: skip
+    add.add_argument("--org", required=True)
+    add.add_argument("--user", required=True)
+    add.add_argument("--role", choices=ROLES, default="signer")
+    add.add_argument("--token-label", help="the token (default: that of the org's accounts)")
+    add.add_argument("--pin-file", help="file holding the token PIN (- for stdin)")
+    add.add_argument("--password-file", help="file holding the user's password (- for stdin)")
+    add.set_defaults(handler=_user_add)
+    passwd = user.add_parser(
+        "passwd",
+        help="re-encrypt a user's credentials under a new password",
+        description="Change a user's password (the old one is required).",
+    )
+    passwd.add_argument("--user", required=True)
+    passwd.add_argument("--password-file", help="file holding the current password")
+    passwd.add_argument("--new-password-file", help="file holding the new password")
+    passwd.set_defaults(handler=_user_passwd)
+    disable = user.add_parser(
+        "disable",
+        help="the user can no longer sign or read",
+        description="Disable a user, at once on every replica.",
+    )
+    disable.add_argument("--user", required=True)
+    disable.set_defaults(handler=_user_disable)
+
+    apikey = commands.add_parser("apikey", help="API keys").add_subparsers(
+        dest="apikey_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    key_create = apikey.add_parser(
+        "create", help="a new API key qsk_... for a user (shown once)",
+        description="Print a new API key for the user; the key alone authenticates and unlocks.",
+    )  # fmt: skip
+    key_create.add_argument("--user", required=True)
+    key_create.add_argument("--password-file", help="file holding the user's password")
+    key_create.set_defaults(handler=_apikey_create)
+    revoke = apikey.add_parser("revoke", help="revoke an API key by its id",
+                               description="Revoke the API key with this id.")  # fmt: skip
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_apikey_revoke)
+
+    token = commands.add_parser("token", help="development JWTs").add_subparsers(
+        dest="token_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    issue = token.add_parser(
+        "issue", help="an HS256 JWT signed with QSIGNER_JWT_SECRET",
+        description="Print an HS256 JWT for the user (development and tests).",
+    )  # fmt: skip
+    issue.add_argument("--user", required=True)
+    issue.add_argument("--ttl", type=int, default=3600, help="seconds (default: %(default)s)")
+    issue.set_defaults(handler=_token_issue)
     return parser
 
 
@@ -98,11 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
-    except UsageError as exc:
-        print(f"quorum-signer: {exc}", file=sys.stderr)
-        return 2
-    except SignerError as exc:
+        if args.handler is _dev:
+            return int(args.handler(args))
+        settings = Settings.from_env(config_file=args.config)
+        return int(args.handler(args, settings))
+    except (ProxyError, SettingsError, SignerError) as exc:
         print(f"quorum-signer: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import pytest
 
 from signer.pkcs11 import Hsm, Token, find_softhsm_module
 from softhsm import write_config
+from tests.support.database import fresh_database, postgres_server
 from tests.support.hsm import random_label
 
 TIERS = ("unit", "integration", "acceptance")
@@ -61,3 +62,17 @@ def hsm_token(softhsm_conf: Path, softhsm_module: str) -> Iterator[SoftHsmToken]
         yield SoftHsmToken(hsm, token, label, pin, so_pin, softhsm_conf)
     finally:
         hsm.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server for the session (the local one, else an embedded one)."""
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def database_url(postgres: str) -> Iterator[str]:
+    """A fresh, empty database for this test, dropped afterwards."""
+    with fresh_database(postgres) as dsn:
+        yield dsn

@@ -1,0 +1,112 @@
+"""The one frozen settings object, read once from the environment (and an optional TOML file).
+
+Nothing else in the code base reads `os.environ`. The environment wins over the file. A bad
+value raises `SettingsError` naming the variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import SettingsError
+from signer.pkcs11 import find_softhsm_module
+
+PREFIX = "QSIGNER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:8545"
+    upstreams: tuple[str, ...] = ()
+    database_url: str | None = None
+    pkcs11_module: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    chain_id: int | None = None
+    pbkdf2_iterations: int = 600_000
+    lockout_attempts: int = 5
+    lockout_seconds: int = 900
+    passthrough: tuple[str, ...] = ()
+    tessera_url: str | None = None
+    log_format: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    unlock_cache_seconds: int = 900
+    unlock_cache_size: int = 10_000
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                loaded = tomllib.loads(Path(config_file).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"--config {config_file}: {exc}") from None
+            for key, value in loaded.items():
+                name = key.upper().removeprefix(PREFIX)
+                values[name] = value if isinstance(value, str) else _toml_value(key, value)
+        for key, value in environ.items():
+            if key.startswith(PREFIX):
+                values[key.removeprefix(PREFIX)] = value
+        known = {f.name.upper(): f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, raw in values.items():
+            spec = known.get(name)
+            if spec is None:
+                continue  # other QSIGNER_ variables (e.g. a test's) are not ours to refuse
+            kwargs[spec.name] = _parse(PREFIX + name, str(spec.type), raw)
+        settings = cls(**kwargs)
+        if settings.pkcs11_module is None:
+            settings = replace(settings, pkcs11_module=find_softhsm_module())
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.pbkdf2_iterations < 100_000:
+            raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
+        if self.lockout_attempts < 1 or self.lockout_seconds < 1:
+            raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
+        if self.log_format not in (None, "json", "text"):
+            raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise SettingsError("QSIGNER_DATABASE_URL is not set (a PostgreSQL DSN)")
+        return self.database_url
+
+    def require_pkcs11_module(self) -> str:
+        if not self.pkcs11_module:
+            raise SettingsError(
+                "QSIGNER_PKCS11_MODULE is not set and SoftHSM2 was not found in the usual places"
+            )
+        return self.pkcs11_module
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool | int):
+        return str(value)
+    raise SettingsError(f"--config: {key} must be a string, a number or a list")
+
+
+def _parse(variable: str, annotation: str, raw: str) -> Any:
+    raw = raw.strip()
+    if annotation.startswith("tuple"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if annotation.startswith("int"):
+        try:
+            return int(raw, 0)
+        except ValueError:
+            raise SettingsError(f"{variable} must be an integer") from None
+    return raw or None

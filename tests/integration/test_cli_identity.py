@@ -1,0 +1,172 @@
+"""The identity commands of CONTRACT section 1, run as a user runs them, on a fresh database
+and a fresh SoftHSM token: happy path, bad input (exit 2, one line, no half-written rows), and
+a pg_dump that holds no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import jwt
+import pytest
+
+from signer.pkcs11 import Hsm
+from tests.support.hsm import random_label
+
+BIN = Path(sys.executable).parent / "quorum-signer"
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    tmp: Path
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN), *args], env=self.env, cwd=self.tmp, input=stdin, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        result = self.run(*args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+    def bad(self, *args: str, stdin: str | None = None, match: str = "") -> str:
+        result = self.run(*args, stdin=stdin)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert re.search(match, lines[0]), lines[0]
+        return lines[0]
+
+    def secret_file(self, name: str, value: str) -> str:
+        path = self.tmp / name
+        path.write_text(value + "\n")
+        return str(path)
+
+
+@pytest.fixture
+def token(softhsm_conf: Path, softhsm_module: str) -> tuple[str, str]:
+    label, pin = random_label("cli"), os.urandom(10).hex()
+    with Hsm(softhsm_module) as hsm:
+        hsm.initialise_token(label, os.urandom(10).hex(), pin)
+    return label, pin
+
+
+@pytest.fixture
+def cli(database_url: str, softhsm_conf: Path, tmp_path: Path) -> Cli:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QSIGNER_")}
+    env.update(
+        QSIGNER_DATABASE_URL=database_url,
+        SOFTHSM2_CONF=str(softhsm_conf),
+        QSIGNER_JWT_SECRET=JWT_SECRET,
+        QSIGNER_PBKDF2_ITERATIONS="100000",
+    )
+    return Cli(env, tmp_path)
+
+
+def _count(database_url: str, table: str) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def test_the_whole_identity_flow(cli: Cli, token: tuple[str, str], database_url: str) -> None:
+    label, pin = token
+    pin_file = cli.secret_file("pin", pin)
+    password, new_password = (
+        "correct horse " + os.urandom(4).hex(),
+        "battery staple " + os.urandom(4).hex(),
+    )
+
+    assert cli.ok("db", "upgrade") == "1"
+    assert cli.ok("db", "upgrade") == "1"  # safe to run again
+    assert cli.ok("org", "create", "acme") == "acme"
+    cli.bad("org", "create", "acme", match="already exists")
+
+    address = cli.ok("account", "create", "--org", "acme", "--token-label", label,
+                     "--name", "treasury", "--pin-file", pin_file)  # fmt: skip
+    assert re.fullmatch(r"0x[0-9a-fA-F]{40}", address) and address != address.lower()
+    assert cli.run("account", "list", "--org", "acme").stdout == f"{address}\ttreasury\n"
+    cli.bad("account", "create", "--org", "nope", "--token-label", label, "--pin-file", pin_file,
+            match="no organisation named 'nope'")  # fmt: skip
+    wrong_pin = cli.secret_file("wrong", "wrong-pin")
+    cli.bad("account", "create", "--org", "acme", "--token-label", label,
+            "--pin-file", wrong_pin, match="refused the PIN")  # fmt: skip
+    assert _count(database_url, "accounts") == 1
+
+    # user add: PIN on stdin, password from a file
+    pw_file = cli.secret_file("pw", password)
+    added = cli.ok("user", "add", "--org", "acme", "--user", "alice", "--role", "signer",
+                   "--pin-file", "-", "--password-file", pw_file, stdin=pin + "\n")  # fmt: skip
+    assert added == "alice"
+    cli.bad("user", "add", "--org", "acme", "--user", "alice", "--pin-file", pin_file,
+            "--password-file", pw_file, match="already exists")  # fmt: skip
+    cli.bad("user", "add", "--org", "acme", "--user", "bob", "--pin-file", wrong_pin,
+            "--password-file", pw_file, match="refused the PIN")  # fmt: skip
+    cli.bad("user", "add", "--org", "acme", "--user", "bob", "--pin-file", "-",
+            "--password-file", "-", stdin="x", match="at most one")  # fmt: skip
+    cli.bad("user", "add", "--org", "acme", "--user", "bob", "--pin-file", "/nonexistent/pin",
+            "--password-file", pw_file, match="cannot read /nonexistent/pin")  # fmt: skip
+    assert _count(database_url, "users") == 1
+    assert _count(database_url, "credential_envelopes") == 1
+
+    # passwd: the old password is required, then only the new one opens the envelope
+    new_file = cli.secret_file("new", new_password)
+    cli.bad("user", "passwd", "--user", "alice", "--password-file", new_file,
+            "--new-password-file", new_file, match="wrong password")  # fmt: skip
+    cli.ok("user", "passwd", "--user", "alice", "--password-file", pw_file,
+           "--new-password-file", new_file)  # fmt: skip
+    cli.bad("apikey", "create", "--user", "alice", "--password-file", pw_file,
+            match="wrong password")  # fmt: skip
+
+    created = cli.run("apikey", "create", "--user", "alice", "--password-file", new_file)
+    assert created.returncode == 0, created.stderr
+    api_key = created.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"qsk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}", api_key)
+    assert match and f"key id: {match.group(1)}" in created.stderr
+    assert api_key not in created.stderr
+    assert cli.ok("apikey", "revoke", match.group(1)) == match.group(1)
+    cli.bad("apikey", "revoke", match.group(1), match="no active API key")
+
+    token_text = cli.ok("token", "issue", "--user", "alice", "--ttl", "60")
+    claims = jwt.decode(token_text, JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 60
+    cli.bad("token", "issue", "--user", "mallory", match="unknown or disabled user")
+
+    assert cli.ok("user", "disable", "--user", "alice") == "alice"
+    cli.bad("token", "issue", "--user", "alice", match="unknown or disabled user")
+    cli.bad("user", "disable", "--user", "nobody", match="no user 'nobody'")
+
+    # A copy of the database holds none of the secrets used above.
+    dump = subprocess.run(["pg_dump", "--data-only", database_url], capture_output=True,
+                          check=True).stdout  # fmt: skip
+    assert b"alice" in dump  # the dump is real
+    for secret in (pin, password, new_password, api_key, api_key.rsplit("_", 1)[1], token_text):
+        assert secret.encode() not in dump, "a secret is in the database dump"
+
+
+def test_bad_usage_is_one_line_and_exit_2(cli: Cli) -> None:
+    cli.bad("user", "add", "--org", "acme", match="required")
+    cli.bad("token", "issue", "--user", "a", "--ttl", "x", match="invalid int value")
+
+
+def test_unreachable_database_names_the_setting(cli: Cli) -> None:
+    cli.env["QSIGNER_DATABASE_URL"] = "postgresql://nobody:hunter2@127.0.0.1:1/none"
+    line = cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL")
+    assert "hunter2" not in line
+    del cli.env["QSIGNER_DATABASE_URL"]
+    cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL is not set")
