@@ -63,8 +63,12 @@ class JwtVerifier:
         return subject
 
 
-def build_verifier(settings: Settings) -> JwtVerifier:
-    """The verifier the settings describe; exactly one source must be configured."""
+def build_verifier(settings: Settings, *, jwks_cooldown_seconds: float = 5.0) -> JwtVerifier:
+    """The verifier the settings describe; exactly one source must be configured.
+
+    JWKS keys are cached for 5 minutes; a token with an unknown `kid` refetches the set, at most
+    once per `jwks_cooldown_seconds`, so a flood of made-up `kid`s cannot hammer the IdP.
+    """
     given = (settings.jwt_secret, settings.jwt_public_key, settings.jwt_jwks_url)
     sources = [source for source in given if source]
     if len(sources) != 1:
@@ -91,7 +95,12 @@ def build_verifier(settings: Settings) -> JwtVerifier:
         else:
             raise SettingsError("QSIGNER_JWT_PUBLIC_KEY must be an RSA, P-256 or Ed25519 key")
         return JwtVerifier(algorithms, key=key, issuer=issuer, audience=audience)
-    client = jwt.PyJWKClient(str(settings.jwt_jwks_url), cache_keys=True, lifespan=300)
+    client = jwt.PyJWKClient(
+        str(settings.jwt_jwks_url),
+        cache_keys=True,
+        lifespan=300,
+        cooldown_duration=jwks_cooldown_seconds,
+    )
     return JwtVerifier(("RS256", "ES256", "EdDSA"), jwks=client, issuer=issuer, audience=audience)
 
 

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -41,6 +42,25 @@ _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 _API_KEY = re.compile(r"^qsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 T = TypeVar("T")
+CHANNEL = "qsigner_identity"
+
+_USER_UNLOCK_QUERY = """
+    SELECT u.id, u.organisation_id, o.name AS organisation, u.role, u.status,
+           u.failed_attempts, u.locked_until, e.id AS envelope_id, e.version, e.kdf,
+           e.iterations, e.salt, e.nonce, e.ciphertext
+    FROM users u
+    JOIN organisations o ON o.id = u.organisation_id
+    JOIN credential_envelopes e ON e.user_id = u.id AND e.kind = 'password'
+    WHERE u.id = $1"""
+
+_API_KEY_UNLOCK_QUERY = """
+    SELECT k.secret_hash, k.revoked_at, u.id, u.organisation_id, o.name AS organisation,
+           u.role, u.status, e.kdf, e.iterations, e.salt, e.nonce, e.ciphertext, e.version
+    FROM api_keys k
+    JOIN users u ON u.id = k.user_id
+    JOIN organisations o ON o.id = u.organisation_id
+    JOIN credential_envelopes e ON e.api_key_id = k.id
+    WHERE k.id = $1"""
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,58 @@ class Identity:
         self.settings = settings
         self.unlock_cache = UnlockCache(settings.unlock_cache_seconds, settings.unlock_cache_size)
         self._run_blocking = run_blocking
+        # Rows read for authentication, kept only while a LISTEN connection tells us of every
+        # change (NOTIFY qsigner_identity from any replica); without one, every check reads.
+        self._listener: asyncpg.Connection | None = None
+        self._rows: OrderedDict[tuple[str, str], asyncpg.Record] = OrderedDict()
+        self._generation = 0
+
+    async def listen(self, dsn: str) -> None:
+        """Cache authentication rows, invalidated by NOTIFY from every replica (the server)."""
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+        self._listener.add_termination_listener(self._on_listener_lost)
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        self._forget_rows()
+        if listener is not None and not listener.is_closed():
+            await listener.close()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._generation += 1
+        kind, _, key = payload.partition(":")
+        for cached in [k for k, row in self._rows.items()
+                       if (kind == "user" and row["id"] == key) or k == (kind, key)]:  # fmt: skip
+            del self._rows[cached]
+        if kind == "user":
+            self.unlock_cache.forget_user(key)
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        self._listener = None
+        self._forget_rows()
+
+    def _forget_rows(self) -> None:
+        self._generation += 1
+        self._rows.clear()
+
+    async def _cached_row(self, kind: str, key: str, query: str) -> asyncpg.Record | None:
+        listening = self._listener is not None and not self._listener.is_closed()
+        if listening and (kind, key) in self._rows:
+            return self._rows[(kind, key)]
+        generation = self._generation
+        row = await self.pool.fetchrow(query, key)
+        # Store only if no invalidation arrived while we read (it may concern this row).
+        if listening and row is not None and generation == self._generation:
+            self._rows[(kind, key)] = row
+            while len(self._rows) > self.settings.unlock_cache_size:
+                self._rows.popitem(last=False)
+        return row
+
+    @staticmethod
+    async def _notify(conn: asyncpg.Connection, kind: str, key: str) -> None:
+        """Tell every replica (on commit) that rows about this user or API key changed."""
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{kind}:{key}")
 
     async def _blocking(self, function: Callable[..., T], *args: Any) -> T:
         """PBKDF2 and PKCS#11 work off the event loop (the server passes its bounded executor)."""
@@ -265,6 +337,7 @@ class Identity:
                 row["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
                 envelope.nonce, envelope.ciphertext,
             )  # fmt: skip
+            await self._notify(conn, "user", user_id)
         self.unlock_cache.forget_user(user_id)
 
     async def disable_user(self, user_id: str) -> None:
@@ -275,6 +348,7 @@ class Identity:
             if updated is None:
                 raise BadInput(f"no user {user_id!r}")
             await self._event(conn, user_id, "user_disabled", {})
+            await self._notify(conn, "user", user_id)
         self.unlock_cache.forget_user(user_id)
 
     async def _event(self, conn: asyncpg.Connection, user_id: str | None, kind: str,
@@ -300,20 +374,10 @@ class Identity:
 
     async def unlock_with_password(self, user_id: str, password: str
                                    ) -> tuple[Principal, HsmCredentials]:  # fmt: skip
-        row = await self.pool.fetchrow(
-            """SELECT u.id, u.organisation_id, o.name AS organisation, u.role, u.status,
-                      u.failed_attempts, u.locked_until, u.locked_until > now() AS locked,
-                      e.id AS envelope_id, e.version, e.kdf, e.iterations, e.salt, e.nonce,
-                      e.ciphertext
-               FROM users u
-               JOIN organisations o ON o.id = u.organisation_id
-               JOIN credential_envelopes e ON e.user_id = u.id AND e.kind = 'password'
-               WHERE u.id = $1""",
-            user_id,
-        )
+        row = await self._cached_row("user", user_id, _USER_UNLOCK_QUERY)
         if row is None or row["status"] != "active":
             raise Unauthorized("unknown or disabled user, or wrong password")
-        if row["locked"]:
+        if row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC):
             raise LockedOut("too many wrong passwords: the user is locked for a while")
         principal = Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
         cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
@@ -335,9 +399,12 @@ class Identity:
         return principal, credentials
 
     async def _reset_attempts(self, user_id: str) -> None:
-        await self.pool.execute(
-            "UPDATE users SET failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0", user_id
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE users SET failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0",
+                user_id,
+            )
+            await self._notify(conn, "user", user_id)
 
     async def _wrong_password(self, user_id: str) -> None:
         """Count a wrong password; the Nth in a row locks the user and leaves an event."""
@@ -348,6 +415,7 @@ class Identity:
                 user_id,
             )
             attempts = int(row["failed_attempts"])
+            await self._notify(conn, "user", user_id)
             await self._event(conn, user_id, "wrong_password", {"attempts": attempts})
             if attempts >= self.settings.lockout_attempts:
                 await conn.execute(
@@ -386,23 +454,14 @@ class Identity:
             if user_id is None:
                 raise BadInput(f"no active API key with id {key_id!r}")
             await self._event(conn, user_id, "apikey_revoked", {"key_id": key_id})
+            await self._notify(conn, "apikey", key_id)
 
     async def unlock_with_api_key(self, api_key: str) -> tuple[Principal, HsmCredentials]:
         match = _API_KEY.match(api_key)
         if match is None:
             raise Unauthorized("invalid API key")
         key_id, secret = match.group(1), match.group(2).encode()
-        row = await self.pool.fetchrow(
-            """SELECT k.secret_hash, k.revoked_at, u.id, u.organisation_id,
-                      o.name AS organisation, u.role, u.status,
-                      e.kdf, e.iterations, e.salt, e.nonce, e.ciphertext, e.version
-               FROM api_keys k
-               JOIN users u ON u.id = k.user_id
-               JOIN organisations o ON o.id = u.organisation_id
-               JOIN credential_envelopes e ON e.api_key_id = k.id
-               WHERE k.id = $1""",
-            key_id,
-        )
+        row = await self._cached_row("apikey", key_id, _API_KEY_UNLOCK_QUERY)
         if (
             row is None
             or not hmac.compare_digest(row["secret_hash"], hashlib.sha256(secret).digest())
