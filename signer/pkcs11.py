@@ -21,6 +21,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ class _ModuleState:
     lib: Any
     raw: _RawModule
     users: int = 0
+    # Bumped at every finalisation: session and object handles from an earlier
+    # initialisation are meaningless afterwards (SoftHSM numbers them from 1 again).
+    generation: int = 0
 
 
 _modules: dict[str, _ModuleState] = {}
@@ -163,9 +167,13 @@ def _acquire_module(path: str) -> _ModuleState:
 
     The PKCS#11 library's initialisation is process-wide state, so this registry is too: two
     `Hsm` objects on one module share one initialisation, and the last to close finalises it.
+    Keyed by the real path: a symlink and its target are one library. Nothing else in the
+    process may call python-pkcs11's `reinitialize()` or `unload()` on it (that would undo the
+    locking set up here).
     """
     if not os.path.isfile(path):
         raise ModuleNotFound(f"PKCS#11 module not found: {path}")
+    path = os.path.realpath(path)
     with _modules_lock:
         state = _modules.get(path)
         if state is None:
@@ -174,7 +182,11 @@ def _acquire_module(path: str) -> _ModuleState:
             except p11e.PKCS11Error as exc:
                 raise ModuleNotFound(f"cannot load the PKCS#11 module {path}: {exc}") from None
             raw = _RawModule(path)
-            raw.finalise()
+            # Must succeed: "not initialised" would mean this is not python-pkcs11's instance
+            # and the locking below would not apply to it.
+            rv = raw.call("C_Finalize", None)
+            if rv != _CKR_OK:
+                raise HsmError(f"C_Finalize after loading failed (CKR {rv:#x})")
             state = _ModuleState(lib=lib, raw=raw)
             _modules[path] = state
         if state.users == 0:
@@ -185,10 +197,17 @@ def _acquire_module(path: str) -> _ModuleState:
 
 def _release_module(path: str) -> None:
     with _modules_lock:
-        state = _modules[path]
+        state = _modules[os.path.realpath(path)]
         state.users -= 1
         if state.users == 0:
+            state.generation += 1
             state.raw.finalise()
+
+
+def open_module_users() -> int:
+    """How many `Hsm` handles are open in this process (tests check that none leaks)."""
+    with _modules_lock:
+        return sum(state.users for state in _modules.values())
 
 
 # --- the HSM, its tokens and keys -------------------------------------------------------------
@@ -208,10 +227,11 @@ def _translate(exc: Exception, doing: str) -> HsmError:
 class Hsm:
     """A PKCS#11 module opened by this process: its tokens, their sessions, a bounded executor.
 
-    `sessions_per_token` sessions are opened when a token is logged into. The executor that
-    runs the blocking PKCS#11 calls for async callers has twice as many threads: a thread gives
-    its session back as soon as `C_Sign` returns and then spends ~0.1 ms finishing the signature
-    (low-s, recovery id), and meanwhile another thread keeps the session busy.
+    `sessions_per_token` sessions are opened when a token is logged into, each token with its
+    own executor for async callers (so that a burst on one token never queues another's work)
+    of twice as many threads: a thread gives its session back as soon as `C_Sign` returns and
+    then spends ~0.1 ms finishing the signature (low-s, recovery id), while another thread keeps
+    the session busy.
     """
 
     def __init__(self, module_path: str, *, sessions_per_token: int = 4) -> None:
@@ -224,9 +244,6 @@ class Hsm:
         self._tokens: dict[str, Token] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self.executor = ThreadPoolExecutor(
-            max_workers=2 * sessions_per_token, thread_name_prefix="pkcs11"
-        )
 
     def __enter__(self) -> Hsm:
         return self
@@ -240,7 +257,6 @@ class Hsm:
                 return
             self._closed = True
             tokens, self._tokens = list(self._tokens.values()), {}
-        self.executor.shutdown(wait=True)
         for token in tokens:
             token.close()
         _release_module(self.module_path)
@@ -301,17 +317,22 @@ class Hsm:
         """
         if not 1 <= len(label.encode()) <= 32:
             raise ValueError("a token label is 1 to 32 bytes")
-        try:
-            free = [s for s in self._lib.get_slots(token_present=True)
-                    if not s.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED]  # fmt: skip
-        except p11e.PKCS11Error as exc:
-            raise _translate(exc, "listing slots") from None
-        if not free:
-            raise HsmError("the PKCS#11 module has no free slot to initialise a token in")
-        so, padded = so_pin.encode(), label.encode().ljust(32, b" ")
-        rv = self._state.raw.call("C_InitToken", free[0].slot_id, so, len(so), padded)
-        if rv != _CKR_OK:
-            raise HsmError(f"C_InitToken failed (CKR {rv:#x})")
+        so, padded = _encode_pin(so_pin), label.encode().ljust(32, b" ")
+        _encode_pin(user_pin)
+        with self._lock:  # two set-ups at once must not pick the same free slot
+            if label in self.token_labels():
+                raise HsmError(f"a token labelled {label!r} already exists")
+            initialised = pkcs11.TokenFlag.TOKEN_INITIALIZED
+            try:
+                free = [s for s in self._lib.get_slots(token_present=True)
+                        if not s.get_token().flags & initialised]  # fmt: skip
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "listing slots") from None
+            if not free:
+                raise HsmError("the PKCS#11 module has no free slot to initialise a token in")
+            rv = self._state.raw.call("C_InitToken", free[0].slot_id, so, len(so), padded)
+            if rv != _CKR_OK:
+                raise HsmError(f"C_InitToken failed (CKR {rv:#x})")
         token = self._find_token(label)
         try:
             with token.open(rw=True) as session:
@@ -324,6 +345,16 @@ class Hsm:
         except p11e.PKCS11Error as exc:
             raise _translate(exc, "setting the user PIN") from None
         return str(token.serial.decode() if isinstance(token.serial, bytes) else token.serial)
+
+
+def _encode_pin(pin: object) -> bytes:
+    """A PIN as UTF-8; anything else is refused without the PIN in the exception."""
+    if not isinstance(pin, str) or not pin:
+        raise PinIncorrect("a PIN must be a non-empty string")
+    try:
+        return pin.encode()
+    except UnicodeEncodeError:
+        raise PinIncorrect("a PIN must be valid Unicode text") from None
 
 
 def _check_login(rv: int) -> None:
@@ -364,6 +395,11 @@ class Token:
 
     def __init__(self, hsm: Hsm, token: Any, sessions: list[_Session], pin_mac: bytes) -> None:
         self.hsm = hsm
+        self._generation = hsm._state.generation
+        self._closed = False
+        self.executor = ThreadPoolExecutor(
+            max_workers=2 * len(sessions), thread_name_prefix=f"pkcs11-{token.label}"
+        )
         self.label: str = token.label
         serial = token.serial
         self.serial: str = serial.decode().strip() if isinstance(serial, bytes) else str(serial)
@@ -377,20 +413,19 @@ class Token:
     _PIN_KEY = secrets.token_bytes(32)
 
     @classmethod
-    def _mac(cls, pin: str) -> bytes:
-        return hmac.new(cls._PIN_KEY, pin.encode(), hashlib.sha256).digest()
-
-    @classmethod
     def _login(cls, hsm: Hsm, token: Any, pin: str) -> Token:
+        encoded = _encode_pin(pin)
         sessions: list[_Session] = []
         try:
             first = token.open(rw=True)
             sessions.append(_Session(first))
-            encoded = pin.encode()
             _check_login(hsm._state.raw.call("C_Login", first.handle, _CKU_USER, encoded,
                                              len(encoded)))  # fmt: skip
-            # Login state is per application and token: the other sessions share it.
-            sessions += [_Session(token.open(rw=True)) for _ in range(hsm.sessions_per_token - 1)]
+            # Login state is per application and token: the other sessions share it. Each is
+            # recorded as soon as it opens, so that a failure closes all of them (the last
+            # close logs the process out again).
+            while len(sessions) < hsm.sessions_per_token:
+                sessions.append(_Session(token.open(rw=True)))
         except (p11e.PKCS11Error, HsmError) as exc:
             for opened in sessions:
                 with contextlib.suppress(p11e.PKCS11Error):
@@ -398,25 +433,48 @@ class Token:
             raise _translate(exc, "logging into the token") from None
         return cls(hsm, token, sessions, cls._mac(pin))
 
+    @classmethod
+    def _mac(cls, pin: str) -> bytes:
+        return hmac.new(cls._PIN_KEY, _encode_pin(pin), hashlib.sha256).digest()
+
     def check_pin(self, pin: str) -> None:
         if not hmac.compare_digest(self._mac(pin), self._pin_mac):
             raise PinIncorrect("the PIN does not match the token's PIN")
 
-    def close(self) -> None:
-        # Closing the last session of the application logs it out of the token.
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new work, wait for every borrowed session to come back, then close them all
+        (closing the last session logs the process out of the token)."""
+        self._closed = True
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        returned = 0
+        while returned < len(self._all):
+            try:
+                self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+                returned += 1
+            except queue.Empty:
+                raise HsmError(f"token {self.label!r}: a session is still busy after {timeout}s"
+                               ) from None  # fmt: skip
         for session in self._all:
             with contextlib.suppress(p11e.PKCS11Error):
                 session.session.close()
         self._all = []
 
+    def _check_usable(self) -> None:
+        if self._closed or self.hsm._state.generation != self._generation:
+            raise HsmError(f"token {self.label!r}: its HSM handle was closed")
+
     @contextlib.contextmanager
     def session(self, timeout: float = 30.0) -> Iterator[_Session]:
         """Borrow a session: one operation at a time on each."""
+        self._check_usable()
         try:
             borrowed = self._free.get(timeout=timeout)
         except queue.Empty:
             raise HsmError(f"no free session on token {self.label!r} within {timeout}s") from None
         try:
+            if self._closed:  # closed while we waited: give it back for close() to collect
+                raise HsmError(f"token {self.label!r}: its HSM handle was closed")
             yield borrowed
         finally:
             self._free.put(borrowed)
@@ -542,4 +600,4 @@ class HsmKey:
     async def sign_digest_async(self, digest: bytes) -> Signature:
         check_digest(digest)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.token.hsm.executor, self.sign_digest, digest)
+        return await loop.run_in_executor(self.token.executor, self.sign_digest, digest)

@@ -99,12 +99,20 @@ class Transaction:
                 raise InvalidTransaction("a GoQuorum private transaction carries value 0")
 
     @classmethod
-    def from_dict(cls, fields: Mapping[str, Any], *, private: bool = False) -> Transaction:
+    def from_dict(
+        cls, fields: Mapping[str, Any], *, private: bool = False, unprotected: bool = False
+    ) -> Transaction:
         """Build from JSON-RPC style fields (hex quantities or ints, `0x` data, any-case addresses).
 
-        Every field must be present except `type` (inferred from the fee fields), `chainId`
-        (absent: legacy pre-EIP-155), `accessList` and `data`/`input`.
+        Every field must be present except `type` (inferred from the fee fields), `accessList`
+        and `data`/`input`; `to` absent or null means a contract creation. `chainId` may be
+        absent only when asked for explicitly: `unprotected` (legacy pre-EIP-155, replayable on
+        any chain) or `private` (GoQuorum private transactions are signed without it).
         """
+        if fields.get("chainId") is None and not (private or unprotected):
+            raise InvalidTransaction(
+                "chainId is required: a transaction without it can be replayed on any chain"
+            )
         try:
             fee_1559 = "maxFeePerGas" in fields or "maxPriorityFeePerGas" in fields
             tx_type = (
@@ -193,7 +201,7 @@ def _hex_bytes(name: str, value: object) -> bytes:
 
 
 def _address(name: str, value: object) -> bytes | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if isinstance(value, bytes):
         raw = value

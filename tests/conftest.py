@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from signer.pkcs11 import Hsm, Token, find_softhsm_module
+from signer.pkcs11 import Hsm, Token, find_softhsm_module, open_module_users
 from softhsm import write_config
 from tests.support.database import fresh_database, postgres_server
 from tests.support.hsm import random_label
@@ -25,6 +25,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(autouse=True)
+def no_hsm_handle_leaks() -> Iterator[None]:
+    """Every test closes the HSM handles it opens: a leaked one would keep the module
+    initialised, and the next test would silently see this test's SOFTHSM2_CONF."""
+    before = open_module_users()
+    yield
+    assert open_module_users() == before, "an Hsm handle was left open"
+
+
 @pytest.fixture
 def softhsm_module() -> str:
     module = find_softhsm_module()
@@ -38,9 +47,9 @@ class SoftHsmToken:
     hsm: Hsm
     token: Token
     label: str
-    pin: str
-    so_pin: str
-    conf: Path
+    pin: str = field(repr=False)
+    so_pin: str = field(repr=False)
+    conf: Path = field(default=Path())
 
 
 @pytest.fixture

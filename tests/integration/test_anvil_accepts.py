@@ -58,7 +58,9 @@ def test_every_scheme_is_mined(hsm_token: SoftHsmToken, anvil: tuple[str, bool])
         ("eip1559", {**fee_1559, "chainId": hex(CHAIN_ID)}, CHAIN_ID),
     ]  # fmt: skip
     for nonce, (name, fields, chain_id) in enumerate(schemes):
-        tx = Transaction.from_dict({**base, **fields, "nonce": hex(nonce)})
+        tx = Transaction.from_dict(
+            {**base, **fields, "nonce": hex(nonce)}, unprotected=chain_id is None
+        )
         signed = sign_transaction(tx, key)
         assert_signed_by(signed.raw, key.address, chain_id=chain_id)
         tx_hash = rpc(url, "eth_sendRawTransaction", ["0x" + signed.raw.hex()])

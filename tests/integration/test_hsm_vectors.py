@@ -33,7 +33,7 @@ def test_transaction_vectors_through_the_hsm(hsm_token: SoftHsmToken) -> None:
     for case in cases:
         key = keys[case["privateKey"]]
         assert key.address == hexbytes(case["sender"]), case["name"]
-        tx = Transaction.from_dict(case["tx"])
+        tx = Transaction.from_dict(case["tx"], unprotected=case["scheme"] == "legacy-pre155")
         signed = sign_transaction(tx, key)
         chain_id = None if case["scheme"] == "legacy-pre155" else int(case["tx"]["chainId"], 16)
         checked = assert_signed_by(signed.raw, key.address, chain_id=chain_id)

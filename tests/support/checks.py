@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import rlp
 from coincurve import PublicKey
-from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from eth_hash.auto import keccak
 from rlp.sedes import big_endian_int
 
@@ -47,12 +46,6 @@ def check_digest_signature(digest: bytes, r: int, s: int, v: int, address: bytes
     got = recover_address(digest, r, s, y)
     if got != address:
         raise SignatureProblem(f"signature recovers {got.hex()}, expected {address.hex()}")
-    # Also verify as plain ECDSA (libsecp256k1 itself refuses high-s in verify).
-    compact = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    point = PublicKey.from_signature_and_message(compact + bytes([y]), digest, hasher=None)
-    der = cdata_to_der(deserialize_compact(compact))
-    if not point.verify(der, digest, hasher=None):
-        raise SignatureProblem("signature does not verify")
 
 
 def check_message_signature(digest: bytes, signature: bytes, address: bytes) -> None:

@@ -67,7 +67,9 @@ def test_creation_has_no_to() -> None:
             {"gasPrice": ..., "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x2"},
             "must not exceed",
         ),
-        ({"type": "0x1", "chainId": ...}, "needs chainId"),
+        ({"chainId": ...}, "chainId is required"),
+        ({"chainId": None}, "chainId is required"),
+        ({"to": ""}, "0x-prefixed hex"),
         ({"type": "0x0", "accessList": [{"address": BASE["to"]}]}, "no accessList"),
         ({"accessList": [{"storageKeys": []}]}, "accessList entries"),
     ],
@@ -75,6 +77,13 @@ def test_creation_has_no_to() -> None:
 def test_bad_fields_are_refused_clearly(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidTransaction, match=message):
         tx(**changes)
+
+
+def test_unprotected_only_when_asked_for() -> None:
+    fields = {k: v for k, v in BASE.items() if k != "chainId"}
+    assert Transaction.from_dict(fields, unprotected=True).chain_id is None
+    with pytest.raises(InvalidTransaction, match="needs chainId"):
+        Transaction.from_dict({**fields, "type": "0x1"}, unprotected=True)
 
 
 def test_private_transaction_rules() -> None:

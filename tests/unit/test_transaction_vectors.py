@@ -31,7 +31,7 @@ def test_every_scheme_is_covered() -> None:
 
 @pytest.mark.parametrize("case", TX_CASES, ids=case_id)
 def test_transaction_vector(case: dict[str, Any]) -> None:
-    tx = Transaction.from_dict(case["tx"])
+    tx = Transaction.from_dict(case["tx"], unprotected=case["scheme"] == "legacy-pre155")
     assert unsigned_payload(tx) == hexbytes(case["unsignedTx"])
     assert signing_digest(tx) == hexbytes(case["signingHash"])
 
@@ -54,7 +54,8 @@ def test_eth_account_agrees(case: dict[str, Any]) -> None:
         del fields["type"]
     theirs = Account.sign_transaction(fields, case["privateKey"])
     ours = sign_transaction(
-        Transaction.from_dict(case["tx"]), SoftwareSigner(hexbytes(case["privateKey"]))
+        Transaction.from_dict(case["tx"], unprotected=case["scheme"] == "legacy-pre155"),
+        SoftwareSigner(hexbytes(case["privateKey"])),
     )
     assert bytes(theirs.raw_transaction) == ours.raw
 
@@ -69,7 +70,7 @@ def test_quorum_private_vector(case: dict[str, Any]) -> None:
     assert signed.hash == hexbytes(case["txHash"])
     assert signed.sender == hexbytes(case["sender"])
     # The same signature with v 27/28 is the plain pre-EIP-155 transaction.
-    public = Transaction.from_dict(case["tx"])
+    public = Transaction.from_dict(case["tx"], unprotected=True)
     assert encode_signed(public, signed.signature) == hexbytes(case["publicEquivalentRaw"])
     assert_signed_by(signed.raw, signed.sender, chain_id=None, private=True)
 
