@@ -28,7 +28,6 @@ from signer.pkcs11 import Hsm, find_softhsm_module
 from softhsm import write_config
 
 T = TypeVar("T")
-UsageError = BadInput
 
 
 def _read_secret(path: str | None, prompt: str) -> str:
@@ -85,7 +84,7 @@ def _dev(args: argparse.Namespace) -> int:
     os.environ["SOFTHSM2_CONF"] = str(conf)
     module = args.pkcs11_module or find_softhsm_module()
     if module is None:
-        raise UsageError("SoftHSM2 is not installed: run `make dev` (or apt-get install softhsm2)")
+        raise BadInput("SoftHSM2 is not installed: run `make dev` (or apt-get install softhsm2)")
 
     # Development state: a random token PIN kept beside the token, readable by this user only.
     # `serve` never reads this file; a token PIN reaches a running proxy only inside a user's

@@ -54,22 +54,15 @@ def with_database(server_dsn: str, name: str) -> str:
 def fresh_database(server_dsn: str) -> Iterator[str]:
     name = f"qsigner_test_{secrets.token_hex(6)}"
 
-    async def create() -> None:
+    async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_dsn)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
         yield with_database(server_dsn, name)
     finally:
-        asyncio.run(drop())
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
