@@ -11,7 +11,8 @@
     ├── Forbidden                     4100  `from` (or the method) not allowed to this caller
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
     ├── RateLimited                 -32005  HTTP 429
-    └── NoNodeAvailable             -32002  HTTP 503
+    ├── NoNodeAvailable             -32002  HTTP 503
+    └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
 
@@ -79,6 +80,15 @@ class RateLimited(ProxyError):
 class NoNodeAvailable(ProxyError):
     code = -32002
     http_status = 503
+
+
+class NodeError(ProxyError):
+    """A node answered with a JSON-RPC error: code, message and data are the node's own."""
+
+    def __init__(self, code: int, message: str, data: Any = None, http_status: int = 200) -> None:
+        super().__init__(message, data)
+        self.code = code
+        self.http_status = http_status
 
 
 class SettingsError(Exception):
