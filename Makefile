@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: dev test lint check deps system-deps clean
+.PHONY: dev test lint check contracts deps system-deps clean
 
 dev: deps
 	$(BIN)/quorum-signer dev
@@ -18,6 +18,11 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	node scripts/compile-contracts.mjs --check
+
+# Recompile contracts/*.sol into contracts/build/ (commit the result; CI checks it matches).
+contracts: deps
+	node scripts/compile-contracts.mjs
 
 check: lint test
 

@@ -219,6 +219,22 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from proxy import logs
+    from proxy.app import create_app
+
+    logs.configure(settings.log_format)
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError("QSIGNER_LISTEN must be host:port")
+    _progress(f"quorum-signer listening on http://{settings.listen}")
+    web.run_app(create_app(settings), host=host.strip("[]"), port=int(port), access_log=None,
+                print=None, handle_signals=True)  # fmt: skip
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line on stderr and exit code 2."""
 
@@ -246,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the dev state lives (default: %(default)s)")  # fmt: skip
     dev.add_argument("--pkcs11-module", help="PKCS#11 library (default: SoftHSM2's)")
     dev.set_defaults(handler=_dev)
+
+    commands.add_parser(
+        "serve", help="the proxy, configured from the environment / --config",
+        description="Serve the JSON-RPC proxy (QSIGNER_LISTEN, QSIGNER_UPSTREAMS, "
+        "QSIGNER_DATABASE_URL, QSIGNER_JWT_*, ...).",
+    ).set_defaults(handler=_serve)  # fmt: skip
 
     db = commands.add_parser("db", help="the database schema").add_subparsers(
         dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

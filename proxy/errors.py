@@ -3,6 +3,7 @@
     ProxyError                      -32603  500-free internal error (with a correlation id)
     ├── ParseError                  -32700  body is not JSON
     ├── InvalidRequest              -32600  not a JSON-RPC request
+    │   └── BodyTooLarge            -32600  HTTP 413: over the body size limit
     ├── MethodNotFound              -32601  method unknown or refused
     ├── InvalidParams               -32602  bad parameters
     ├── Unauthorized                  4100  HTTP 401: missing/invalid/expired credentials,
@@ -41,6 +42,10 @@ class ParseError(ProxyError):
 
 class InvalidRequest(ProxyError):
     code = -32600
+
+
+class BodyTooLarge(InvalidRequest):
+    http_status = 413
 
 
 class MethodNotFound(ProxyError):

@@ -116,26 +116,26 @@ class Transaction:
         try:
             fee_1559 = "maxFeePerGas" in fields or "maxPriorityFeePerGas" in fields
             tx_type = (
-                _quantity("type", fields["type"])
+                parse_quantity("type", fields["type"])
                 if fields.get("type") is not None
                 else (2 if fee_1559 else (1 if fields.get("accessList") else 0))
             )
             gas = fields["gas"] if "gas" in fields else fields["gasLimit"]
             return cls(
                 type=tx_type,
-                nonce=_quantity("nonce", fields["nonce"]),
-                gas=_quantity("gas", gas),
-                to=_address("to", fields.get("to")),
-                value=_quantity("value", fields.get("value", 0)),
+                nonce=parse_quantity("nonce", fields["nonce"]),
+                gas=parse_quantity("gas", gas),
+                to=parse_address("to", fields.get("to")),
+                value=parse_quantity("value", fields.get("value", 0)),
                 data=_data(fields),
                 chain_id=(
-                    _quantity("chainId", fields["chainId"])
+                    parse_quantity("chainId", fields["chainId"])
                     if fields.get("chainId") is not None
                     else None
                 ),
-                gas_price=_optional_quantity("gasPrice", fields.get("gasPrice")),
-                max_fee_per_gas=_optional_quantity("maxFeePerGas", fields.get("maxFeePerGas")),
-                max_priority_fee_per_gas=_optional_quantity(
+                gas_price=parse_optional_quantity("gasPrice", fields.get("gasPrice")),
+                max_fee_per_gas=parse_optional_quantity("maxFeePerGas", fields.get("maxFeePerGas")),
+                max_priority_fee_per_gas=parse_optional_quantity(
                     "maxPriorityFeePerGas", fields.get("maxPriorityFeePerGas")
                 ),
                 access_list=_access_list(fields.get("accessList") or ()),
@@ -174,7 +174,7 @@ def _check_uint(name: str, value: object, maximum: int) -> None:
         raise InvalidTransaction(f"{name} must be an integer from 0 to {maximum:#x}")
 
 
-def _quantity(name: str, value: object) -> int:
+def parse_quantity(name: str, value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value[:2] in ("0x", "0X") and len(value) > 2:
@@ -185,11 +185,11 @@ def _quantity(name: str, value: object) -> int:
     raise InvalidTransaction(f"{name} must be a 0x-prefixed hex quantity")
 
 
-def _optional_quantity(name: str, value: object) -> int | None:
-    return None if value is None else _quantity(name, value)
+def parse_optional_quantity(name: str, value: object) -> int | None:
+    return None if value is None else parse_quantity(name, value)
 
 
-def _hex_bytes(name: str, value: object) -> bytes:
+def parse_hex(name: str, value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str) and value[:2] in ("0x", "0X") and len(value) % 2 == 0:
@@ -200,13 +200,13 @@ def _hex_bytes(name: str, value: object) -> bytes:
     raise InvalidTransaction(f"{name} must be 0x-prefixed hex of whole bytes")
 
 
-def _address(name: str, value: object) -> bytes | None:
+def parse_address(name: str, value: object) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, bytes):
         raw = value
     else:
-        raw = _hex_bytes(name, value)
+        raw = parse_hex(name, value)
         text = str(value)[2:]
         if text != text.lower() and text != text.upper() and not is_checksum_address(value):
             raise InvalidTransaction(f"{name} is a mixed-case address with a wrong EIP-55 checksum")
@@ -219,10 +219,10 @@ def _data(fields: Mapping[str, Any]) -> bytes:
     data = fields.get("data")
     given_input = fields.get("input")
     if data is not None and given_input is not None:
-        if _hex_bytes("data", data) != _hex_bytes("input", given_input):
+        if parse_hex("data", data) != parse_hex("input", given_input):
             raise InvalidTransaction("data and input are both given and differ")
     chosen = given_input if given_input is not None else data
-    return b"" if chosen is None else _hex_bytes("data", chosen)
+    return b"" if chosen is None else parse_hex("data", chosen)
 
 
 def _access_list(entries: Iterable[Any]) -> AccessList:
@@ -230,11 +230,11 @@ def _access_list(entries: Iterable[Any]) -> AccessList:
     for entry in entries:
         if not isinstance(entry, Mapping) or "address" not in entry:
             raise InvalidTransaction("accessList entries are {address, storageKeys}")
-        address = _address("accessList address", entry["address"])
+        address = parse_address("accessList address", entry["address"])
         if address is None:
             raise InvalidTransaction("accessList entries need an address")
         keys = tuple(
-            _hex_bytes("accessList storage key", key) for key in entry.get("storageKeys") or ()
+            parse_hex("accessList storage key", key) for key in entry.get("storageKeys") or ()
         )
         result.append((address, keys))
     return tuple(result)

@@ -1,0 +1,261 @@
+"""The one place that builds the aiohttp application: routes, middlewares, long-lived resources.
+
+`create_app(settings)` opens the node pool, the database pool (with the identity service), the
+HSM module and the JWT verifier in `cleanup_ctx`; a startup problem raises `SettingsError`
+naming the setting to fix. Handlers raise; errors become JSON-RPC responses here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy import logs, router, rpc, store
+from proxy.auth import bearer, build_verifier, is_api_key
+from proxy.context import Caller, Services
+from proxy.errors import (
+    BodyTooLarge,
+    InvalidParams,
+    ProxyError,
+    SettingsError,
+    Unauthorized,
+)
+from proxy.identity import Identity
+from proxy.metrics import Metrics
+from proxy.nonces import PendingCountNonces
+from proxy.settings import Settings
+from proxy.upstream import NodePool
+from signer.errors import (
+    HsmError,
+    InvalidDigest,
+    InvalidMessage,
+    InvalidTransaction,
+    ModuleNotFound,
+    PinIncorrect,
+    SignerError,
+)
+from signer.pkcs11 import Hsm
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+METRICS = web.AppKey("metrics", Metrics)
+MAX_BODY = 1024 * 1024
+CORS_HEADERS = "Authorization, Content-Type, X-Signer-Password, Idempotency-Key, Quorum-PSI"
+FORWARDED_HEADERS = ("Quorum-PSI",)
+
+
+class InternalError(ProxyError):
+    """An unexpected failure: the caller sees only a correlation id; the log has the rest."""
+
+
+def translate(exc: Exception) -> ProxyError:
+    """The one mapping of lower layers' exceptions to JSON-RPC errors."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage):
+        return InvalidParams(str(exc))
+    if isinstance(exc, PinIncorrect):
+        # The PIN in the caller's envelope no longer opens the token (changed on the HSM).
+        return Unauthorized("the stored HSM credentials no longer open the token")
+    correlation = secrets.token_hex(6)
+    logs.event("unexpected error", logging.ERROR, exc_info=True, correlation_id=correlation,
+               error=type(exc).__name__)  # fmt: skip
+    if isinstance(exc, HsmError | SignerError):
+        return InternalError(f"HSM error (correlation id {correlation})")
+    return InternalError(f"internal error (correlation id {correlation})")
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings: Settings = app[SETTINGS]
+    if not settings.upstreams:
+        raise SettingsError("QSIGNER_UPSTREAMS is not set (comma-separated node URLs)")
+    verifier = build_verifier(settings)
+    module = settings.require_pkcs11_module()
+    try:
+        hsm = Hsm(module)
+    except ModuleNotFound as exc:
+        raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
+    db = None
+    identity = None
+    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id)
+    try:
+        db = await store.connect(settings.require_database())
+        identity = Identity(db, settings)
+        await identity.listen(settings.require_database())
+        await pool.start()
+        app[SERVICES] = Services(
+            settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
+            nonces=PendingCountNonces(pool), metrics=app[METRICS],
+        )  # fmt: skip
+        logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
+        yield
+    finally:
+        await pool.close()
+        await session.close()
+        if identity is not None:
+            await identity.close()
+        if db is not None:
+            await db.close()
+        await asyncio.get_running_loop().run_in_executor(None, hsm.close)
+
+
+async def _authenticate(services: Services, request: web.Request) -> Caller:
+    credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
+    if not credential:
+        raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
+    forward = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+    if is_api_key(credential):
+        principal, credentials = await services.identity.unlock_with_api_key(credential)
+        return Caller(principal, credentials, forward_headers=forward)
+    user_id = services.verifier.verify(credential)
+    principal = await services.identity.principal(user_id)
+    return Caller(principal, None, request.headers.get("X-Signer-Password"), forward)
+
+
+async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
+                    request_id: str) -> tuple[dict[str, Any], ProxyError | None]:  # fmt: skip
+    metrics = services.metrics
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    outcome, code = "ok", None
+    try:
+        handler = router.handler_for(call.method, services.settings.passthrough)
+        return rpc.result(call.id, await handler(services, caller, call)), None
+    except Exception as exc:
+        error = translate(exc)
+        outcome, code = "error", error.code
+        return rpc.error(call.id, error), error
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.in_flight.dec()
+        known = call.method in router.LOCAL or router.is_forwarded(
+            call.method, services.settings.passthrough
+        )
+        label = call.method if known else "other"
+        metrics.requests.labels(label, outcome).inc()
+        metrics.latency.labels(label).observe(elapsed)
+        logs.event("rpc", request_id=request_id, method=label, user=caller.principal.user_id,
+                   org=caller.principal.organisation, outcome=outcome, code=code,
+                   duration_ms=round(elapsed * 1000, 2))  # fmt: skip
+
+
+async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    try:
+        too_large = BodyTooLarge(f"invalid request: the body is larger than {MAX_BODY} bytes")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise too_large
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise too_large
+        caller = await _authenticate(services, request)
+        parsed = rpc.parse_body(body)
+    except Exception as exc:
+        refused = translate(exc)
+        return web.json_response(rpc.error(None, refused), status=refused.http_status)
+
+    if isinstance(parsed, rpc.RpcRequest):
+        answer, failure = await _dispatch(services, caller, parsed, request_id)
+        if parsed.notification:
+            return web.Response(status=204)
+        return web.json_response(answer, status=failure.http_status if failure else 200)
+
+    async def one(item: rpc.RpcRequest | rpc.BadItem) -> dict[str, Any] | None:
+        if isinstance(item, rpc.BadItem):
+            return rpc.error(item.id, item.error)
+        answer, _ = await _dispatch(services, caller, item, request_id)
+        return None if item.notification else answer
+
+    answers = [a for a in await asyncio.gather(*(one(item) for item in parsed)) if a is not None]
+    if not answers:
+        return web.Response(status=204)
+    return web.json_response(answers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        await asyncio.wait_for(services.identity.pool.fetchval("SELECT 1"), timeout=2)
+        database_ok = True
+    except Exception:
+        database_ok = False
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, services.hsm.describe)
+        hsm_ok = True
+    except Exception:
+        hsm_ok = False
+    nodes = [
+        {"url": n.url, "ok": n.ok, "block": n.block, "chain_id": n.chain_id}
+        for n in services.pool.status()
+    ]
+    ready = database_ok and hsm_ok and any(n["ok"] for n in nodes)
+    body = {"ready": ready, "database": {"ok": database_ok}, "hsm": {"ok": hsm_ok},
+            "nodes": nodes}  # fmt: skip
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    if SERVICES in request.app:
+        for node in request.app[SERVICES].pool.status():
+            metrics.node_up.labels(node.url).set(1 if node.ok else 0)
+            if node.block is not None:
+                metrics.node_block.labels(node.url).set(node.block)
+    return web.Response(body=generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    allowed: tuple[str, ...] = request.app[SETTINGS].cors_origins
+    origin = request.headers.get("Origin")
+    permitted = origin is not None and ("*" in allowed or origin in allowed)
+    if request.method == "OPTIONS":
+        if not permitted:
+            return web.Response(status=403)
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response = await handler(request)
+    if permitted and origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+async def _options(request: web.Request) -> web.Response:
+    return web.Response(status=204)  # the cors middleware answers preflights
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[cors], client_max_size=MAX_BODY * 2)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_services)
+    app.router.add_post("/", rpc_endpoint)
+    app.router.add_post("/rpc/{apikey}", rpc_endpoint)
+    app.router.add_route("OPTIONS", "/", _options)
+    app.router.add_route("OPTIONS", "/rpc/{apikey}", _options)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

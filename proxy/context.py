@@ -1,0 +1,40 @@
+"""What a handler gets: the caller and the long-lived services of the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.auth import JwtVerifier
+from proxy.credentials import HsmCredentials
+from proxy.identity import Identity, Principal
+from proxy.metrics import Metrics
+from proxy.nonces import NonceSource
+from proxy.settings import Settings
+from proxy.upstream import NodePool
+from signer.pkcs11 import Hsm, HsmKey
+
+
+@dataclass
+class Services:
+    """Opened in the app's cleanup_ctx, closed with it; one per process."""
+
+    settings: Settings
+    pool: NodePool
+    identity: Identity
+    hsm: Hsm
+    verifier: JwtVerifier
+    nonces: NonceSource
+    metrics: Metrics
+    keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
+    cached_answers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Caller:
+    """An authenticated caller; `credentials` is set once unlocked (API key, or password)."""
+
+    principal: Principal
+    credentials: HsmCredentials | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    forward_headers: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The methods the proxy answers itself (CONTRACT 4.1)."""

@@ -1,0 +1,223 @@
+"""The signing methods: every one unlocks the caller's credentials, checks that the caller may
+use `from`, signs inside the HSM, and (for eth_sendTransaction) sends through the node pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from proxy import filling
+from proxy.context import Caller, Services
+from proxy.errors import Forbidden, InvalidParams, NodeError, Unauthorized
+from proxy.rpc import RpcRequest
+from signer.base import Signature, SignedTransaction
+from signer.ecdsa import keccak256
+from signer.errors import InvalidMessage, InvalidTransaction
+from signer.messages import parse_typed_data, personal_message_digest, typed_data_digest
+from signer.pkcs11 import HsmKey
+from signer.transactions import (
+    Transaction,
+    encode_signed,
+    parse_address,
+    parse_hex,
+    sign_transaction_async,
+    v_value,
+)
+
+
+async def signer_for(services: Services, caller: Caller, address_param: Any) -> HsmKey:
+    """The HSM key behind `from`, once the caller proved they may use it."""
+    principal = caller.principal
+    if not principal.may_sign:
+        raise Forbidden(f"role {principal.role!r} may not sign")
+    try:
+        address = parse_address("address", address_param)
+    except InvalidTransaction as exc:
+        raise InvalidParams(str(exc)) from None
+    if address is None:
+        raise InvalidParams("an address to sign with is required")
+    account = await services.identity.account_for(principal, address)
+    if caller.credentials is None:
+        if not caller.password:
+            raise Unauthorized("signing with a JWT needs the X-Signer-Password header")
+        _, caller.credentials = await services.identity.unlock_with_password(
+            principal.user_id, caller.password
+        )
+    credentials = caller.credentials
+    if credentials.token_serial != account.token_serial:
+        raise Forbidden("this caller's credentials do not open the token of that account")
+    cache_key = (account.token_serial, account.key_id)
+    key = services.keys.get(cache_key)
+    loop = asyncio.get_running_loop()
+    # Logging in (first time) or checking the PIN against the process's login (later).
+    token = await loop.run_in_executor(
+        None, services.hsm.login, credentials.token_label, credentials.pin
+    )
+    if key is None or key.token is not token:
+        key = await loop.run_in_executor(None, lambda: token.key(key_id=account.key_id))
+        if key.address != address:
+            raise Forbidden("the HSM key does not match the registered account")
+        services.keys[cache_key] = key
+    return key
+
+
+async def _chain_facts(services: Services) -> tuple[int | None, int]:
+    block = await services.pool.call("eth_getBlockByNumber", ["latest", False])
+    base_fee = block.get("baseFeePerGas")
+    return (int(base_fee, 16) if base_fee is not None else None), int(block["gasLimit"], 16)
+
+
+async def _fill(services: Services, request: filling.Request, nonce: int) -> Transaction:
+    base_fee, gas_limit = await _chain_facts(services)
+    fee_market = filling.uses_fee_market(request, base_fee)
+    if fee_market and base_fee is None:
+        raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
+    gas_price = tip = None
+    if fee_market and "maxPriorityFeePerGas" not in request.fields:
+        try:
+            tip = int(await services.pool.call("eth_maxPriorityFeePerGas"), 16)
+        except NodeError:
+            tip = 0
+    if not fee_market and "gasPrice" not in request.fields:
+        gas_price = int(await services.pool.call("eth_gasPrice"), 16)
+    gas = request.gas
+    if gas is None:
+        estimate_fields = {k: v for k, v in request.fields.items()
+                           if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
+        estimate_fields["from"] = "0x" + request.sender.hex()
+        gas = int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
+    return filling.build(
+        request, chain_id=services.pool.chain_id, nonce=nonce, gas=gas,
+        block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee,
+        gas_price=gas_price, tip=tip,
+    )  # fmt: skip
+
+
+def _first_param(request: RpcRequest) -> Any:
+    params = request.positional
+    if not params:
+        raise InvalidParams("expected a transaction object as the first parameter")
+    return params[0]
+
+
+async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    parsed = filling.parse_request(_first_param(request))
+    key = await signer_for(services, caller, "0x" + parsed.sender.hex())
+    if parsed.nonce is not None:
+        tx = await _fill(services, parsed, parsed.nonce)
+        return await _sign_and_send(services, caller, key, tx)
+    async with services.nonces.lease(parsed.sender) as lease:
+        tx = await _fill(services, parsed, lease.nonce)
+        return await _sign_and_send(services, caller, key, tx)
+
+
+async def _sign(services: Services, key: HsmKey, tx: Transaction) -> SignedTransaction:
+    started = time.perf_counter()
+    signed = await sign_transaction_async(tx, key)
+    services.metrics.hsm_sign.observe(time.perf_counter() - started)
+    return signed
+
+
+async def _sign_and_send(services: Services, caller: Caller, key: HsmKey, tx: Transaction) -> str:
+    signed = await _sign(services, key, tx)
+    return await services.pool.send_raw_transaction(
+        "0x" + signed.raw.hex(), "0x" + signed.hash.hex(), headers=caller.forward_headers
+    )
+
+
+async def sign_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    parsed = filling.parse_request(_first_param(request))
+    key = await signer_for(services, caller, "0x" + parsed.sender.hex())
+    nonce = parsed.nonce
+    if nonce is None:
+        count = await services.pool.call(
+            "eth_getTransactionCount", ["0x" + parsed.sender.hex(), "pending"]
+        )
+        nonce = int(count, 16)
+    tx = await _fill(services, parsed, nonce)
+    signed = await _sign(services, key, tx)
+    sig = signed.signature
+    return {
+        "raw": "0x" + encode_signed(tx, sig).hex(),
+        "tx": filling.to_rpc(tx, signed.hash, v_value(tx, sig), sig.r, sig.s, key.address),
+    }
+
+
+def _message_bytes(value: Any) -> bytes:
+    """A message given as 0x-hex is those bytes; any other string is its UTF-8 text."""
+    if not isinstance(value, str):
+        raise InvalidParams("the message must be a string (0x-hex bytes or text)")
+    if value[:2] in ("0x", "0X"):
+        try:
+            return parse_hex("message", value)
+        except InvalidTransaction:
+            pass
+    return value.encode()
+
+
+def _looks_like_address(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 42 and value[:2] in ("0x", "0X")
+
+
+async def _sign_digest(services: Services, key: HsmKey, digest: bytes) -> str:
+    started = time.perf_counter()
+    signature: Signature = await key.sign_digest_async(digest)
+    services.metrics.hsm_sign.observe(time.perf_counter() - started)
+    return "0x" + signature.to_bytes().hex()
+
+
+async def eth_sign(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    params = request.positional
+    if len(params) < 2:
+        raise InvalidParams("expected [address, message]")
+    key = await signer_for(services, caller, params[0])
+    return await _sign_digest(services, key, personal_message_digest(_message_bytes(params[1])))
+
+
+async def personal_sign(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    params = request.positional
+    if len(params) < 2:
+        raise InvalidParams("expected [message, address]")
+    message, address = params[0], params[1]
+    # MetaMask's order is [message, address]; some older tools send [address, message].
+    if _looks_like_address(message) and not _looks_like_address(address):
+        message, address = address, message
+    key = await signer_for(services, caller, address)
+    return await _sign_digest(services, key, personal_message_digest(_message_bytes(message)))
+
+
+async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    params = request.positional
+    if len(params) < 2:
+        raise InvalidParams("expected [address, typedData]")
+    try:
+        data = parse_typed_data(params[1])
+        chain = data["domain"].get("chainId")
+        if chain is not None:
+            # Wallet libraries send the domain's chainId as a number, a decimal or hex string.
+            text = str(chain)
+            value = chain if isinstance(chain, int) else int(text, 16 if text[:2] == "0x" else 10)
+            if value != services.pool.chain_id:
+                raise InvalidParams(
+                    f"typed data is for chain {value}, the nodes serve {services.pool.chain_id}"
+                )
+        digest = typed_data_digest(data)
+    except (InvalidMessage, InvalidTransaction, ValueError) as exc:
+        raise InvalidParams(str(exc)) from None
+    key = await signer_for(services, caller, params[0])
+    return await _sign_digest(services, key, digest)
+
+
+async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    """A caller's own `eth_sendRawTransaction`, with the pool's safe-retry rules."""
+    params = request.positional
+    if not params or not isinstance(params[0], str):
+        raise InvalidParams("expected [rawTransaction]")
+    try:
+        raw = parse_hex("rawTransaction", params[0])
+    except InvalidTransaction as exc:
+        raise InvalidParams(str(exc)) from None
+    return await services.pool.send_raw_transaction(
+        params[0], "0x" + keccak256(raw).hex(), headers=caller.forward_headers
+    )

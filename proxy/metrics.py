@@ -1,0 +1,30 @@
+"""Prometheus metrics of one app (its own registry, so tests may build several apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "qsigner_rpc_requests", "JSON-RPC calls by method and outcome",
+            ["method", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "qsigner_rpc_latency_seconds", "JSON-RPC call latency by method", ["method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )  # fmt: skip
+        self.in_flight = Gauge("qsigner_rpc_in_flight", "JSON-RPC calls being served",
+                               registry=self.registry)  # fmt: skip
+        self.node_up = Gauge("qsigner_node_up", "1 when the node is in rotation", ["node"],
+                             registry=self.registry)  # fmt: skip
+        self.node_block = Gauge("qsigner_node_block", "latest block seen on the node", ["node"],
+                                registry=self.registry)  # fmt: skip
+        self.hsm_sign = Histogram(
+            "qsigner_hsm_sign_seconds", "signing latency (HSM, low-s, recovery id)",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )  # fmt: skip

@@ -1,0 +1,64 @@
+"""Method -> handler: answered here (CONTRACT 4.1), forwarded to the nodes (4.3), or refused."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proxy.context import Caller, Services
+from proxy.errors import MethodNotFound
+from proxy.handlers import accounts, signing
+from proxy.rpc import RpcRequest
+
+Handler = Callable[[Services, Caller, RpcRequest], Awaitable[Any]]
+
+LOCAL: dict[str, Handler] = {
+    "eth_accounts": accounts.accounts,
+    "eth_requestAccounts": accounts.accounts,
+    "personal_listAccounts": accounts.accounts,
+    "wallet_switchEthereumChain": accounts.switch_chain,
+    "wallet_addEthereumChain": accounts.switch_chain,
+    "eth_sendTransaction": signing.send_transaction,
+    "eth_signTransaction": signing.sign_transaction,
+    "eth_sign": signing.eth_sign,
+    "personal_sign": signing.personal_sign,
+    "eth_signTypedData_v4": signing.sign_typed_data_v4,
+    # geth's and web3.py's name for the same EIP-712 signing; v3 is v4 without arrays.
+    "eth_signTypedData": signing.sign_typed_data_v4,
+    "eth_signTypedData_v3": signing.sign_typed_data_v4,
+}
+# eth_* methods that would make a node sign with its own keys: never forwarded.
+NEVER_FORWARDED = frozenset({"eth_signTypedData_v1", "eth_sendPrivateTransaction"})
+FORWARDED_NAMESPACES = ("eth", "net", "web3")
+CACHED = frozenset({"eth_chainId", "net_version"})
+
+
+def is_forwarded(method: str, extra: tuple[str, ...]) -> bool:
+    """`eth_*`, `net_*`, `web3_*`, plus QSIGNER_PASSTHROUGH's methods and `ns_*` namespaces."""
+    namespace, _, _ = method.partition("_")
+    if namespace in FORWARDED_NAMESPACES:
+        return True
+    for allowed in extra:
+        if allowed == method or (allowed.endswith("_*") and allowed[:-1] == namespace + "_"):
+            return True
+    return False
+
+
+async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    if request.method in CACHED:
+        if request.method not in services.cached_answers:
+            services.cached_answers[request.method] = await services.pool.call(request.method)
+        return services.cached_answers[request.method]
+    if request.method == "eth_sendRawTransaction":
+        return await signing.forward_raw(services, caller, request)
+    return await services.pool.call(request.method, request.params,
+                                    headers=caller.forward_headers)  # fmt: skip
+
+
+def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:
+    local = LOCAL.get(method)
+    if local is not None:
+        return local
+    if method not in NEVER_FORWARDED and is_forwarded(method, settings_passthrough):
+        return forward
+    raise MethodNotFound(f"the method {method} does not exist or is not available")

@@ -1,0 +1,417 @@
+"""The node pool against real anvil nodes: results and node errors passed on, startup refusals
+naming the setting to fix, credentials never shown, failover, lag and chain checks, and
+eth_sendRawTransaction retried only where that is safe.
+
+Where a node must misbehave in a way anvil cannot (answer 502, go quiet after a send, vanish and
+come back on the same port), a small forwarder stands in front of a real anvil, as nginx or a load
+balancer stands in front of a node in production; the answers are still anvil's own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from eth_account import Account
+
+from proxy.errors import NodeError, NoNodeAvailable, SettingsError
+from proxy.upstream import NodePool, SendOutcomeUnknown, mask_url
+from tests.support.anvil import free_port, rpc, run_anvil
+
+DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+RECIPIENT = "0x000000000000000000000000000000000000dEaD"
+# Init code that reverts with Error("abc").
+REVERTING = (
+    "0x6080604052348015600f57600080fd5b5060405162461bcd60e51b8152602060048201526003602482015262"
+    "61626360e81b604482015260640160405180910390fd"
+)
+NO_PROBES = 3600.0  # health then changes only through failed requests (passive detection)
+
+
+@contextlib.asynccontextmanager
+async def node_pool(
+    urls: list[str], *, keep_alive: bool = True, **options: Any
+) -> AsyncIterator[NodePool]:
+    connector = aiohttp.TCPConnector(force_close=not keep_alive)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        pool = NodePool(urls, session, **{"probe_interval": 0.1, **options})
+        await pool.start()
+        try:
+            yield pool
+        finally:
+            await pool.close()
+
+
+async def start_error(urls: list[str], **options: Any) -> str:
+    async with aiohttp.ClientSession() as session:
+        pool = NodePool(urls, session, **options)
+        with pytest.raises(SettingsError) as raised:
+            await pool.start()
+        await pool.close()
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def ok_by_url(pool: NodePool) -> dict[str, bool]:
+    return {status.url: status.ok for status in pool.status()}
+
+
+def signed_transfer(nonce: int, value: int = 1) -> tuple[str, str]:
+    signed = Account.sign_transaction(
+        {"nonce": nonce, "gasPrice": 0, "gas": 21000, "to": RECIPIENT, "value": value,
+         "chainId": 1337},
+        DEV_KEY,
+    )  # fmt: skip
+    return "0x" + bytes(signed.raw_transaction).hex(), "0x" + bytes(signed.hash).hex()
+
+
+async def receipt(pool: NodePool, tx_hash: str) -> dict[str, Any]:
+    for _ in range(200):
+        found = await pool.call("eth_getTransactionReceipt", [tx_hash])
+        if found:
+            return dict(found)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{tx_hash} not mined")
+
+
+class Forwarder:
+    """Passes JSON-RPC on to a node and records what it received; can fail on demand."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = free_port()
+        self.mode = "forward"  # or "bad_gateway", "hang" (every request), "hang_sends"
+        self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self._released = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def methods(self) -> list[str]:
+        return [str(message["method"]) for _, message in self.seen]
+
+    async def start(self) -> None:
+        self._client = self._client or aiohttp.ClientSession()
+        self._released.clear()
+        app = web.Application()
+        app.router.add_post("/", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        self._released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        message = json.loads(body)
+        self.seen.append((dict(request.headers), message))
+        if self.mode == "bad_gateway":
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
+        assert self._client is not None
+        async with self._client.post(
+            self.target, data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            answered = await answer.read()
+        if self.mode == "hang" or (
+            self.mode == "hang_sends" and message["method"] == "eth_sendRawTransaction"
+        ):
+            await self._released.wait()
+        return web.Response(body=answered, content_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def forwarder(target: str) -> AsyncIterator[Forwarder]:
+    front = Forwarder(target)
+    await front.start()
+    try:
+        yield front
+    finally:
+        await front.close()
+
+
+# --- reads and node errors -------------------------------------------------------------------
+
+
+async def test_reads_return_the_nodes_results() -> None:
+    with run_anvil() as url:
+        rpc(url, "anvil_mine", ["0x3"])
+        async with node_pool([url]) as pool:
+            assert pool.chain_id == 1337
+            assert await pool.call("eth_chainId") == "0x539"
+            assert await pool.call("eth_blockNumber") == "0x3"
+            assert int(await pool.call("eth_getBalance", [DEV_ADDRESS, "latest"]), 16) > 0
+            [status] = pool.status()
+            assert (status.url, status.ok, status.block, status.chain_id) == (url, True, 3, 1337)
+            assert pool.healthy_count() == 1
+
+
+async def test_node_errors_come_back_unchanged_and_leave_the_node_in_rotation() -> None:
+    with run_anvil() as url:
+        async with node_pool([url]) as pool:
+            with pytest.raises(NodeError) as unknown:
+                await pool.call("foo_bar", [])
+            assert (unknown.value.code, unknown.value.message) == (-32601, "Method not found")
+            with pytest.raises(NodeError) as reverted:
+                await pool.call("eth_call", [{"data": REVERTING}, "latest"])
+            assert (reverted.value.code, reverted.value.message) == (3, "execution reverted: abc")
+            assert str(reverted.value.data).startswith("0x08c379a0")  # Error(string)
+            assert pool.healthy_count() == 1  # a node's answer, even an error, is not a failure
+
+
+async def test_requests_carry_json_the_pools_own_ids_and_the_callers_headers() -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as front,
+            node_pool([front.url], probe_interval=NO_PROBES) as pool,
+        ):
+            front.seen.clear()
+            await pool.call("eth_chainId")
+            await pool.call("eth_getBalance", [DEV_ADDRESS, "latest"], headers={"Quorum-PSI": "A"})
+            (headers1, first), (headers2, second) = front.seen
+            assert "params" not in first  # as cast sends eth_chainId: no params at all
+            assert second["params"] == [DEV_ADDRESS, "latest"]
+            assert headers1["Content-Type"] == headers2["Content-Type"] == "application/json"
+            assert headers2["Quorum-PSI"] == "A" and "Quorum-PSI" not in headers1
+            assert isinstance(first["id"], int) and first["id"] != second["id"]
+
+
+# --- startup --------------------------------------------------------------------------------
+
+
+async def test_start_refuses_when_no_node_answers() -> None:
+    message = await start_error(
+        [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    )
+    assert "QSIGNER_UPSTREAMS" in message and "connection refused" in message
+
+
+async def test_start_refuses_a_chain_other_than_the_expected_one() -> None:
+    with run_anvil(chain_id=1337) as url:
+        message = await start_error([url], expected_chain_id=1)
+        assert "QSIGNER_CHAIN_ID" in message and "1337" in message
+        async with node_pool([url], expected_chain_id=1337) as pool:
+            assert pool.chain_id == 1337
+
+
+async def test_start_refuses_nodes_on_different_chains() -> None:
+    with run_anvil(chain_id=1337) as first, run_anvil(chain_id=31337) as second:
+        message = await start_error([first, second])
+        assert "QSIGNER_UPSTREAMS" in message and "1337" in message and "31337" in message
+
+
+async def test_credentials_in_a_node_url_are_used_but_never_shown() -> None:
+    assert mask_url("https://user:pass@host/path") == "https://***@host/path"
+    assert mask_url("https://node.example/v1?apikey=secret") == "https://node.example/v1?***"
+    assert mask_url("user:secret@host:8545") == "***@host:8545"  # scheme forgotten
+    with run_anvil() as url, ExitStack():
+        async with forwarder(url) as front:
+            with_secret = front.url.replace("http://", "http://user:secret@")
+            async with node_pool([with_secret]) as pool:
+                assert await pool.call("eth_chainId") == "0x539"
+                assert "secret" not in repr(pool.status())
+                assert pool.status()[0].url == f"http://***@127.0.0.1:{front.port}"
+            expected = "Basic " + base64.b64encode(b"user:secret").decode()
+            assert all(headers["Authorization"] == expected for headers, _ in front.seen)
+            wrong_chain = await start_error([with_secret], expected_chain_id=1)
+            assert "QSIGNER_CHAIN_ID" in wrong_chain and "secret" not in wrong_chain
+        dead = f"http://user:secret@127.0.0.1:{free_port()}"
+        nobody = await start_error([dead])
+        assert "QSIGNER_UPSTREAMS" in nobody and "secret" not in nobody and "***@" in nobody
+        with run_anvil(chain_id=31337) as other:
+            other_secret = other.replace("http://", "http://user:secret@")
+            disagree = await start_error([url.replace("http://", "http://u:secret@"), other_secret])
+            assert "QSIGNER_UPSTREAMS" in disagree and "secret" not in disagree
+
+
+# --- failover, lag, chain -------------------------------------------------------------------
+
+
+async def test_a_dead_upstream_does_not_fail_reads() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with run_anvil() as url:
+        async with node_pool([dead, url]) as pool:
+            answers = await asyncio.gather(*(pool.call("eth_blockNumber") for _ in range(50)))
+            assert answers == ["0x0"] * 50
+            assert ok_by_url(pool) == {dead: False, url: True}
+            assert pool.status()[0].block is None
+
+
+@pytest.mark.parametrize("failure", ["refused", "bad_gateway", "hang"])
+async def test_a_node_failing_between_probes_is_retried_elsewhere_and_taken_out(
+    failure: str,
+) -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as front,
+            node_pool([front.url, url], probe_interval=NO_PROBES, request_timeout=0.5) as pool,
+        ):
+            if failure == "refused":
+                await front.stop()
+            else:
+                front.mode = failure
+            answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(20)))
+            assert answers == ["0x539"] * 20
+            # No probe ran: the failed request itself took the node out.
+            assert ok_by_url(pool) == {front.url: False, url: True}
+
+
+async def test_a_node_stopped_mid_run_fails_no_read() -> None:
+    with run_anvil() as first, ExitStack() as stopping:
+        second = stopping.enter_context(run_anvil())
+        rpc(second, "anvil_mine", ["0x1"])  # tells its answers apart, well within the lag limit
+        async with node_pool([first, second]) as pool:
+            served: list[str] = []
+
+            async def read_for(seconds: float) -> None:
+                loop = asyncio.get_running_loop()
+                until = loop.time() + seconds
+                while loop.time() < until:
+                    served.extend(
+                        await asyncio.gather(*(pool.call("eth_blockNumber") for _ in range(8)))
+                    )
+
+            reads = asyncio.create_task(read_for(1.0))
+            await asyncio.sleep(0.3)
+            assert set(served) == {"0x0", "0x1"}  # both nodes were serving
+            await asyncio.to_thread(stopping.close)  # anvil stopped while reads are in flight
+            await reads  # not one read failed
+            assert served[-8:] == ["0x0"] * 8
+            await eventually(lambda: ok_by_url(pool) == {first: True, second: False})
+            assert pool.healthy_count() == 1
+
+
+async def test_an_unreachable_node_comes_back_when_it_answers_again() -> None:
+    with run_anvil() as url:
+        async with forwarder(url) as front, node_pool([front.url, url]) as pool:
+            await front.stop()
+            await eventually(lambda: ok_by_url(pool)[front.url] is False)
+            await front.start()  # the same URL answers again
+            await eventually(lambda: ok_by_url(pool)[front.url] is True)
+            assert pool.healthy_count() == 2
+
+
+async def test_a_lagging_node_leaves_rotation_until_it_catches_up() -> None:
+    with run_anvil() as ahead, run_anvil() as behind:
+        async with node_pool([ahead, behind]) as pool:
+            rpc(ahead, "anvil_mine", ["0x14"])
+            await eventually(lambda: ok_by_url(pool) == {ahead: True, behind: False})
+            assert pool.status()[1].block == 0  # still answering, shown with its height
+            answers = await asyncio.gather(*(pool.call("eth_blockNumber") for _ in range(20)))
+            assert answers == ["0x14"] * 20
+            rpc(behind, "anvil_mine", ["0x12"])  # two behind: within max_lag_blocks
+            await eventually(lambda: ok_by_url(pool) == {ahead: True, behind: True})
+
+
+async def test_a_node_that_switches_chain_is_taken_out() -> None:
+    with run_anvil() as first, run_anvil() as second:
+        async with node_pool([first, second]) as pool:
+            rpc(second, "anvil_setChainId", [999])
+            await eventually(lambda: ok_by_url(pool) == {first: True, second: False})
+            assert pool.status()[1].chain_id == 999
+            assert pool.chain_id == 1337
+            answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(10)))
+            assert answers == ["0x539"] * 10
+
+
+# --- eth_sendRawTransaction -----------------------------------------------------------------
+
+
+async def test_a_sent_transaction_is_mined_and_sending_it_again_is_success() -> None:
+    with run_anvil() as url:
+        async with node_pool([url]) as pool:
+            raw, tx_hash = signed_transfer(nonce=0)
+            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert (await receipt(pool, tx_hash))["status"] == "0x1"
+            # anvil answers "nonce too low" for the mined duplicate: still this very transaction.
+            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            other_raw, other_hash = signed_transfer(nonce=0, value=2)
+            with pytest.raises(NodeError) as taken:  # another transaction on a used nonce
+                await pool.send_raw_transaction(other_raw, other_hash)
+            assert (taken.value.code, taken.value.message) == (-32003, "nonce too low")
+
+
+async def test_a_duplicate_still_in_the_pool_is_success() -> None:
+    with run_anvil(extra=("--no-mining",)) as url:
+        async with node_pool([url]) as pool:
+            raw, tx_hash = signed_transfer(nonce=0)
+            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            # anvil: -32003 "transaction already imported"
+            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            rpc(url, "anvil_mine", ["0x1"])
+            assert (await receipt(pool, tx_hash))["status"] == "0x1"
+
+
+async def test_a_send_goes_past_a_dead_upstream() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with run_anvil() as url:
+        async with node_pool([dead, url]) as pool:
+            raw, tx_hash = signed_transfer(nonce=0)
+            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert (await receipt(pool, tx_hash))["status"] == "0x1"
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["refused", "idle-connection-closed"])
+async def test_a_send_goes_to_another_node_when_the_first_surely_never_got_it(
+    keep_alive: bool,
+) -> None:
+    # Without keep-alive the stopped node refuses the connection; with it, the pool holds an
+    # idle connection that the node closed when it went down, as after a node restart.
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as front,
+            node_pool([front.url, url], keep_alive=keep_alive, probe_interval=NO_PROBES) as pool,
+        ):
+            await front.stop()  # between probes: the pool still counts it healthy
+            for nonce in (0, 1):  # round robin: one of the two sends tries the stopped node first
+                raw, tx_hash = signed_transfer(nonce=nonce)
+                assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+                assert (await receipt(pool, tx_hash))["status"] == "0x1"
+            assert ok_by_url(pool) == {front.url: False, url: True}
+
+
+async def test_a_send_that_may_have_reached_a_node_is_not_retried() -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as first,
+            forwarder(url) as second,
+            node_pool(
+                [first.url, second.url], probe_interval=NO_PROBES, request_timeout=1.0
+            ) as pool,
+        ):
+            first.mode = second.mode = "hang_sends"  # pass the send on, then never answer
+            raw, tx_hash = signed_transfer(nonce=0)
+            with pytest.raises(SendOutcomeUnknown) as unknown:
+                await pool.send_raw_transaction(raw, tx_hash)
+            assert isinstance(unknown.value, NoNodeAvailable) and unknown.value.tx_hash == tx_hash
+            sends = (first.methods() + second.methods()).count("eth_sendRawTransaction")
+            assert sends == 1
+            # It did reach the node: a retry would not have been the pool's decision to make.
+            assert rpc(url, "eth_getTransactionReceipt", [tx_hash])["status"] == "0x1"

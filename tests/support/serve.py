@@ -1,0 +1,44 @@
+"""`quorum-signer serve` started as a user starts it (a subprocess), stopped by its pid."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "quorum-signer"
+
+
+@contextmanager
+def serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Start the proxy with `env` (QSIGNER_LISTEN=host:port); its stderr goes to `log_path`."""
+    url = "http://" + env["QSIGNER_LISTEN"]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited {process.returncode}: {log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve not ready within 60 s: {log_path.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
