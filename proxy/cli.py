@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
-import os
-import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -24,8 +21,7 @@ from proxy.identity import ROLES, Identity
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.errors import SignerError
-from signer.pkcs11 import Hsm, find_softhsm_module
-from softhsm import write_config
+from signer.pkcs11 import Hsm
 
 T = TypeVar("T")
 
@@ -75,48 +71,10 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _dev(args: argparse.Namespace) -> int:
-    """Until the proxy exists: a SoftHSM token under ./.quorum-signer/ and a demo key in it."""
-    state_dir = Path(args.state_dir).resolve()
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    conf = write_config(state_dir / "softhsm")
-    # SoftHSM reads its configuration from the environment of the process that loads it.
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    module = args.pkcs11_module or find_softhsm_module()
-    if module is None:
-        raise BadInput("SoftHSM2 is not installed: run `make dev` (or apt-get install softhsm2)")
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy import devstack
 
-    # Development state: a random token PIN kept beside the token, readable by this user only.
-    # `serve` never reads this file; a token PIN reaches a running proxy only inside a user's
-    # password envelope.
-    state_file = state_dir / "dev.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-    else:
-        state = {
-            "token_label": "quorum-signer-dev",
-            "so_pin": secrets.token_urlsafe(16),
-            "user_pin": secrets.token_urlsafe(16),
-            "key_id": secrets.token_hex(16),
-            "key_label": "demo",
-        }
-    with Hsm(module) as hsm:
-        if state["token_label"] not in hsm.token_labels():
-            _progress(f"creating the SoftHSM token {state['token_label']!r} in {conf.parent}")
-            hsm.initialise_token(state["token_label"], state["so_pin"], state["user_pin"])
-        state_file.touch(mode=0o600, exist_ok=True)
-        state_file.write_text(json.dumps(state, indent=2))
-        token = hsm.login(state["token_label"], state["user_pin"])
-        key_id = bytes.fromhex(state["key_id"])
-        try:
-            key = token.key(key_id=key_id)
-            _progress("reusing the demo key")
-        except SignerError:
-            _progress("generating the demo key inside the HSM token")
-            key = token.generate_key(key_id, state["key_label"])
-        _progress(f"token {token.label!r} (serial {token.serial}); demo account:")
-        print(checksum(key.address))
-    return 0
+    return devstack.run(settings, Path(args.state_dir))
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,7 +177,11 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections.
+    A startup problem raises SettingsError."""
+    import signal
+
     from aiohttp import web
 
     from proxy import logs
@@ -229,9 +191,31 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit():
         raise SettingsError("QSIGNER_LISTEN must be host:port")
-    _progress(f"quorum-signer listening on http://{settings.listen}")
-    web.run_app(create_app(settings), host=host.strip("[]"), port=int(port), access_log=None,
-                print=None, handle_signals=True)  # fmt: skip
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            _progress(f"quorum-signer listening on http://{settings.listen}")
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+        except OSError as exc:
+            raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
+                                f"({exc.strerror})") from None  # fmt: skip
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    serve_app(settings)
     return 0
 
 
@@ -255,12 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev",
         help="run everything on this machine with nothing to configure",
-        description="Create (or reuse) a SoftHSM token under ./.quorum-signer/ and a demo "
-        "key in it, and print the demo account's address.",
+        description="Start a SoftHSM token, an embedded PostgreSQL (unless QSIGNER_DATABASE_URL "
+        "is set) and an anvil node (unless QSIGNER_UPSTREAMS is set) under ./.quorum-signer/, "
+        "a demo organisation, account and user; print the RPC URL and credentials; serve until "
+        "Ctrl-C. A second run reuses the same state.",
     )
     dev.add_argument("--state-dir", default=".quorum-signer",
                      help="where the dev state lives (default: %(default)s)")  # fmt: skip
-    dev.add_argument("--pkcs11-module", help="PKCS#11 library (default: SoftHSM2's)")
     dev.set_defaults(handler=_dev)
 
     commands.add_parser(
@@ -360,8 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.handler is _dev:
-            return int(args.handler(args))
         settings = Settings.from_env(config_file=args.config)
         return int(args.handler(args, settings))
     except (ProxyError, SettingsError, SignerError) as exc:

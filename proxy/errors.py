@@ -13,6 +13,7 @@
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
     ├── RateLimited                 -32005  HTTP 429
     ├── NoNodeAvailable             -32002  HTTP 503
+    │   └── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
@@ -94,6 +95,20 @@ class NodeError(ProxyError):
         super().__init__(message, data)
         self.code = code
         self.http_status = http_status
+
+
+class SendOutcomeUnknown(NoNodeAvailable):
+    """eth_sendRawTransaction failed after the request may have reached a node.
+
+    Unlike a plain NoNodeAvailable, the transaction may be in a node's pool: its nonce is not
+    free to give to another transaction until the hash is looked up.
+    """
+
+    def __init__(self, tx_hash: str) -> None:
+        super().__init__(
+            f"no node available; the transaction may still have reached one: {tx_hash}"
+        )
+        self.tx_hash = tx_hash
 
 
 class SettingsError(Exception):

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-LOGGER = logging.getLogger("quorum_signer")
+LOGGER = logging.getLogger("proxy")  # parent of every proxy.* module logger
 
 
 class JsonFormatter(logging.Formatter):

@@ -21,7 +21,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import NodeError, NoNodeAvailable, SettingsError
+from proxy.errors import NodeError, NoNodeAvailable, SendOutcomeUnknown, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,6 @@ class NodeStatus:
     ok: bool
     block: int | None
     chain_id: int | None
-
-
-class SendOutcomeUnknown(NoNodeAvailable):
-    """eth_sendRawTransaction failed after the request may have reached a node.
-
-    Unlike a plain NoNodeAvailable, the transaction may be in a node's pool: its nonce is not
-    free to give to another transaction until the hash is looked up.
-    """
-
-    def __init__(self, tx_hash: str) -> None:
-        super().__init__(
-            f"no node available; the transaction may still have reached one: {tx_hash}"
-        )
-        self.tx_hash = tx_hash
 
 
 class _NodeUnreachable(Exception):

@@ -1,0 +1,55 @@
+"""`quorum-signer serve` refuses to start on a configuration problem, with one clear line that
+names the setting to fix (and never a credential from it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.anvil import free_port, run_anvil
+
+BIN = Path(sys.executable).parent / "quorum-signer"
+
+
+def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), "serve"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def base_env(database_url: str, softhsm_conf: Path, softhsm_module: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QSIGNER_")}
+    env.update(QSIGNER_LISTEN=f"127.0.0.1:{free_port()}", QSIGNER_DATABASE_URL=database_url,
+               QSIGNER_JWT_SECRET="s" * 40, QSIGNER_PKCS11_MODULE=softhsm_module,
+               QSIGNER_LOG_FORMAT="json", SOFTHSM2_CONF=str(softhsm_conf))  # fmt: skip
+    return env
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("quorum-signer:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_startup_problems_name_the_setting(base_env: dict[str, str]) -> None:
+    dead = f"http://user:hunter2@127.0.0.1:{free_port()}"
+    line = error_line(start({**base_env, "QSIGNER_UPSTREAMS": dead}))
+    assert "QSIGNER_UPSTREAMS" in line and "hunter2" not in line
+    with run_anvil(chain_id=1337) as anvil:
+        ok = {**base_env, "QSIGNER_UPSTREAMS": anvil}
+        assert "QSIGNER_CHAIN_ID" in error_line(start({**ok, "QSIGNER_CHAIN_ID": "5"}))
+        line = error_line(start({**ok, "QSIGNER_DATABASE_URL":
+                                 "postgresql://u:hunter2@127.0.0.1:1/x"}))  # fmt: skip
+        assert "QSIGNER_DATABASE_URL" in line and "hunter2" not in line
+        assert "QSIGNER_PKCS11_MODULE" in error_line(
+            start({**ok, "QSIGNER_PKCS11_MODULE": "/nonexistent/libpkcs11.so"})
+        )
+        no_jwt = {k: v for k, v in ok.items() if k != "QSIGNER_JWT_SECRET"}
+        assert "QSIGNER_JWT_SECRET" in error_line(start(no_jwt))
+        no_upstreams = {k: v for k, v in ok.items() if k != "QSIGNER_UPSTREAMS"}
+        assert "QSIGNER_UPSTREAMS" in error_line(start(no_upstreams))
