@@ -59,12 +59,12 @@ async def _populate(database_url: str, settings: Settings, module: str, label: s
 
 
 async def build_stack(anvil_url: str, database_url: str, softhsm_module: str,
-                      **overrides: object) -> Stack:  # fmt: skip
+                      upstreams: tuple[str, ...] = (), **overrides: object) -> Stack:  # fmt: skip
     label, pin = random_label("stack"), os.urandom(10).hex()
     password = "pw-" + os.urandom(6).hex()
     settings = Settings(
-        upstreams=(anvil_url,), database_url=database_url, pkcs11_module=softhsm_module,
-        jwt_secret=JWT_SECRET, pbkdf2_iterations=100_000, **overrides,  # type: ignore[arg-type]
+        upstreams=upstreams or (anvil_url,), database_url=database_url,
+        pkcs11_module=softhsm_module, jwt_secret=JWT_SECRET, pbkdf2_iterations=100_000, **overrides,  # type: ignore[arg-type]
     )  # fmt: skip
     address, other, api_key = await _populate(
         database_url, settings, softhsm_module, label, pin, password
