@@ -9,7 +9,7 @@ with the keys of QSIGNER_JWT_JWKS_URL (cached, refreshed on an unknown `kid`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,36 @@ from proxy.settings import Settings
 
 LEEWAY_SECONDS = 30
 API_KEY_PREFIX = "qsk_"
+VERIFIED_TOKENS_MAX = 10_000
 
 
 @dataclass(frozen=True)
 class JwtVerifier:
-    """Verifies tokens with one key source and the algorithms that source allows."""
+    """Verifies tokens with one key source and the algorithms that source allows.
+
+    A token that verified is remembered until its `exp` (a bounded map), so that a client
+    sending the same token on every request pays the signature check once.
+    """
 
     algorithms: tuple[str, ...]
     key: Any = None
     jwks: jwt.PyJWKClient | None = None
     issuer: str | None = None
     audience: str | None = None
+    _verified: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
 
     def verify(self, token: str) -> str:
         """The token's subject (user id), or `Unauthorized`; never echoes the token."""
+        remembered = self._verified.get(token)
+        if remembered is not None and remembered[1] > time.time():
+            return remembered[0]
+        subject, expires = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS_MAX:
+            self._verified.clear()
+        self._verified[token] = (subject, expires)
+        return subject
+
+    def _verify(self, token: str) -> tuple[str, float]:
         try:
             key = self.key
             if self.jwks is not None:
@@ -60,7 +76,7 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("invalid token (no subject)")
-        return subject
+        return subject, float(claims["exp"]) + LEEWAY_SECONDS
 
 
 def build_verifier(settings: Settings, *, jwks_cooldown_seconds: float = 5.0) -> JwtVerifier:

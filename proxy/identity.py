@@ -361,11 +361,7 @@ class Identity:
     async def principal(self, user_id: str) -> Principal:
         """The active user behind a verified JWT; read from the database on every request, so
         that `user disable` holds at once on every replica."""
-        row = await self.pool.fetchrow(
-            """SELECT u.id, u.organisation_id, o.name AS organisation, u.role, u.status
-               FROM users u JOIN organisations o ON o.id = u.organisation_id WHERE u.id = $1""",
-            user_id,
-        )
+        row = await self._cached_row("user", user_id, _USER_UNLOCK_QUERY)
         if row is None or row["status"] != "active":
             raise Unauthorized("unknown or disabled user")
         return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])

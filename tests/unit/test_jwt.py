@@ -140,3 +140,13 @@ def test_bearer_header() -> None:
         with pytest.raises(Unauthorized):
             bearer(bad)
     assert is_api_key("qsk_0123_abc") and not is_api_key("eyJhbGciOi")
+
+
+def test_a_remembered_token_still_expires() -> None:
+    verifier = build_verifier(Settings(jwt_secret=SECRET))
+    token = jwt.encode(claims(exp=int(time.time()) - 29), SECRET, "HS256")  # within the leeway
+    assert verifier.verify(token) == "alice"
+    assert verifier.verify(token) == "alice"  # remembered
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(token)
