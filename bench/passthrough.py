@@ -14,22 +14,17 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from signer.pkcs11 import find_softhsm_module  # noqa: E402
-from softhsm import write_config  # noqa: E402
-from tests.support.anvil import free_port, run_anvil  # noqa: E402
-from tests.support.database import fresh_database, postgres_server  # noqa: E402
-from tests.support.serve import serve  # noqa: E402
-from tests.support.stack import build_stack, environment  # noqa: E402
+from _stack import running_stack
+
+from tests.support.anvil import free_port
 
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
 
@@ -89,36 +84,29 @@ def main() -> None:
     if args.forwarder:
         forwarder(int(args.forwarder[0]), args.forwarder[1])
         return
-    module = find_softhsm_module()
-    assert module, "SoftHSM2 is not installed (make deps)"
-    with tempfile.TemporaryDirectory() as tmp, run_anvil(chain_id=1337) as anvil, \
-            postgres_server() as server, fresh_database(server) as database:  # fmt: skip
-        conf = write_config(Path(tmp) / "softhsm")
-        os.environ["SOFTHSM2_CONF"] = str(conf)
-        stack = asyncio.run(build_stack(anvil, database, module))
-        env = environment(stack, conf, f"127.0.0.1:{free_port()}")
+    with running_stack() as running:
         fwd_port = free_port()
-        fwd = subprocess.Popen([sys.executable, __file__, "--forwarder", str(fwd_port), anvil])
+        fwd = subprocess.Popen([sys.executable, __file__, "--forwarder", str(fwd_port),
+                                running.anvil])  # fmt: skip
         try:
-            with serve(env, Path(tmp) / "serve.log") as proxy:
-                time.sleep(1.0)  # the forwarder's start
-                targets = {
-                    "direct": (anvil, {"Content-Type": "application/json"}),
-                    "forwarder": (f"http://127.0.0.1:{fwd_port}/",
-                                  {"Content-Type": "application/json"}),
-                    "proxy": (proxy + "/", {"Content-Type": "application/json",
-                                            "Authorization": f"Bearer {stack.jwt}"}),
-                }  # fmt: skip
-                results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in targets}
-                unloaded: dict[str, list[float]] = {k: [] for k in targets}
-                for url, headers in targets.values():  # warm-up
-                    asyncio.run(load(url, headers, 500, args.concurrency))
-                for _ in range(args.rounds):
-                    for name, (url, headers) in targets.items():
-                        results[name].append(
-                            asyncio.run(load(url, headers, args.requests, args.concurrency))
-                        )
-                        unloaded[name].append(asyncio.run(load(url, headers, 300, 1))[1])
+            time.sleep(1.0)  # the forwarder's start
+            json_headers = {"Content-Type": "application/json"}
+            targets = {
+                "direct": (running.anvil, json_headers),
+                "forwarder": (f"http://127.0.0.1:{fwd_port}/", json_headers),
+                "proxy": (running.proxy + "/",
+                          {**json_headers, "Authorization": f"Bearer {running.stack.jwt}"}),
+            }  # fmt: skip
+            results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in targets}
+            unloaded: dict[str, list[float]] = {k: [] for k in targets}
+            for url, headers in targets.values():  # warm-up
+                asyncio.run(load(url, headers, 500, args.concurrency))
+            for _ in range(args.rounds):
+                for name, (url, headers) in targets.items():
+                    results[name].append(
+                        asyncio.run(load(url, headers, args.requests, args.concurrency))
+                    )
+                    unloaded[name].append(asyncio.run(load(url, headers, 300, 1))[1])
         finally:
             fwd.terminate()
             fwd.wait()

@@ -4,7 +4,9 @@ use `from`, signs inside the HSM, and (for eth_sendTransaction) sends through th
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 from proxy import filling
@@ -68,29 +70,40 @@ async def _chain_facts(services: Services) -> tuple[int | None, int]:
     return (int(base_fee, 16) if base_fee is not None else None), int(block["gasLimit"], 16)
 
 
-async def _fill(services: Services, request: filling.Request, nonce: int) -> Transaction:
-    base_fee, gas_limit = await _chain_facts(services)
-    fee_market = filling.uses_fee_market(request, base_fee)
-    if fee_market and base_fee is None:
-        raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
-    gas_price = tip = None
-    if fee_market and "maxPriorityFeePerGas" not in request.fields:
+async def _prepare(services: Services, request: filling.Request) -> Callable[..., Transaction]:
+    """Read what filling needs from the nodes (concurrently), before any nonce is held; the
+    result builds the transaction once the nonce is known."""
+
+    async def tip() -> int:
         try:
-            tip = int(await services.pool.call("eth_maxPriorityFeePerGas"), 16)
+            return int(await services.pool.call("eth_maxPriorityFeePerGas"), 16)
         except NodeError:
-            tip = 0
-    if not fee_market and "gasPrice" not in request.fields:
-        gas_price = int(await services.pool.call("eth_gasPrice"), 16)
-    gas = request.gas
-    if gas is None:
+            return 0
+
+    async def gas_price() -> int:
+        return int(await services.pool.call("eth_gasPrice"), 16)
+
+    async def gas() -> int:
+        if request.gas is not None:
+            return request.gas
         estimate_fields = {k: v for k, v in request.fields.items()
                            if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
         estimate_fields["from"] = "0x" + request.sender.hex()
-        gas = int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
-    return filling.build(
-        request, chain_id=services.pool.chain_id, nonce=nonce, gas=gas,
-        block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee,
-        gas_price=gas_price, tip=tip,
+        return int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
+
+    (base_fee, gas_limit), gas_value = await asyncio.gather(_chain_facts(services), gas())
+    fee_market = filling.uses_fee_market(request, base_fee)
+    if fee_market and base_fee is None:
+        raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
+    tip_value = price = None
+    if fee_market and "maxPriorityFeePerGas" not in request.fields:
+        tip_value = await tip()
+    if not fee_market and "gasPrice" not in request.fields:
+        price = await gas_price()
+    return functools.partial(
+        filling.build, request, chain_id=services.pool.chain_id, gas=gas_value,
+        block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee, gas_price=price,
+        tip=tip_value,
     )  # fmt: skip
 
 
@@ -104,12 +117,11 @@ def _first_param(request: RpcRequest) -> Any:
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, "0x" + parsed.sender.hex())
+    build = await _prepare(services, parsed)
     if parsed.nonce is not None:
-        tx = await _fill(services, parsed, parsed.nonce)
-        return await _sign_and_send(services, caller, key, tx)
+        return await _sign_and_send(services, caller, key, build(nonce=parsed.nonce))
     async with services.nonces.lease(parsed.sender) as lease:
-        tx = await _fill(services, parsed, lease.nonce)
-        return await _sign_and_send(services, caller, key, tx)
+        return await _sign_and_send(services, caller, key, build(nonce=lease.nonce))
 
 
 async def _sign(services: Services, key: HsmKey, tx: Transaction) -> SignedTransaction:
@@ -135,7 +147,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
             "eth_getTransactionCount", ["0x" + parsed.sender.hex(), "pending"]
         )
         nonce = int(count, 16)
-    tx = await _fill(services, parsed, nonce)
+    tx = (await _prepare(services, parsed))(nonce=nonce)
     signed = await _sign(services, key, tx)
     sig = signed.signature
     return {

@@ -1,0 +1,46 @@
+"""The real stack the benchmarks run against: anvil, PostgreSQL, SoftHSM, `quorum-signer serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from signer.pkcs11 import find_softhsm_module  # noqa: E402
+from softhsm import write_config  # noqa: E402
+from tests.support.anvil import free_port, run_anvil  # noqa: E402
+from tests.support.database import fresh_database, postgres_server  # noqa: E402
+from tests.support.serve import serve  # noqa: E402
+from tests.support.stack import Stack, build_stack, environment  # noqa: E402
+
+
+@dataclass
+class Running:
+    proxy: str
+    anvil: str
+    stack: Stack
+    module: str
+
+
+@contextmanager
+def running_stack(anvil_extra: tuple[str, ...] = ()) -> Iterator[Running]:
+    module = find_softhsm_module()
+    if module is None:
+        raise SystemExit("SoftHSM2 is not installed (make deps)")
+    chain = run_anvil(chain_id=1337, extra=anvil_extra)
+    with tempfile.TemporaryDirectory() as tmp, chain as anvil, postgres_server() as server, \
+            fresh_database(server) as database:  # fmt: skip
+        conf = write_config(Path(tmp) / "softhsm")
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        stack = asyncio.run(build_stack(anvil, database, module))
+        env = environment(stack, conf, f"127.0.0.1:{free_port()}")
+        with serve(env, Path(tmp) / "serve.log") as proxy:
+            yield Running(proxy, anvil, stack, module)
