@@ -79,3 +79,30 @@ async def test_node_stopped_mid_run_fails_no_read(database_url: str, softhsm_con
                 assert len(answers) == 240
         finally:
             await server.close()
+
+
+async def test_no_node_left_answers_503(database_url: str, softhsm_conf: Path,
+                                        softhsm_module: str) -> None:  # fmt: skip
+    chain = contextlib.ExitStack()
+    only = chain.enter_context(run_anvil(chain_id=CHAIN_ID))
+    try:
+        stack = await build_stack(only, database_url, softhsm_module)
+        server = TestServer(create_app(stack.settings), host="127.0.0.1")
+        await server.start_server()
+        try:
+            chain.close()  # the only node goes away
+            async with aiohttp.ClientSession() as session:
+                headers = {"Authorization": f"Bearer {stack.jwt}"}
+                body = {"jsonrpc": "2.0", "id": 9, "method": "eth_blockNumber", "params": []}
+                async with session.post(str(server.make_url("/")), json=body,
+                                        headers=headers) as response:  # fmt: skip
+                    answer = await response.json()
+                    assert response.status == 503 and answer["error"]["code"] == -32002
+                    assert answer["id"] == 9
+                async with session.get(str(server.make_url("/readyz"))) as response:
+                    assert response.status == 503
+                    assert (await response.json())["ready"] is False
+        finally:
+            await server.close()
+    finally:
+        chain.close()
