@@ -31,6 +31,7 @@ from proxy.errors import (
 from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
+from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
 from signer.errors import (
@@ -98,6 +99,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             nonces=PendingCountNonces(pool), metrics=app[METRICS],
+            rate_limiter=RateLimiter(settings.rate_limit,
+                                     settings.rate_burst or 2 * settings.rate_limit),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
@@ -131,6 +134,7 @@ async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
     metrics.in_flight.inc()
     outcome, code = "ok", None
     try:
+        services.rate_limiter.check(caller.principal.user_id)
         handler = router.handler_for(call.method, services.settings.passthrough)
         return rpc.result(call.id, await handler(services, caller, call)), None
     except Exception as exc:

@@ -10,6 +10,7 @@ from proxy.credentials import HsmCredentials
 from proxy.identity import Identity, Principal
 from proxy.metrics import Metrics
 from proxy.nonces import NonceSource
+from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
 from signer.pkcs11 import Hsm, HsmKey
@@ -26,6 +27,7 @@ class Services:
     verifier: JwtVerifier
     nonces: NonceSource
     metrics: Metrics
+    rate_limiter: RateLimiter
     keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
     cached_answers: dict[str, Any] = field(default_factory=dict)
 

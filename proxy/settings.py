@@ -38,6 +38,8 @@ class Settings:
     tessera_url: str | None = None
     log_format: str | None = None
     cors_origins: tuple[str, ...] = ()
+    rate_limit: int = 0
+    rate_burst: int = 0
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
 

@@ -261,3 +261,22 @@ async def test_operations_endpoints(proxy: Proxy) -> None:
         text = await response.text()
         assert 'qsigner_rpc_requests_total{method="eth_chainId",outcome="ok"}' in text
         assert "qsigner_node_up" in text
+
+
+async def test_rate_limit_answers_429(chain: tuple[str, bool], database_url: str,
+                                      softhsm_conf: Path, softhsm_module: str) -> None:  # fmt: skip
+    stack = await build_stack(chain[0], database_url, softhsm_module, rate_limit=2, rate_burst=3)
+    server = TestServer(create_app(stack.settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            proxy = Proxy(str(server.make_url("")).rstrip("/"), session, stack)
+            statuses = [(await proxy.call("eth_chainId", headers=proxy.jwt()))[0] for _ in range(5)]
+            assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+            _, answer = await proxy.call("eth_chainId", headers=proxy.jwt())
+            assert answer["error"]["code"] == -32005
+            # Another user has a bucket of their own.
+            status, _ = await proxy.call("eth_chainId", headers=proxy.jwt(token=stack.viewer_jwt))
+            assert status == 200
+    finally:
+        await server.close()

@@ -48,3 +48,20 @@ def test_bad_values_name_the_variable(environ: dict[str, str], match: str) -> No
 def test_unreadable_config(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="--config"):
         Settings.from_env({}, config_file=tmp_path / "missing.toml")
+
+
+def test_rate_limiter_refills() -> None:
+    import time
+
+    from proxy.errors import RateLimited
+    from proxy.ratelimit import RateLimiter
+
+    limiter = RateLimiter(per_second=50, burst=2)
+    limiter.check("a")
+    limiter.check("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+    limiter.check("b")
+    time.sleep(0.05)  # 2.5 calls' worth refilled
+    limiter.check("a")
+    RateLimiter(0, 0).check("anyone")  # off
