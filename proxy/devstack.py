@@ -13,11 +13,8 @@ import contextlib
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from proxy import store
+from proxy import devchain, store
 from proxy.auth import issue_token
 from proxy.errors import BadInput, SettingsError
 from proxy.identity import Identity
@@ -47,62 +44,24 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _anvil_binary() -> Path:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = root / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-        if candidate.exists():
-            return candidate
-    raise BadInput("anvil is not installed: run `make dev` (npm ci), or set QSIGNER_UPSTREAMS")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _rpc(url: str, method: str, params: list[Any]) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})  # noqa: S310
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own anvil)
-        answer = json.loads(response.read())
-    if "error" in answer:
-        raise SettingsError(f"the dev chain refused {method}: {answer['error'].get('message')}")
-    return answer["result"]
+    try:
+        return devchain.rpc(url, method, params)
+    except devchain.ChainError as exc:
+        raise SettingsError(f"the dev chain: {exc}") from None
 
 
 @contextlib.contextmanager
 def _anvil(state_dir: Path) -> Iterator[str]:
     """anvil with its state dumped to and loaded from .quorum-signer/anvil-state.json."""
-    port = _free_port()
-    args = [str(_anvil_binary()), "--host", "127.0.0.1", "--port", str(port),
-            "--chain-id", str(DEV_CHAIN_ID), "--gas-price", "0", "--base-fee", "0",
-            "--block-time", "1", "--state", str(state_dir / "anvil-state.json")]  # fmt: skip
-    log = (state_dir / "anvil.log").open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=log)  # noqa: S603 (our pinned anvil)
-    url = f"http://127.0.0.1:{port}"
+    state = ("--block-time", "1", "--state", str(state_dir / "anvil-state.json"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise SettingsError(f"the dev chain (anvil) exited; see {state_dir / 'anvil.log'}")
-            try:
-                _rpc(url, "eth_chainId", [])
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SettingsError("the dev chain (anvil) did not start within 30 s") from None
-                time.sleep(0.1)
-        _progress(f"dev chain: anvil at {url} (chain id {DEV_CHAIN_ID}, zero gas price)")
-        yield url
-    finally:
-        process.terminate()  # anvil dumps its state on SIGTERM
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        with devchain.run_anvil(chain_id=DEV_CHAIN_ID, extra=state,
+                                log=state_dir / "anvil.log") as url:  # fmt: skip
+            _progress(f"dev chain: anvil at {url} (chain id {DEV_CHAIN_ID}, zero gas price)")
+            yield url
+    except devchain.ChainError as exc:
+        raise SettingsError(f"the dev chain: {exc}") from None
 
 
 @contextlib.contextmanager

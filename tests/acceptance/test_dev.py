@@ -13,7 +13,7 @@ from pathlib import Path
 
 from web3 import Web3
 
-from tests.support.anvil import free_port
+from tests.support.anvil import free_port, stop
 from tests.support.checks import assert_signed_by
 
 BIN = Path(sys.executable).parent / "quorum-signer"
@@ -47,13 +47,7 @@ def run_dev(cwd: Path, port: int) -> tuple[str, str]:
                          chain_id=1337)  # fmt: skip
         return account.group(1), keyed_url.group(1)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+        stop(process, signal.SIGINT, timeout=30)
 
 
 def test_dev_runs_then_reuses_its_state(tmp_path: Path) -> None:
