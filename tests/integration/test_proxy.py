@@ -280,3 +280,50 @@ async def test_rate_limit_answers_429(chain: tuple[str, bool], database_url: str
             assert status == 200
     finally:
         await server.close()
+
+
+async def test_cors_for_configured_origins_only(
+    chain: tuple[str, bool], database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await build_stack(
+        chain[0], database_url, softhsm_module, cors_origins=("https://app.example",)
+    )
+    server = TestServer(create_app(stack.settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = str(server.make_url("/"))
+            preflight = {
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            }
+            for path in ("/", f"/rpc/{stack.api_key}"):
+                async with session.options(str(server.make_url(path)), headers=preflight) as r:
+                    assert r.status == 204
+                    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                    allowed = r.headers["Access-Control-Allow-Headers"]
+                    for header in (
+                        "Authorization",
+                        "Content-Type",
+                        "X-Signer-Password",
+                        "Idempotency-Key",
+                        "Quorum-PSI",
+                    ):
+                        assert header in allowed
+            async with session.options(
+                url, headers={**preflight, "Origin": "https://evil.example"}
+            ) as r:
+                assert "Access-Control-Allow-Origin" not in r.headers
+            body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}
+            auth = {"Authorization": f"Bearer {stack.jwt}"}
+            async with session.post(
+                url, json=body, headers={**auth, "Origin": "https://app.example"}
+            ) as r:
+                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            async with session.post(
+                url, json=body, headers={**auth, "Origin": "https://evil.example"}
+            ) as r:
+                assert "Access-Control-Allow-Origin" not in r.headers
+    finally:
+        await server.close()
