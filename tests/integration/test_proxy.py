@@ -257,10 +257,14 @@ async def test_operations_endpoints(proxy: Proxy) -> None:
         assert body["database"] == {"ok": True} and body["hsm"] == {"ok": True}
         assert body["nodes"][0]["ok"] is True and body["nodes"][0]["chain_id"] == CHAIN_ID
     await proxy.result("eth_chainId", headers=proxy.jwt())
+    for made_up in ("eth_madeUpOne", "eth_madeUpTwo", "nonsense_x"):
+        await proxy.call(made_up, [], headers=proxy.jwt())
     async with proxy.session.get(proxy.url + "/metrics") as response:
         text = await response.text()
         assert 'qsigner_rpc_requests_total{method="eth_chainId",outcome="ok"}' in text
         assert "qsigner_node_up" in text
+        assert "madeUp" not in text and "nonsense" not in text
+        assert 'qsigner_rpc_requests_total{method="other",outcome="error"} 3.0' in text
 
 
 async def test_rate_limit_answers_429(chain: tuple[str, bool], database_url: str,
