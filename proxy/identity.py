@@ -172,8 +172,13 @@ class Identity:
             await listener.close()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._generation += 1
         kind, _, key = payload.partition(":")
+        self._forget(kind, key)
+
+    def _forget(self, kind: str, key: str) -> None:
+        """Drop what this replica holds about a user or an API key. Called on NOTIFY from any
+        replica, and by this one right after its own change commits (the NOTIFY comes later)."""
+        self._generation += 1
         for cached in [k for k, row in self._rows.items()
                        if (kind == "user" and row["id"] == key) or k == (kind, key)]:  # fmt: skip
             del self._rows[cached]
@@ -338,7 +343,7 @@ class Identity:
                 envelope.nonce, envelope.ciphertext,
             )  # fmt: skip
             await self._notify(conn, "user", user_id)
-        self.unlock_cache.forget_user(user_id)
+        self._forget("user", user_id)
 
     async def disable_user(self, user_id: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -349,7 +354,7 @@ class Identity:
                 raise BadInput(f"no user {user_id!r}")
             await self._event(conn, user_id, "user_disabled", {})
             await self._notify(conn, "user", user_id)
-        self.unlock_cache.forget_user(user_id)
+        self._forget("user", user_id)
 
     async def _event(self, conn: asyncpg.Connection, user_id: str | None, kind: str,
                      detail: dict[str, Any]) -> None:  # fmt: skip
@@ -401,6 +406,7 @@ class Identity:
                 user_id,
             )
             await self._notify(conn, "user", user_id)
+        self._forget("user", user_id)
 
     async def _wrong_password(self, user_id: str) -> None:
         """Count a wrong password; the Nth in a row locks the user and leaves an event."""
@@ -421,6 +427,7 @@ class Identity:
                 )  # fmt: skip
                 await self._event(conn, user_id, "locked_out",
                                   {"seconds": self.settings.lockout_seconds})  # fmt: skip
+        self._forget("user", user_id)
 
     # --- API keys ---------------------------------------------------------------------------
 
@@ -451,6 +458,7 @@ class Identity:
                 raise BadInput(f"no active API key with id {key_id!r}")
             await self._event(conn, user_id, "apikey_revoked", {"key_id": key_id})
             await self._notify(conn, "apikey", key_id)
+        self._forget("apikey", key_id)
 
     async def unlock_with_api_key(self, api_key: str) -> tuple[Principal, HsmCredentials]:
         match = _API_KEY.match(api_key)
