@@ -12,14 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from eth_account.messages import encode_typed_data
 
-from proxy.app import create_app
 from signer.messages import personal_message_digest, typed_data_digest
 from tests.support.anvil import rpc, run_anvil
 from tests.support.checks import assert_signed_by, check_message_signature
-from tests.support.stack import CHAIN_ID, Stack, build_stack
+from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 
 
 @dataclass
@@ -69,13 +67,8 @@ def chain(request: pytest.FixtureRequest) -> Iterator[tuple[str, bool]]:
 async def proxy(chain: tuple[str, bool], database_url: str, softhsm_conf: Path,
                 softhsm_module: str) -> AsyncIterator[Proxy]:  # fmt: skip
     stack = await build_stack(chain[0], database_url, softhsm_module, passthrough=("txpool_*",))
-    server = TestServer(create_app(stack.settings), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Proxy(str(server.make_url("")).rstrip("/"), session, stack)
-    finally:
-        await server.close()
+    async with in_process(stack.settings) as (url, session):
+        yield Proxy(url, session, stack)
 
 
 async def test_every_method_needs_authentication(proxy: Proxy) -> None:
@@ -270,20 +263,15 @@ async def test_operations_endpoints(proxy: Proxy) -> None:
 async def test_rate_limit_answers_429(chain: tuple[str, bool], database_url: str,
                                       softhsm_conf: Path, softhsm_module: str) -> None:  # fmt: skip
     stack = await build_stack(chain[0], database_url, softhsm_module, rate_limit=2, rate_burst=3)
-    server = TestServer(create_app(stack.settings), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            proxy = Proxy(str(server.make_url("")).rstrip("/"), session, stack)
-            statuses = [(await proxy.call("eth_chainId", headers=proxy.jwt()))[0] for _ in range(5)]
-            assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
-            _, answer = await proxy.call("eth_chainId", headers=proxy.jwt())
-            assert answer["error"]["code"] == -32005
-            # Another user has a bucket of their own.
-            status, _ = await proxy.call("eth_chainId", headers=proxy.jwt(token=stack.viewer_jwt))
-            assert status == 200
-    finally:
-        await server.close()
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        statuses = [(await proxy.call("eth_chainId", headers=proxy.jwt()))[0] for _ in range(5)]
+        assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+        _, answer = await proxy.call("eth_chainId", headers=proxy.jwt())
+        assert answer["error"]["code"] == -32005
+        # Another user has a bucket of their own.
+        status, _ = await proxy.call("eth_chainId", headers=proxy.jwt(token=stack.viewer_jwt))
+        assert status == 200
 
 
 async def test_cors_for_configured_origins_only(
@@ -292,42 +280,25 @@ async def test_cors_for_configured_origins_only(
     stack = await build_stack(
         chain[0], database_url, softhsm_module, cors_origins=("https://app.example",)
     )
-    server = TestServer(create_app(stack.settings), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = str(server.make_url("/"))
-            preflight = {
-                "Origin": "https://app.example",
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, content-type",
-            }
-            for path in ("/", f"/rpc/{stack.api_key}"):
-                async with session.options(str(server.make_url(path)), headers=preflight) as r:
-                    assert r.status == 204
-                    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
-                    allowed = r.headers["Access-Control-Allow-Headers"]
-                    for header in (
-                        "Authorization",
-                        "Content-Type",
-                        "X-Signer-Password",
-                        "Idempotency-Key",
-                        "Quorum-PSI",
-                    ):
-                        assert header in allowed
-            async with session.options(
-                url, headers={**preflight, "Origin": "https://evil.example"}
-            ) as r:
-                assert "Access-Control-Allow-Origin" not in r.headers
-            body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}
-            auth = {"Authorization": f"Bearer {stack.jwt}"}
-            async with session.post(
-                url, json=body, headers={**auth, "Origin": "https://app.example"}
-            ) as r:
-                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
-            async with session.post(
-                url, json=body, headers={**auth, "Origin": "https://evil.example"}
-            ) as r:
-                assert "Access-Control-Allow-Origin" not in r.headers
-    finally:
-        await server.close()
+    allowed, evil = "https://app.example", "https://evil.example"
+    async with in_process(stack.settings) as (url, session):
+        preflight = {
+            "Origin": allowed,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
+        for path in ("/", f"/rpc/{stack.api_key}"):
+            async with session.options(url + path, headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == allowed
+                for header in ("Authorization", "Content-Type", "X-Signer-Password",
+                               "Idempotency-Key", "Quorum-PSI"):  # fmt: skip
+                    assert header in r.headers["Access-Control-Allow-Headers"]
+        async with session.options(url + "/", headers={**preflight, "Origin": evil}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}
+        auth = {"Authorization": f"Bearer {stack.jwt}"}
+        async with session.post(url + "/", json=body, headers={**auth, "Origin": allowed}) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == allowed
+        async with session.post(url + "/", json=body, headers={**auth, "Origin": evil}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers

@@ -3,9 +3,13 @@ with an organisation's account and users, funded on chain. Every part is real.""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
 
 from proxy import store
 from proxy.auth import issue_token
@@ -91,3 +95,19 @@ def environment(stack: Stack, softhsm_conf: Path, listen: str) -> dict[str, str]
         SOFTHSM2_CONF=str(softhsm_conf),
     )
     return env
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """The app behind a real HTTP server on loopback (base URL) and a client session for it."""
+    from aiohttp.test_utils import TestServer
+
+    from proxy.app import create_app
+
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield str(server.make_url("")).rstrip("/"), session
+    finally:
+        await server.close()
