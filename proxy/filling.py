@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import InvalidParams
-from signer.base import checksum
+from signer.base import SignedTransaction, checksum
 from signer.errors import InvalidTransaction
 from signer.transactions import (
     Transaction,
     parse_address,
     parse_hex,
     parse_optional_quantity,
+    v_value,
 )
 
 TX_GAS = 21_000
@@ -51,9 +52,8 @@ def parse_request(params: Any) -> Request:
         if sender is None:
             raise InvalidParams('"from" is required')
         fields = {k: v for k, v in params.items() if v is not None and k != "from"}
-        for key in ("to",):
-            if key in fields:
-                parse_address(key, fields[key])
+        if "to" in fields:
+            parse_address("to", fields["to"])
         tx_type = parse_optional_quantity("type", fields.get("type"))
         nonce = parse_optional_quantity("nonce", fields.get("nonce"))
         gas = parse_optional_quantity("gas", fields.get("gas", fields.get("gasLimit")))
@@ -145,10 +145,9 @@ def build(
     return tx
 
 
-def to_rpc(
-    tx: Transaction, signed_hash: bytes, v: int, r: int, s: int, sender: bytes
-) -> dict[str, Any]:
+def to_rpc(tx: Transaction, signed: SignedTransaction) -> dict[str, Any]:
     """The transaction as geth's `eth_signTransaction` shows it under `tx`."""
+    v = v_value(tx, signed.signature)
     out: dict[str, Any] = {
         "type": hex(tx.type),
         "chainId": hex(tx.chain_id) if tx.chain_id is not None else None,
@@ -158,10 +157,10 @@ def to_rpc(
         "value": hex(tx.value),
         "input": "0x" + tx.data.hex(),
         "v": hex(v),
-        "r": hex(r),
-        "s": hex(s),
-        "hash": "0x" + signed_hash.hex(),
-        "from": checksum(sender),
+        "r": hex(signed.signature.r),
+        "s": hex(signed.signature.s),
+        "hash": "0x" + signed.hash.hex(),
+        "from": checksum(signed.sender),
     }
     if tx.type == 2:
         out["maxFeePerGas"] = hex(tx.max_fee_per_gas or 0)

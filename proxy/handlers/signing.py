@@ -20,25 +20,27 @@ from signer.messages import parse_typed_data, personal_message_digest, typed_dat
 from signer.pkcs11 import HsmKey
 from signer.transactions import (
     Transaction,
-    encode_signed,
     parse_address,
     parse_hex,
     sign_transaction_async,
-    v_value,
 )
 
 
-async def signer_for(services: Services, caller: Caller, address_param: Any) -> HsmKey:
-    """The HSM key behind `from`, once the caller proved they may use it."""
-    principal = caller.principal
-    if not principal.may_sign:
-        raise Forbidden(f"role {principal.role!r} may not sign")
+def _address_param(value: Any) -> bytes:
     try:
-        address = parse_address("address", address_param)
+        address = parse_address("address", value)
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
     if address is None:
         raise InvalidParams("an address to sign with is required")
+    return address
+
+
+async def signer_for(services: Services, caller: Caller, address: bytes) -> HsmKey:
+    """The HSM key behind `address`, once the caller proved they may use it."""
+    principal = caller.principal
+    if not principal.may_sign:
+        raise Forbidden(f"role {principal.role!r} may not sign")
     account = await services.identity.account_for(principal, address)
     if caller.credentials is None:
         if not caller.password:
@@ -116,7 +118,7 @@ def _first_param(request: RpcRequest) -> Any:
 
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     parsed = filling.parse_request(_first_param(request))
-    key = await signer_for(services, caller, "0x" + parsed.sender.hex())
+    key = await signer_for(services, caller, parsed.sender)
     build = await _prepare(services, parsed)
     if parsed.nonce is not None:
         return await _sign_and_send(services, caller, key, build(nonce=parsed.nonce))
@@ -140,7 +142,7 @@ async def _sign_and_send(services: Services, caller: Caller, key: HsmKey, tx: Tr
 
 async def sign_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     parsed = filling.parse_request(_first_param(request))
-    key = await signer_for(services, caller, "0x" + parsed.sender.hex())
+    key = await signer_for(services, caller, parsed.sender)
     nonce = parsed.nonce
     if nonce is None:
         count = await services.pool.call(
@@ -149,11 +151,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
         nonce = int(count, 16)
     tx = (await _prepare(services, parsed))(nonce=nonce)
     signed = await _sign(services, key, tx)
-    sig = signed.signature
-    return {
-        "raw": "0x" + encode_signed(tx, sig).hex(),
-        "tx": filling.to_rpc(tx, signed.hash, v_value(tx, sig), sig.r, sig.s, key.address),
-    }
+    return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 
 def _message_bytes(value: Any) -> bytes:
@@ -183,7 +181,7 @@ async def eth_sign(services: Services, caller: Caller, request: RpcRequest) -> A
     params = request.positional
     if len(params) < 2:
         raise InvalidParams("expected [address, message]")
-    key = await signer_for(services, caller, params[0])
+    key = await signer_for(services, caller, _address_param(params[0]))
     return await _sign_digest(services, key, personal_message_digest(_message_bytes(params[1])))
 
 
@@ -195,7 +193,7 @@ async def personal_sign(services: Services, caller: Caller, request: RpcRequest)
     # MetaMask's order is [message, address]; some older tools send [address, message].
     if _looks_like_address(message) and not _looks_like_address(address):
         message, address = address, message
-    key = await signer_for(services, caller, address)
+    key = await signer_for(services, caller, _address_param(address))
     return await _sign_digest(services, key, personal_message_digest(_message_bytes(message)))
 
 
@@ -217,7 +215,7 @@ async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcReq
         digest = typed_data_digest(data)
     except (InvalidMessage, InvalidTransaction, ValueError) as exc:
         raise InvalidParams(str(exc)) from None
-    key = await signer_for(services, caller, params[0])
+    key = await signer_for(services, caller, _address_param(params[0]))
     return await _sign_digest(services, key, digest)
 
 
