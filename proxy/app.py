@@ -30,10 +30,10 @@ from proxy.errors import (
 )
 from proxy.identity import Identity
 from proxy.metrics import Metrics
+from proxy.nodes.pool import NodePool
 from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
-from proxy.upstream import NodePool
 from signer.errors import (
     HsmError,
     InvalidDigest,

@@ -17,6 +17,8 @@
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
+    NodeUnreachable                         one node failed in transport; the pool retries
+                                            elsewhere or answers NoNodeAvailable
 
 Handlers and services raise; one place turns them into responses or exit codes. Messages are
 shown to callers: they name what to fix and never carry a password, PIN, key or token.
@@ -113,3 +115,12 @@ class SendOutcomeUnknown(NoNodeAvailable):
 
 class SettingsError(Exception):
     """A configuration value that must be fixed; the message names the setting."""
+
+
+class NodeUnreachable(Exception):
+    """A transport failure. `delivered` is False only when the request surely never left."""
+
+    def __init__(self, reason: str, *, delivered: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered

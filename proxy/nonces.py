@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.upstream import NodePool
+from proxy.nodes.pool import NodePool
 from signer.base import checksum
 
 

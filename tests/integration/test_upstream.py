@@ -22,7 +22,8 @@ from aiohttp import web
 from eth_account import Account
 
 from proxy.errors import NodeError, NoNodeAvailable, SendOutcomeUnknown, SettingsError
-from proxy.upstream import NodePool, mask_url
+from proxy.nodes.pool import NodePool
+from proxy.nodes.transport import mask_url
 from tests.support.anvil import free_port, rpc, run_anvil
 
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"

@@ -1,4 +1,4 @@
-"""The node pool: the only place that talks HTTP to the Ethereum / GoQuorum nodes.
+"""The node pool: which node serves a request, whether each node is healthy, and failover.
 
 Requests go to the least busy healthy node; background probes (chain id, block height) and failed
 requests take nodes out of rotation, and a request is retried elsewhere only where that is safe.
@@ -7,10 +7,8 @@ requests take nodes out of rotation, and a request is retried elsewhere only whe
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -18,10 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
 
-from proxy.errors import NodeError, NoNodeAvailable, SendOutcomeUnknown, SettingsError
+from proxy.errors import (
+    NodeError,
+    NodeUnreachable,
+    NoNodeAvailable,
+    SendOutcomeUnknown,
+    SettingsError,
+)
+from proxy.nodes.transport import NodeTransport
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +33,6 @@ log = logging.getLogger(__name__)
 # Nethermind ("AlreadyKnown"), anvil ("transaction already imported"). Not "nonce too low": that
 # also means another transaction took the nonce, so it is settled by looking the hash up.
 _ALREADY_KNOWN = re.compile(r"already ?known|known transaction|already imported", re.IGNORECASE)
-
-_URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
-
-
-def mask_url(url: str) -> str:
-    """`url` fit to show in /readyz, logs and errors: user info and query string hidden."""
-    # Parsed by hand rather than with urlsplit: a URL missing its scheme ("user:pw@host") would
-    # otherwise read as scheme "user" and show the password as a path.
-    parts = _URL_PARTS.match(url)
-    if parts is None:  # pragma: no cover - the pattern matches every string
-        return "***"
-    authority = parts["authority"]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    rest = parts["rest"]
-    path = re.split(r"[?#]", rest, maxsplit=1)[0]
-    query = "?***" if "?" in rest.split("#", 1)[0] else ""
-    scheme = f"{parts['scheme']}://" if parts["scheme"] else ""
-    return f"{scheme}{authority}{path}{query}"
 
 
 @dataclass(frozen=True)
@@ -59,37 +43,17 @@ class NodeStatus:
     chain_id: int | None
 
 
-class _NodeUnreachable(Exception):
-    """A transport failure. `delivered` is False only when the request surely never left."""
-
-    def __init__(self, reason: str, *, delivered: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
-
-
 class _Node:
-    def __init__(self, url: str) -> None:
-        self.masked = mask_url(url)
-        try:
-            parsed = URL(url)
-        except (ValueError, TypeError):
-            parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-            raise SettingsError(f"QSIGNER_UPSTREAMS: {self.masked} is not an http(s) URL")
-        # Credentials travel as a header, never in the URL aiohttp sees: its exceptions and
-        # logs quote the URL.
-        self.endpoint = parsed.with_user(None).with_fragment(None)
-        self.headers: dict[str, str] = {"Content-Type": "application/json"}
-        if parsed.user is not None:
-            user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+    """A node's transport and what the pool knows of its health."""
+
+    def __init__(self, transport: NodeTransport) -> None:
+        self.transport = transport
+        self.masked = transport.masked
         self.reachable = False
         self.chain_id: int | None = None
         self.block: int | None = None
         self.reason = "not probed yet"
         self.healthy = False
-        self.in_flight = 0
         # Bumped when a request fails, so that a probe already under way when it failed cannot
         # put the node straight back: only a probe started afterwards can.
         self.epoch = 0
@@ -110,19 +74,15 @@ class NodePool:
     ) -> None:
         if not urls:
             raise SettingsError("QSIGNER_UPSTREAMS is empty: give the URL of at least one node")
-        self._nodes = [_Node(url) for url in urls]
-        self._session = session
+        # A connect timeout of its own, shorter than the total, so that a node that never
+        # accepted the connection is told apart (safe to retry a send) from one that went quiet
+        # after the request was written (not safe).
+        timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=request_timeout / 2)
+        self._nodes = [_Node(NodeTransport(url, session, timeout=timeout)) for url in urls]
         self._expected_chain_id = expected_chain_id
         self._chain_id: int | None = None
         self._probe_interval = probe_interval
         self._max_lag_blocks = max_lag_blocks
-        # A connect timeout of its own, shorter than the total, so that a node that never
-        # accepted the connection is told apart (safe to retry a send) from one that went quiet
-        # after the request was written (not safe).
-        self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout, sock_connect=request_timeout / 2
-        )
-        self._request_ids = itertools.count(1)
         self._turn = itertools.count()
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -176,8 +136,8 @@ class NodePool:
                 break
             tried.append(node)
             try:
-                return await self._post(node, method, params, headers)
-            except _NodeUnreachable as failure:
+                return await node.transport.request(method, params, headers)
+            except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
         raise NoNodeAvailable("no node available")
 
@@ -195,8 +155,8 @@ class NodePool:
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
-                result = await self._post(node, "eth_sendRawTransaction", [raw_hex], headers)
-            except _NodeUnreachable as failure:
+                result = await node.transport.request("eth_sendRawTransaction", [raw_hex], headers)
+            except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
                 if failure.delivered:
                     raise SendOutcomeUnknown(tx_hash) from None
@@ -219,8 +179,8 @@ class NodePool:
         # A resent transaction that is already mined gets "nonce too low" (anvil, geth), as does
         # a different one whose nonce was taken: only the hash tells them apart.
         try:
-            found = await self._post(node, "eth_getTransactionByHash", [tx_hash], headers)
-        except (NodeError, _NodeUnreachable):
+            found = await node.transport.request("eth_getTransactionByHash", [tx_hash], headers)
+        except (NodeError, NodeUnreachable):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
@@ -231,46 +191,18 @@ class NodePool:
         # Least in flight; rotating the starting point makes ties go round robin.
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda node: node.in_flight)
-
-    async def _post(
-        self, node: _Node, method: str, params: Any, headers: Mapping[str, str] | None
-    ) -> Any:
-        request: dict[str, Any] = {
-            "jsonrpc": "2.0",
-            "id": next(self._request_ids),
-            "method": method,
-        }
-        if params is not None:
-            request["params"] = params
-        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
-        request_headers.update(node.headers)
-        node.in_flight += 1
-        try:
-            async with self._session.post(
-                node.endpoint,
-                data=json.dumps(request, separators=(",", ":")).encode(),
-                headers=request_headers,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _NodeUnreachable(_describe(exc), delivered=not _surely_not_sent(exc)) from None
-        finally:
-            node.in_flight -= 1
-        return _json_rpc_result(status, body)
+        return min(rotated, key=lambda node: node.transport.in_flight)
 
     async def _probe(self, node: _Node) -> None:
         epoch = node.epoch
         answers = await asyncio.gather(
-            self._post(node, "eth_chainId", None, None),
-            self._post(node, "eth_blockNumber", None, None),
+            node.transport.request("eth_chainId", None, None),
+            node.transport.request("eth_blockNumber", None, None),
             return_exceptions=True,
         )
         try:
             chain_id, block = (_quantity(answer) for answer in answers)
-        except _NodeUnreachable as failure:
+        except NodeUnreachable as failure:
             node.reachable, node.reason = False, failure.reason
             return
         except NodeError as error:
@@ -355,62 +287,9 @@ class NodePool:
         return None
 
 
-def _json_rpc_result(status: int, body: bytes) -> Any:
-    """The `result` of a node's answer; its JSON-RPC error as NodeError; else a node failure."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict):
-        error = answer.get("error")
-        if isinstance(error, dict) and isinstance(error.get("code"), int):
-            message = error.get("message")
-            raise NodeError(
-                error["code"],
-                message if isinstance(message, str) else "",
-                error.get("data"),
-                http_status=status if status >= 400 else 200,
-            )
-        if "result" in answer and 200 <= status < 300:
-            return answer["result"]
-    # A proxy in front of the node answering 502 with an HTML page, a truncated body: the request
-    # reached something, so a send cannot be retried safely, but the node is not usable.
-    raise _NodeUnreachable(f"HTTP {status}, not a JSON-RPC answer", delivered=True)
-
-
 def _quantity(answer: object) -> int:
     if isinstance(answer, BaseException):
         raise answer
     if not isinstance(answer, str) or not answer.startswith("0x"):
         raise ValueError(f"not a quantity: {answer!r}")
     return int(answer, 16)
-
-
-def _surely_not_sent(exc: BaseException) -> bool:
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return True
-    # A keep-alive connection that the node closed while it sat idle in the pool (the node
-    # restarted): aiohttp refuses the write of headers and body, which _post hands it as one
-    # buffer, so not a byte of the request left. Only the cause's message tells this from a
-    # connection lost after writing; should that wording change, we fall back to "maybe sent".
-    return any(
-        isinstance(error, aiohttp.ClientConnectionResetError) and "closing transport" in str(error)
-        for error in (exc, exc.__cause__)
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """Why a request failed, in words that never quote the URL (it may hold credentials)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "host name not found"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused"
-        return "could not connect"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if _surely_not_sent(exc):
-        return "connection closed by the node while idle"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return "connection closed before the answer"
-    return f"transport error ({type(exc).__name__})"

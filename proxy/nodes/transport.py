@@ -1,0 +1,146 @@
+"""One node's JSON-RPC over HTTP: posts one request, returns its `result`, and classifies each
+failure as the node's own error, or a transport failure that surely never left or may have
+been delivered. Deciding what to do about it (retry, take the node out) is the pool's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.errors import NodeError, NodeUnreachable, SettingsError
+
+_URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
+
+
+def mask_url(url: str) -> str:
+    """`url` fit to show in /readyz, logs and errors: user info and query string hidden."""
+    # Parsed by hand rather than with urlsplit: a URL missing its scheme ("user:pw@host") would
+    # otherwise read as scheme "user" and show the password as a path.
+    parts = _URL_PARTS.match(url)
+    if parts is None:  # pragma: no cover - the pattern matches every string
+        return "***"
+    authority = parts["authority"]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    rest = parts["rest"]
+    path = re.split(r"[?#]", rest, maxsplit=1)[0]
+    query = "?***" if "?" in rest.split("#", 1)[0] else ""
+    scheme = f"{parts['scheme']}://" if parts["scheme"] else ""
+    return f"{scheme}{authority}{path}{query}"
+
+
+class NodeTransport:
+    """JSON-RPC requests to one node: its URL (credentials moved to a header) and requests in
+    flight. Raises NodeError for the node's own JSON-RPC error, NodeUnreachable otherwise."""
+
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, *, timeout: aiohttp.ClientTimeout
+    ) -> None:
+        self.masked = mask_url(url)
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise SettingsError(f"QSIGNER_UPSTREAMS: {self.masked} is not an http(s) URL")
+        # Credentials travel as a header, never in the URL aiohttp sees: its exceptions and
+        # logs quote the URL.
+        self.endpoint = parsed.with_user(None).with_fragment(None)
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        if parsed.user is not None:
+            user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
+            self.headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+        self.in_flight = 0
+        self._session = session
+        self._timeout = timeout
+        self._request_ids = itertools.count(1)
+
+    async def request(
+        self, method: str, params: Any = None, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        request: dict[str, Any] = {
+            "jsonrpc": "2.0",
+            "id": next(self._request_ids),
+            "method": method,
+        }
+        if params is not None:
+            request["params"] = params
+        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        request_headers.update(self.headers)
+        self.in_flight += 1
+        try:
+            async with self._session.post(
+                self.endpoint,
+                data=json.dumps(request, separators=(",", ":")).encode(),
+                headers=request_headers,
+                timeout=self._timeout,
+            ) as response:
+                status = response.status
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NodeUnreachable(_describe(exc), delivered=not _surely_not_sent(exc)) from None
+        finally:
+            self.in_flight -= 1
+        return _json_rpc_result(status, body)
+
+
+def _json_rpc_result(status: int, body: bytes) -> Any:
+    """The `result` of a node's answer; its JSON-RPC error as NodeError; else a node failure."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        if isinstance(error, dict) and isinstance(error.get("code"), int):
+            message = error.get("message")
+            raise NodeError(
+                error["code"],
+                message if isinstance(message, str) else "",
+                error.get("data"),
+                http_status=status if status >= 400 else 200,
+            )
+        if "result" in answer and 200 <= status < 300:
+            return answer["result"]
+    # A proxy in front of the node answering 502 with an HTML page, a truncated body: the request
+    # reached something, so a send cannot be retried safely, but the node is not usable.
+    raise NodeUnreachable(f"HTTP {status}, not a JSON-RPC answer", delivered=True)
+
+
+def _surely_not_sent(exc: BaseException) -> bool:
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return True
+    # A keep-alive connection that the node closed while it sat idle in the pool (the node
+    # restarted): aiohttp refuses the write of headers and body, which `request` hands it as one
+    # buffer, so not a byte of the request left. Only the cause's message tells this from a
+    # connection lost after writing; should that wording change, we fall back to "maybe sent".
+    return any(
+        isinstance(error, aiohttp.ClientConnectionResetError) and "closing transport" in str(error)
+        for error in (exc, exc.__cause__)
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a request failed, in words that never quote the URL (it may hold credentials)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not found"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return "could not connect"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if _surely_not_sent(exc):
+        return "connection closed by the node while idle"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return "connection closed before the answer"
+    return f"transport error ({type(exc).__name__})"
