@@ -84,13 +84,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         hsm = Hsm(module)
     except ModuleNotFound as exc:
         raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
+    # Each node caps its own connections (QSIGNER_NODE_CONNECTIONS, plus its two health
+    # probes); a limit shared by all nodes would let one slow node take every connection.
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=30),
     )
     db = None
     identity = None
-    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id)
+    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
+                    read_timeout=settings.read_timeout,
+                    node_connections=settings.node_connections)  # fmt: skip
     try:
         db = await store.connect(settings.require_database())
         identity = Identity(db, settings)

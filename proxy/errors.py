@@ -13,12 +13,14 @@
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
     ├── RateLimited                 -32005  HTTP 429
     ├── NoNodeAvailable             -32002  HTTP 503
-    │   └── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
+    │   ├── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
+    │   └── NodeUnreachable         -32002  HTTP 503: one node failed in transport (the pool
+    │                                       retries elsewhere or answers NoNodeAvailable)
+    ├── NodeTimeout                 -32603  a node did not answer this request in time
+    │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
-    NodeUnreachable                         one node failed in transport; the pool retries
-                                            elsewhere or answers NoNodeAvailable
 
 Handlers and services raise; one place turns them into responses or exit codes. Messages are
 shown to callers: they name what to fix and never carry a password, PIN, key or token.
@@ -117,10 +119,18 @@ class SettingsError(Exception):
     """A configuration value that must be fixed; the message names the setting."""
 
 
-class NodeUnreachable(Exception):
+class NodeUnreachable(NoNodeAvailable):
     """A transport failure. `delivered` is False only when the request surely never left."""
 
     def __init__(self, reason: str, *, delivered: bool) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delivered = delivered
+
+
+class NodeTimeout(ProxyError):
+    """A node took longer than the caller's deadline to answer (e.g. a wide eth_getLogs).
+
+    -32603 with HTTP 200 rather than -32002 / 503: the nodes are there, this request was too slow,
+    and trying it on another node would only make that one slow too.
+    """

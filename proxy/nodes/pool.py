@@ -19,6 +19,7 @@ import aiohttp
 
 from proxy.errors import (
     NodeError,
+    NodeTimeout,
     NodeUnreachable,
     NoNodeAvailable,
     SendOutcomeUnknown,
@@ -70,15 +71,24 @@ class NodePool:
         expected_chain_id: int | None = None,
         probe_interval: float = 1.0,
         max_lag_blocks: int = 5,
-        request_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        probe_timeout: float = 5.0,
+        node_connections: int = 64,
     ) -> None:
         if not urls:
             raise SettingsError("QSIGNER_UPSTREAMS is empty: give the URL of at least one node")
-        # A connect timeout of its own, shorter than the total, so that a node that never
-        # accepted the connection is told apart (safe to retry a send) from one that went quiet
-        # after the request was written (not safe).
-        timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=request_timeout / 2)
-        self._nodes = [_Node(NodeTransport(url, session, timeout=timeout)) for url in urls]
+        # Shorter than either deadline, so that a node that never accepted the connection is
+        # told apart (down: taken out, and a send is safe to retry) from a slow answer.
+        connect_timeout = min(read_timeout, probe_timeout) / 2
+        self._nodes = [
+            _Node(NodeTransport(url, session, connect_timeout=connect_timeout,
+                                max_connections=node_connections))
+            for url in urls
+        ]  # fmt: skip
+        # Callers' requests have their deadline, health probes theirs: a caller's slow read
+        # says nothing of the node's health, a probe that goes unanswered does.
+        self._read_timeout = read_timeout
+        self._probe_timeout = probe_timeout
         self._expected_chain_id = expected_chain_id
         self._chain_id: int | None = None
         self._probe_interval = probe_interval
@@ -128,6 +138,8 @@ class NodePool:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
         Reads only: a retried eth_sendRawTransaction could be one that reached the first node.
+        A read that outlasts the read timeout fails for its caller alone (NodeTimeout): the node
+        stays in rotation and the read is not tried elsewhere, where it would be as slow.
         """
         tried: list[_Node] = []
         for _attempt in range(2):
@@ -136,9 +148,17 @@ class NodePool:
                 break
             tried.append(node)
             try:
-                return await node.transport.request(method, params, headers)
+                return await node.transport.request(
+                    method, params, headers, timeout=self._read_timeout
+                )
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
+            except NodeTimeout:
+                raise NodeTimeout(
+                    f"{method}: the node did not answer within {self._read_timeout:g} s "
+                    "(QSIGNER_READ_TIMEOUT); ask for less (e.g. a narrower block range) or "
+                    "try again"
+                ) from None
         raise NoNodeAvailable("no node available")
 
     async def send_raw_transaction(
@@ -149,18 +169,22 @@ class NodePool:
         Tried on the next node only while the previous one surely never got the request
         (connection refused, could not connect); after a timeout or a reset the transaction may
         be in that node's pool, and SendOutcomeUnknown says so. A node that already holds this
-        very transaction counts as success.
+        very transaction counts as success. A timeout leaves the node in rotation, as for reads.
         """
         tried: list[_Node] = []
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
-                result = await node.transport.request("eth_sendRawTransaction", [raw_hex], headers)
+                result = await node.transport.request(
+                    "eth_sendRawTransaction", [raw_hex], headers, timeout=self._read_timeout
+                )
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
                 if failure.delivered:
                     raise SendOutcomeUnknown(tx_hash) from None
                 continue
+            except NodeTimeout:
+                raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
                 if await self._holds_transaction(node, error, tx_hash, headers):
                     return tx_hash
@@ -179,8 +203,10 @@ class NodePool:
         # A resent transaction that is already mined gets "nonce too low" (anvil, geth), as does
         # a different one whose nonce was taken: only the hash tells them apart.
         try:
-            found = await node.transport.request("eth_getTransactionByHash", [tx_hash], headers)
-        except (NodeError, NodeUnreachable):
+            found = await node.transport.request(
+                "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
+            )
+        except (NodeError, NodeUnreachable, NodeTimeout):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
@@ -196,14 +222,20 @@ class NodePool:
     async def _probe(self, node: _Node) -> None:
         epoch = node.epoch
         answers = await asyncio.gather(
-            node.transport.request("eth_chainId", None, None),
-            node.transport.request("eth_blockNumber", None, None),
+            *(
+                node.transport.request(method, timeout=self._probe_timeout, capped=False)
+                for method in ("eth_chainId", "eth_blockNumber")
+            ),
             return_exceptions=True,
         )
         try:
             chain_id, block = (_quantity(answer) for answer in answers)
         except NodeUnreachable as failure:
             node.reachable, node.reason = False, failure.reason
+            return
+        except NodeTimeout:
+            node.reachable = False
+            node.reason = f"health probe unanswered within {self._probe_timeout:g} s"
             return
         except NodeError as error:
             node.reachable, node.reason = False, f"answered error {error.code}: {error.message}"

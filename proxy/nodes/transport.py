@@ -1,11 +1,13 @@
 """One node's JSON-RPC over HTTP: posts one request, returns its `result`, and classifies each
-failure as the node's own error, or a transport failure that surely never left or may have
-been delivered. Deciding what to do about it (retry, take the node out) is the pool's job.
+failure: the node's own error, no answer in time, or a transport failure that surely never left
+or may have been delivered. Deciding what to do about it (retry, take the node out) is the pool's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import re
@@ -16,7 +18,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import NodeError, NodeUnreachable, SettingsError
+from proxy.errors import NodeError, NodeTimeout, NodeUnreachable, SettingsError
 
 _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
 
@@ -39,11 +41,17 @@ def mask_url(url: str) -> str:
 
 
 class NodeTransport:
-    """JSON-RPC requests to one node: its URL (credentials moved to a header) and requests in
-    flight. Raises NodeError for the node's own JSON-RPC error, NodeUnreachable otherwise."""
+    """JSON-RPC requests to one node: its URL (credentials moved to a header), its requests in
+    flight and its cap on connections. Raises NodeError for the node's own JSON-RPC error,
+    NodeTimeout when no answer came in time, NodeUnreachable for a transport failure."""
 
     def __init__(
-        self, url: str, session: aiohttp.ClientSession, *, timeout: aiohttp.ClientTimeout
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout: float,
+        max_connections: int,
     ) -> None:
         self.masked = mask_url(url)
         try:
@@ -59,14 +67,30 @@ class NodeTransport:
         if parsed.user is not None:
             user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
             self.headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+        # Requests sent or waiting for a connection: the pool sends new ones to the least busy.
         self.in_flight = 0
         self._session = session
-        self._timeout = timeout
+        # Only the socket connect has an aiohttp timeout: a node that never accepted the
+        # connection surely never got the request (safe to retry a send elsewhere). The whole
+        # request's deadline is the caller's, below, and is not a transport failure.
+        self._connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        # Requests to this node at once, hence its connections: one slow node holds at most
+        # this many, however many callers wait on it.
+        self._connections = asyncio.Semaphore(max_connections)
         self._request_ids = itertools.count(1)
 
     async def request(
-        self, method: str, params: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float,
+        capped: bool = True,
     ) -> Any:
+        """Post one request and return its `result`, within `timeout` seconds (waiting for a
+        connection included). `capped=False` is for health probes: a node busy with slow
+        requests still shows whether it answers."""
         request: dict[str, Any] = {
             "jsonrpc": "2.0",
             "id": next(self._request_ids),
@@ -78,16 +102,26 @@ class NodeTransport:
         request_headers.update(self.headers)
         self.in_flight += 1
         try:
-            async with self._session.post(
-                self.endpoint,
-                data=json.dumps(request, separators=(",", ":")).encode(),
-                headers=request_headers,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise NodeUnreachable(_describe(exc), delivered=not _surely_not_sent(exc)) from None
+            async with (
+                asyncio.timeout(timeout),
+                self._connections if capped else contextlib.nullcontext(),
+            ):
+                try:
+                    async with self._session.post(
+                        self.endpoint,
+                        data=json.dumps(request, separators=(",", ":")).encode(),
+                        headers=request_headers,
+                        timeout=self._connect_timeout,
+                    ) as response:
+                        status = response.status
+                        body = await response.read()
+                except aiohttp.ClientError as exc:
+                    delivered = not _surely_not_sent(exc)
+                    raise NodeUnreachable(_describe(exc), delivered=delivered) from None
+        except TimeoutError:
+            # The node took the request (or has `max_connections` under way) but did not answer
+            # in time: a fault of this request, not a sign that the node is down.
+            raise NodeTimeout(f"no answer from the node within {timeout:g} s") from None
         finally:
             self.in_flight -= 1
         return _json_rpc_result(status, body)
@@ -137,8 +171,8 @@ def _describe(exc: BaseException) -> str:
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connection refused"
         return "could not connect"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timed out connecting"
     if _surely_not_sent(exc):
         return "connection closed by the node while idle"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
