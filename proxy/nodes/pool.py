@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ _ALREADY_KNOWN = re.compile(r"already ?known|known transaction|already imported"
 
 @dataclass(frozen=True)
 class NodeStatus:
-    url: str  # masked
+    url: str  # masked (mask_url), unique within the pool
     ok: bool
     block: int | None
     chain_id: int | None
@@ -47,9 +48,9 @@ class NodeStatus:
 class _Node:
     """A node's transport and what the pool knows of its health."""
 
-    def __init__(self, transport: NodeTransport) -> None:
+    def __init__(self, transport: NodeTransport, name: str) -> None:
         self.transport = transport
-        self.masked = transport.masked
+        self.name = name  # masked: shown in /readyz, /metrics and logs
         self.reachable = False
         self.chain_id: int | None = None
         self.block: int | None = None
@@ -80,10 +81,18 @@ class NodePool:
         # Shorter than either deadline, so that a node that never accepted the connection is
         # told apart (down: taken out, and a send is safe to retry) from a slow answer.
         connect_timeout = min(read_timeout, probe_timeout) / 2
-        self._nodes = [
-            _Node(NodeTransport(url, session, connect_timeout=connect_timeout,
-                                max_connections=node_connections))
+        transports = [
+            NodeTransport(url, session, connect_timeout=connect_timeout,
+                          max_connections=node_connections)
             for url in urls
+        ]  # fmt: skip
+        # Masking leaves only scheme, host and port: nodes behind one gateway (Infura's
+        # /v3/<key>) would look alike, so those are told apart by their place in the list.
+        shown = Counter(transport.masked for transport in transports)
+        self._nodes = [
+            _Node(transport, transport.masked if shown[transport.masked] == 1
+                  else f"{transport.masked} (node {place})")
+            for place, transport in enumerate(transports, 1)
         ]  # fmt: skip
         # Callers' requests have their deadline, health probes theirs: a caller's slow read
         # says nothing of the node's health, a probe that goes unanswered does.
@@ -120,7 +129,7 @@ class NodePool:
     def status(self) -> list[NodeStatus]:
         return [
             NodeStatus(
-                url=node.masked,
+                url=node.name,
                 ok=node.healthy,
                 # What an unreachable node said last is no longer known to be true.
                 block=node.block if node.reachable else None,
@@ -258,7 +267,7 @@ class NodePool:
                 await self._probe(node)
             except Exception:
                 # A bug here must not end health checking for good.
-                log.exception("probing node %s failed", node.masked)
+                log.exception("probing node %s failed", node.name)
             self._refresh()
 
     def _take_out(self, node: _Node, reason: str) -> None:
@@ -269,7 +278,7 @@ class NodePool:
     def _agreed_chain_id(self) -> int:
         answering = [node for node in self._nodes if node.reachable]
         if not answering:
-            detail = "; ".join(f"{node.masked}: {node.reason}" for node in self._nodes)
+            detail = "; ".join(f"{node.name}: {node.reason}" for node in self._nodes)
             raise SettingsError(f"QSIGNER_UPSTREAMS: no node answered ({detail})")
         chains = {node.chain_id for node in answering if node.chain_id is not None}
         expected = self._expected_chain_id
@@ -280,7 +289,7 @@ class NodePool:
                     f"QSIGNER_CHAIN_ID is {expected}, but the nodes are on chain {chain_id}"
                 )
             return chain_id
-        detail = ", ".join(f"{node.masked} is on chain {node.chain_id}" for node in answering)
+        detail = ", ".join(f"{node.name} is on chain {node.chain_id}" for node in answering)
         if expected is not None:
             raise SettingsError(
                 f"QSIGNER_UPSTREAMS: every node must be on chain {expected} (QSIGNER_CHAIN_ID), "
@@ -302,9 +311,9 @@ class NodePool:
             healthy = reason is None
             if announce or healthy != node.healthy:
                 if reason is None:
-                    log.info("node %s in rotation", node.masked)
+                    log.info("node %s in rotation", node.name)
                 else:
-                    log.warning("node %s out of rotation: %s", node.masked, reason)
+                    log.warning("node %s out of rotation: %s", node.name, reason)
                 node.healthy = healthy
 
     def _why_out(self, node: _Node, best: int) -> str | None:

@@ -24,7 +24,11 @@ _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P
 
 
 def mask_url(url: str) -> str:
-    """`url` fit to show in /readyz, logs and errors: user info and query string hidden."""
+    """`url` fit to show in /readyz, /metrics, logs and errors: scheme, host and port only.
+
+    User info, path, query and fragment may all hold a secret (`user:pass@`, Infura's
+    `/v3/<key>`, `?apikey=`): each is replaced by `***`.
+    """
     # Parsed by hand rather than with urlsplit: a URL missing its scheme ("user:pw@host") would
     # otherwise read as scheme "user" and show the password as a path.
     parts = _URL_PARTS.match(url)
@@ -33,11 +37,9 @@ def mask_url(url: str) -> str:
     authority = parts["authority"]
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
-    rest = parts["rest"]
-    path = re.split(r"[?#]", rest, maxsplit=1)[0]
-    query = "?***" if "?" in rest.split("#", 1)[0] else ""
+    rest = "" if parts["rest"] in ("", "/") else "/***"
     scheme = f"{parts['scheme']}://" if parts["scheme"] else ""
-    return f"{scheme}{authority}{path}{query}"
+    return f"{scheme}{authority}{rest}"
 
 
 class NodeTransport:

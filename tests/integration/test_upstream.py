@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from typing import Any
@@ -167,9 +168,7 @@ async def test_start_refuses_nodes_on_different_chains() -> None:
 
 
 async def test_credentials_in_a_node_url_are_used_but_never_shown() -> None:
-    assert mask_url("https://user:pass@host/path") == "https://***@host/path"
-    assert mask_url("https://node.example/v1?apikey=secret") == "https://node.example/v1?***"
-    assert mask_url("user:secret@host:8545") == "***@host:8545"  # scheme forgotten
+    assert mask_url("https://user:pass@host/path") == "https://***@host/***"
     with run_anvil() as url, ExitStack():
         async with forwarder(url) as front:
             with_secret = front.url.replace("http://", "http://user:secret@")
@@ -188,6 +187,30 @@ async def test_credentials_in_a_node_url_are_used_but_never_shown() -> None:
             other_secret = other.replace("http://", "http://user:secret@")
             disagree = await start_error([url.replace("http://", "http://u:secret@"), other_secret])
             assert "QSIGNER_UPSTREAMS" in disagree and "secret" not in disagree
+
+
+async def test_keys_in_node_url_paths_are_used_but_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    dead = f"http://127.0.0.1:{free_port()}/v3/KEYOFTHEDEADNODE?apikey=QUERYKEY"
+    with run_anvil() as url:
+        async with forwarder(url) as front:
+            keyed = [f"{front.url}/v3/KEYOFNODEONE", f"{front.url}/v3/KEYOFNODETWO"]
+            async with node_pool([*keyed, dead]) as pool:
+                answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(4)))
+                assert answers == ["0x539"] * 4
+                assert front.paths == {"/v3/KEYOFNODEONE", "/v3/KEYOFNODETWO"}  # used as given
+                shown = [status.url for status in pool.status()]
+                # One gateway, two keys: told apart by their place in QSIGNER_UPSTREAMS.
+                assert shown == [
+                    f"{front.url}/*** (node 1)",
+                    f"{front.url}/*** (node 2)",
+                    dead.split("/v3")[0] + "/***",
+                ]
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("proxy"))
+    assert "out of rotation" in logged and "in rotation" in logged
+    assert "KEY" not in logged and "KEY" not in repr(shown)
 
 
 # --- failover, lag, chain -------------------------------------------------------------------

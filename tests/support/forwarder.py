@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ class Forwarder:
         self.holding = 0  # requests held right now
         self.most_held = 0
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.paths: set[str] = set()  # request paths seen
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -47,7 +49,7 @@ class Forwarder:
         self._released.clear()
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)  # any path, as Infura's /v3/<key>
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
+        self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -66,6 +68,7 @@ class Forwarder:
         body = await request.read()
         message = json.loads(body)
         self.seen.append((dict(request.headers), message))
+        self.paths.add(request.path)
         if self.mode == "bad_gateway":
             return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         if message["method"] in self.held:
@@ -95,3 +98,20 @@ async def forwarder(target: str) -> AsyncIterator[Forwarder]:
         yield front
     finally:
         await front.close()
+
+
+@contextlib.contextmanager
+def forwarder_in_thread(target: str) -> Iterator[Forwarder]:
+    """A forwarder on an event loop of its own, for tests that block (a `serve` subprocess)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="forwarder", daemon=True)
+    thread.start()
+    front = Forwarder(target)
+    try:
+        asyncio.run_coroutine_threadsafe(front.start(), loop).result(timeout=10)
+        yield front
+    finally:
+        asyncio.run_coroutine_threadsafe(front.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
