@@ -94,7 +94,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     identity = None
     pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
                     read_timeout=settings.read_timeout,
-                    node_connections=settings.node_connections)  # fmt: skip
+                    node_connections=settings.node_connections,
+                    max_response_bytes=settings.max_response_bytes)  # fmt: skip
     try:
         db = await store.connect(settings.require_database())
         identity = Identity(db, settings)
@@ -102,7 +103,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
-            nonces=PendingCountNonces(pool), metrics=app[METRICS],
+            nonces=PendingCountNonces(pool, max_in_flight=settings.max_in_flight),
+            metrics=app[METRICS],
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
         )  # fmt: skip

@@ -18,6 +18,7 @@
     │                                       retries elsewhere or answers NoNodeAvailable)
     ├── NodeTimeout                 -32603  a node did not answer this request in time
     │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
+    ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
@@ -134,3 +135,13 @@ class NodeTimeout(ProxyError):
     -32603 with HTTP 200 rather than -32002 / 503: the nodes are there, this request was too slow,
     and trying it on another node would only make that one slow too.
     """
+
+
+class NodeAnswerTooLarge(ProxyError):
+    """A node's answer is larger than QSIGNER_MAX_RESPONSE_BYTES; the node stays in rotation.
+
+    -32005 "limit exceeded" (EIP-1474), as hosted nodes answer an eth_getLogs over their limits,
+    and clients know to ask for a narrower range; HTTP 200, unlike RateLimited's 429.
+    """
+
+    code = -32005

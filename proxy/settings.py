@@ -44,6 +44,8 @@ class Settings:
     unlock_cache_size: int = 10_000
     read_timeout: float = 10.0  # seconds a node may take over one caller's request
     node_connections: int = 64  # requests (hence connections) to one node at once
+    max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
+    max_in_flight: int = 64  # one account's transactions under way or waiting, at most
 
     @classmethod
     def from_env(
@@ -86,6 +88,10 @@ class Settings:
             raise SettingsError("QSIGNER_READ_TIMEOUT must be a number of seconds above 0")
         if self.node_connections < 1:
             raise SettingsError("QSIGNER_NODE_CONNECTIONS must be at least 1")
+        if self.max_response_bytes < 1024:
+            raise SettingsError("QSIGNER_MAX_RESPONSE_BYTES must be at least 1024")
+        if self.max_in_flight < 1:
+            raise SettingsError("QSIGNER_MAX_IN_FLIGHT must be at least 1")
 
     def require_database(self) -> str:
         if not self.database_url:

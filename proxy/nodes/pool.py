@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from proxy.errors import (
+    NodeAnswerTooLarge,
     NodeError,
     NodeTimeout,
     NodeUnreachable,
@@ -75,6 +76,7 @@ class NodePool:
         read_timeout: float = 10.0,
         probe_timeout: float = 5.0,
         node_connections: int = 64,
+        max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         if not urls:
             raise SettingsError("QSIGNER_UPSTREAMS is empty: give the URL of at least one node")
@@ -83,7 +85,8 @@ class NodePool:
         connect_timeout = min(read_timeout, probe_timeout) / 2
         transports = [
             NodeTransport(url, session, connect_timeout=connect_timeout,
-                          max_connections=node_connections)
+                          max_connections=node_connections,
+                          max_response_bytes=max_response_bytes)
             for url in urls
         ]  # fmt: skip
         # Masking leaves only scheme, host and port: nodes behind one gateway (Infura's
@@ -147,8 +150,9 @@ class NodePool:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
         Reads only: a retried eth_sendRawTransaction could be one that reached the first node.
-        A read that outlasts the read timeout fails for its caller alone (NodeTimeout): the node
-        stays in rotation and the read is not tried elsewhere, where it would be as slow.
+        A read that outlasts the read timeout fails for its caller alone (NodeTimeout), as does
+        an answer over the size cap (NodeAnswerTooLarge): the node stays in rotation and the
+        read is not tried elsewhere, where it would fare the same.
         """
         tried: list[_Node] = []
         for _attempt in range(2):
@@ -192,7 +196,7 @@ class NodePool:
                 if failure.delivered:
                     raise SendOutcomeUnknown(tx_hash) from None
                 continue
-            except NodeTimeout:
+            except (NodeTimeout, NodeAnswerTooLarge):
                 raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
                 if await self._holds_transaction(node, error, tx_hash, headers):
@@ -215,7 +219,7 @@ class NodePool:
             found = await node.transport.request(
                 "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
             )
-        except (NodeError, NodeUnreachable, NodeTimeout):
+        except (NodeError, NodeUnreachable, NodeTimeout, NodeAnswerTooLarge):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
@@ -245,6 +249,9 @@ class NodePool:
         except NodeTimeout:
             node.reachable = False
             node.reason = f"health probe unanswered within {self._probe_timeout:g} s"
+            return
+        except NodeAnswerTooLarge:
+            node.reachable, node.reason = False, "health probe answer over the size cap"
             return
         except NodeError as error:
             node.reachable, node.reason = False, f"answered error {error.code}: {error.message}"

@@ -18,7 +18,13 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import NodeError, NodeTimeout, NodeUnreachable, SettingsError
+from proxy.errors import (
+    NodeAnswerTooLarge,
+    NodeError,
+    NodeTimeout,
+    NodeUnreachable,
+    SettingsError,
+)
 
 _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
 
@@ -44,8 +50,9 @@ def mask_url(url: str) -> str:
 
 class NodeTransport:
     """JSON-RPC requests to one node: its URL (credentials moved to a header), its requests in
-    flight and its cap on connections. Raises NodeError for the node's own JSON-RPC error,
-    NodeTimeout when no answer came in time, NodeUnreachable for a transport failure."""
+    flight and its caps on connections and answer size. Raises NodeError for the node's own
+    JSON-RPC error, NodeTimeout when no answer came in time, NodeAnswerTooLarge over the size
+    cap, NodeUnreachable for a transport failure."""
 
     def __init__(
         self,
@@ -54,6 +61,7 @@ class NodeTransport:
         *,
         connect_timeout: float,
         max_connections: int,
+        max_response_bytes: int,
     ) -> None:
         self.masked = mask_url(url)
         try:
@@ -79,6 +87,7 @@ class NodeTransport:
         # Requests to this node at once, hence its connections: one slow node holds at most
         # this many, however many callers wait on it.
         self._connections = asyncio.Semaphore(max_connections)
+        self._max_response_bytes = max_response_bytes
         self._request_ids = itertools.count(1)
 
     async def request(
@@ -116,7 +125,7 @@ class NodeTransport:
                         timeout=self._connect_timeout,
                     ) as response:
                         status = response.status
-                        body = await response.read()
+                        body = await self._read_capped(response, method)
                 except aiohttp.ClientError as exc:
                     delivered = not _surely_not_sent(exc)
                     raise NodeUnreachable(_describe(exc), delivered=delivered) from None
@@ -128,8 +137,25 @@ class NodeTransport:
             self.in_flight -= 1
         return _json_rpc_result(status, body)
 
+    async def _read_capped(self, response: aiohttp.ClientResponse, method: str) -> bytearray:
+        cap = self._max_response_bytes
+        # Counted as it arrives too, after decompression: a chunked or gzipped answer has no
+        # length to check beforehand.
+        body = bytearray()
+        if (response.content_length or 0) <= cap:
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > cap:
+                    break
+        if len(body) > cap or (response.content_length or 0) > cap:
+            raise NodeAnswerTooLarge(
+                f"{method}: the node's answer is larger than {cap} bytes "
+                "(QSIGNER_MAX_RESPONSE_BYTES); ask for less (e.g. a narrower block range)"
+            )
+        return body
 
-def _json_rpc_result(status: int, body: bytes) -> Any:
+
+def _json_rpc_result(status: int, body: bytes | bytearray) -> Any:
     """The `result` of a node's answer; its JSON-RPC error as NodeError; else a node failure."""
     try:
         answer = json.loads(body)

@@ -21,6 +21,7 @@ import pytest
 from eth_account import Account
 
 from proxy.errors import (
+    NodeAnswerTooLarge,
     NodeError,
     NodeTimeout,
     NoNodeAvailable,
@@ -367,6 +368,30 @@ async def test_a_node_that_switches_chain_is_taken_out() -> None:
             assert pool.chain_id == 1337
             answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(10)))
             assert answers == ["0x539"] * 10
+
+
+# --- answer size (issue 13, item 10) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_answer_over_the_size_cap_fails_for_its_caller_alone(framing: str) -> None:
+    with run_anvil() as url:
+        rpc(url, "anvil_setCode", [RECIPIENT, "0x" + "60" * 6000])  # 12 kB of hex when read
+        async with (
+            forwarder(url) as first,
+            forwarder(url) as second,
+            node_pool([first.url, second.url], max_response_bytes=8192) as pool,
+        ):
+            first.chunked = second.chunked = framing == "chunked"
+            with pytest.raises(NodeAnswerTooLarge) as large:
+                await pool.call("eth_getCode", [RECIPIENT, "latest"])
+            assert (large.value.code, large.value.http_status) == (-32005, 200)
+            assert "eth_getCode" in large.value.message and "8192 bytes" in large.value.message
+            assert "QSIGNER_MAX_RESPONSE_BYTES" in large.value.message
+            assert (first.methods() + second.methods()).count("eth_getCode") == 1  # not retried
+            assert ok_by_url(pool) == {first.url: True, second.url: True}
+            rpc(url, "anvil_setCode", [RECIPIENT, "0x" + "60" * 3000])  # 6 kB: under the cap
+            assert await pool.call("eth_getCode", [RECIPIENT, "latest"]) == "0x" + "60" * 3000
 
 
 # --- eth_sendRawTransaction -----------------------------------------------------------------

@@ -25,6 +25,7 @@ class Forwarder:
         self.port = free_port()
         self.mode = "forward"  # or "bad_gateway", "hang" (every request), "hang_sends"
         self.held: set[str] = set()  # methods answered only once released (a slow node)
+        self.chunked = False  # answers streamed in pieces, with no Content-Length
         self.holding = 0  # requests held right now
         self.most_held = 0
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
@@ -87,6 +88,14 @@ class Forwarder:
             self.mode == "hang_sends" and message["method"] == "eth_sendRawTransaction"
         ):
             await self._released.wait()
+        if self.chunked:
+            streamed = web.StreamResponse(headers={"Content-Type": "application/json"})
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            for start in range(0, len(answered), 1024):
+                await streamed.write(answered[start : start + 1024])
+            await streamed.write_eof()
+            return streamed
         return web.Response(body=answered, content_type="application/json")
 
 
