@@ -30,10 +30,10 @@ from proxy.errors import (
 )
 from proxy.identity import Identity
 from proxy.metrics import Metrics
+from proxy.nodes.pool import NodePool
 from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
-from proxy.upstream import NodePool
 from signer.errors import (
     HsmError,
     InvalidDigest,
@@ -84,13 +84,18 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         hsm = Hsm(module)
     except ModuleNotFound as exc:
         raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
+    # Each node caps its own connections (QSIGNER_NODE_CONNECTIONS, plus its two health
+    # probes); a limit shared by all nodes would let one slow node take every connection.
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=30),
     )
     db = None
     identity = None
-    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id)
+    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
+                    read_timeout=settings.read_timeout,
+                    node_connections=settings.node_connections,
+                    max_response_bytes=settings.max_response_bytes)  # fmt: skip
     try:
         db = await store.connect(settings.require_database())
         identity = Identity(db, settings)
@@ -98,7 +103,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
-            nonces=PendingCountNonces(pool), metrics=app[METRICS],
+            nonces=PendingCountNonces(pool, max_in_flight=settings.max_in_flight),
+            metrics=app[METRICS],
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
         )  # fmt: skip

@@ -9,10 +9,10 @@ from proxy.auth import JwtVerifier
 from proxy.credentials import HsmCredentials
 from proxy.identity import Identity, Principal
 from proxy.metrics import Metrics
+from proxy.nodes.pool import NodePool
 from proxy.nonces import NonceSource
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
-from proxy.upstream import NodePool
 from signer.pkcs11 import Hsm, HsmKey
 
 

@@ -13,7 +13,12 @@
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
     ├── RateLimited                 -32005  HTTP 429
     ├── NoNodeAvailable             -32002  HTTP 503
-    │   └── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
+    │   ├── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
+    │   └── NodeUnreachable         -32002  HTTP 503: one node failed in transport (the pool
+    │                                       retries elsewhere or answers NoNodeAvailable)
+    ├── NodeTimeout                 -32603  a node did not answer this request in time
+    │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
+    ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
@@ -113,3 +118,30 @@ class SendOutcomeUnknown(NoNodeAvailable):
 
 class SettingsError(Exception):
     """A configuration value that must be fixed; the message names the setting."""
+
+
+class NodeUnreachable(NoNodeAvailable):
+    """A transport failure. `delivered` is False only when the request surely never left."""
+
+    def __init__(self, reason: str, *, delivered: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered
+
+
+class NodeTimeout(ProxyError):
+    """A node took longer than the caller's deadline to answer (e.g. a wide eth_getLogs).
+
+    -32603 with HTTP 200 rather than -32002 / 503: the nodes are there, this request was too slow,
+    and trying it on another node would only make that one slow too.
+    """
+
+
+class NodeAnswerTooLarge(ProxyError):
+    """A node's answer is larger than QSIGNER_MAX_RESPONSE_BYTES; the node stays in rotation.
+
+    -32005 "limit exceeded" (EIP-1474), as hosted nodes answer an eth_getLogs over their limits,
+    and clients know to ask for a narrower range; HTTP 200, unlike RateLimited's 429.
+    """
+
+    code = -32005

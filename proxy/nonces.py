@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from proxy.upstream import NodePool
+from proxy.errors import RateLimited
+from proxy.nodes.pool import NodePool
 from signer.base import checksum
 
 
@@ -27,14 +28,40 @@ class NonceSource(Protocol):
     def lease(self, address: bytes) -> AbstractAsyncContextManager[NonceLease]: ...
 
 
+@dataclass
+class _AccountTurns:
+    """One account's lock, and how many leases hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    leases: int = 0
+
+
 class PendingCountNonces:
-    def __init__(self, pool: NodePool) -> None:
+    def __init__(self, pool: NodePool, *, max_in_flight: int = 64) -> None:
         self._pool = pool
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        # Leases of one account held or waiting at once (QSIGNER_MAX_IN_FLIGHT): beyond it a
+        # caller is refused at once, rather than queueing without bound behind one account.
+        self._max_in_flight = max_in_flight
+        self._accounts: dict[bytes, _AccountTurns] = {}
 
     @asynccontextmanager
     async def lease(self, address: bytes) -> AsyncIterator[NonceLease]:
-        lock = self._locks.setdefault(address, asyncio.Lock())
-        async with lock:
-            count = await self._pool.call("eth_getTransactionCount", [checksum(address), "pending"])
-            yield NonceLease(int(count, 16))
+        turns = self._accounts.get(address)
+        if turns is None:
+            turns = self._accounts[address] = _AccountTurns()
+        if turns.leases >= self._max_in_flight:
+            raise RateLimited(
+                f"account {checksum(address)} already has {self._max_in_flight} transactions "
+                "waiting for a nonce (QSIGNER_MAX_IN_FLIGHT); try again shortly"
+            )
+        turns.leases += 1
+        try:
+            async with turns.lock:
+                count = await self._pool.call(
+                    "eth_getTransactionCount", [checksum(address), "pending"]
+                )
+                yield NonceLease(int(count, 16))
+        finally:
+            turns.leases -= 1
+            if turns.leases == 0:  # nobody holds or waits: forget the account
+                del self._accounts[address]

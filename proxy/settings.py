@@ -42,6 +42,10 @@ class Settings:
     rate_burst: int = 0
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
+    read_timeout: float = 10.0  # seconds a node may take over one caller's request
+    node_connections: int = 64  # requests (hence connections) to one node at once
+    max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
+    max_in_flight: int = 64  # one account's transactions under way or waiting, at most
 
     @classmethod
     def from_env(
@@ -80,6 +84,14 @@ class Settings:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
+        if not self.read_timeout > 0:
+            raise SettingsError("QSIGNER_READ_TIMEOUT must be a number of seconds above 0")
+        if self.node_connections < 1:
+            raise SettingsError("QSIGNER_NODE_CONNECTIONS must be at least 1")
+        if self.max_response_bytes < 1024:
+            raise SettingsError("QSIGNER_MAX_RESPONSE_BYTES must be at least 1024")
+        if self.max_in_flight < 1:
+            raise SettingsError("QSIGNER_MAX_IN_FLIGHT must be at least 1")
 
     def require_database(self) -> str:
         if not self.database_url:
@@ -111,4 +123,9 @@ def _parse(variable: str, annotation: str, raw: str) -> Any:
             return int(raw, 0)
         except ValueError:
             raise SettingsError(f"{variable} must be an integer") from None
+    if annotation.startswith("float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{variable} must be a number") from None
     return raw or None

@@ -1,5 +1,6 @@
 """Node failover through the proxy: a dead node in the list costs nothing, a node stopped while
-reads are under way fails none of them, and with no node left the answer is 503 / -32002."""
+reads are under way fails none of them, a slow read fails for its caller alone, and with no node
+left the answer is 503 / -32002."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.anvil import free_port, rpc, run_anvil
+from tests.support.forwarder import forwarder
 from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 
 
@@ -78,3 +80,30 @@ async def test_no_node_left_answers_503(database_url: str, softhsm_conf: Path,
             async with session.get(url + "/readyz") as response:
                 assert response.status == 503
                 assert (await response.json())["ready"] is False
+
+
+async def test_a_slow_read_fails_for_its_caller_alone(database_url: str, softhsm_conf: Path,
+                                                      softhsm_module: str) -> None:  # fmt: skip
+    with run_anvil(chain_id=CHAIN_ID) as node:
+        async with forwarder(node) as first, forwarder(node) as second:
+            first.held = second.held = {"eth_getLogs"}
+            upstreams = (first.url, second.url)
+            stack = await build_stack(
+                node, database_url, softhsm_module, upstreams=upstreams, read_timeout=0.5
+            )
+            async with in_process(stack.settings) as (url, session):
+                slow = asyncio.create_task(_call(session, url, stack, "eth_getLogs", [{}]))
+                others = await asyncio.gather(
+                    *(_call(session, url, stack, "eth_chainId", []) for _ in range(10))
+                )
+                assert all(status == 200 and "result" in r for status, r in others)
+                status, answer = await slow
+                assert status == 200 and answer["id"] == 9, answer
+                error = answer["error"]
+                assert isinstance(error, dict) and error["code"] == -32603
+                assert (
+                    "eth_getLogs" in error["message"] and "QSIGNER_READ_TIMEOUT" in error["message"]
+                )
+                async with session.get(url + "/readyz") as response:
+                    assert response.status == 200
+                    assert [n["ok"] for n in (await response.json())["nodes"]] == [True, True]

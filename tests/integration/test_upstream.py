@@ -1,29 +1,37 @@
 """The node pool against real anvil nodes: results and node errors passed on, startup refusals
-naming the setting to fix, credentials never shown, failover, lag and chain checks, and
-eth_sendRawTransaction retried only where that is safe.
+naming the setting to fix, credentials never shown, failover, lag and chain checks, slow reads
+and the per-node cap, and eth_sendRawTransaction retried only where that is safe.
 
-Where a node must misbehave in a way anvil cannot (answer 502, go quiet after a send, vanish and
-come back on the same port), a small forwarder stands in front of a real anvil, as nginx or a load
-balancer stands in front of a node in production; the answers are still anvil's own."""
+Where a node must misbehave in a way anvil cannot (answer 502, go quiet after a send, answer one
+method slowly, vanish and come back on the same port), a small forwarder stands in front of a
+real anvil (tests/support/forwarder.py); the answers are still anvil's own."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from eth_account import Account
 
-from proxy.errors import NodeError, NoNodeAvailable, SendOutcomeUnknown, SettingsError
-from proxy.upstream import NodePool, mask_url
+from proxy.errors import (
+    NodeAnswerTooLarge,
+    NodeError,
+    NodeTimeout,
+    NoNodeAvailable,
+    SendOutcomeUnknown,
+    SettingsError,
+)
+from proxy.nodes.pool import NodePool
+from proxy.nodes.transport import mask_url
 from tests.support.anvil import free_port, rpc, run_anvil
+from tests.support.forwarder import forwarder
 
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -88,73 +96,6 @@ async def receipt(pool: NodePool, tx_hash: str) -> dict[str, Any]:
             return dict(found)
         await asyncio.sleep(0.02)
     raise AssertionError(f"{tx_hash} not mined")
-
-
-class Forwarder:
-    """Passes JSON-RPC on to a node and records what it received; can fail on demand."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.port = free_port()
-        self.mode = "forward"  # or "bad_gateway", "hang" (every request), "hang_sends"
-        self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self._released = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def methods(self) -> list[str]:
-        return [str(message["method"]) for _, message in self.seen]
-
-    async def start(self) -> None:
-        self._client = self._client or aiohttp.ClientSession()
-        self._released.clear()
-        app = web.Application()
-        app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        self._released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def close(self) -> None:
-        await self.stop()
-        if self._client is not None:
-            await self._client.close()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        message = json.loads(body)
-        self.seen.append((dict(request.headers), message))
-        if self.mode == "bad_gateway":
-            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
-        assert self._client is not None
-        async with self._client.post(
-            self.target, data=body, headers={"Content-Type": "application/json"}
-        ) as answer:
-            answered = await answer.read()
-        if self.mode == "hang" or (
-            self.mode == "hang_sends" and message["method"] == "eth_sendRawTransaction"
-        ):
-            await self._released.wait()
-        return web.Response(body=answered, content_type="application/json")
-
-
-@contextlib.asynccontextmanager
-async def forwarder(target: str) -> AsyncIterator[Forwarder]:
-    front = Forwarder(target)
-    await front.start()
-    try:
-        yield front
-    finally:
-        await front.close()
 
 
 # --- reads and node errors -------------------------------------------------------------------
@@ -228,9 +169,7 @@ async def test_start_refuses_nodes_on_different_chains() -> None:
 
 
 async def test_credentials_in_a_node_url_are_used_but_never_shown() -> None:
-    assert mask_url("https://user:pass@host/path") == "https://***@host/path"
-    assert mask_url("https://node.example/v1?apikey=secret") == "https://node.example/v1?***"
-    assert mask_url("user:secret@host:8545") == "***@host:8545"  # scheme forgotten
+    assert mask_url("https://user:pass@host/path") == "https://***@host/***"
     with run_anvil() as url, ExitStack():
         async with forwarder(url) as front:
             with_secret = front.url.replace("http://", "http://user:secret@")
@@ -251,6 +190,30 @@ async def test_credentials_in_a_node_url_are_used_but_never_shown() -> None:
             assert "QSIGNER_UPSTREAMS" in disagree and "secret" not in disagree
 
 
+async def test_keys_in_node_url_paths_are_used_but_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    dead = f"http://127.0.0.1:{free_port()}/v3/KEYOFTHEDEADNODE?apikey=QUERYKEY"
+    with run_anvil() as url:
+        async with forwarder(url) as front:
+            keyed = [f"{front.url}/v3/KEYOFNODEONE", f"{front.url}/v3/KEYOFNODETWO"]
+            async with node_pool([*keyed, dead]) as pool:
+                answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(4)))
+                assert answers == ["0x539"] * 4
+                assert front.paths == {"/v3/KEYOFNODEONE", "/v3/KEYOFNODETWO"}  # used as given
+                shown = [status.url for status in pool.status()]
+                # One gateway, two keys: told apart by their place in QSIGNER_UPSTREAMS.
+                assert shown == [
+                    f"{front.url}/*** (node 1)",
+                    f"{front.url}/*** (node 2)",
+                    dead.split("/v3")[0] + "/***",
+                ]
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("proxy"))
+    assert "out of rotation" in logged and "in rotation" in logged
+    assert "KEY" not in logged and "KEY" not in repr(shown)
+
+
 # --- failover, lag, chain -------------------------------------------------------------------
 
 
@@ -264,14 +227,14 @@ async def test_a_dead_upstream_does_not_fail_reads() -> None:
             assert pool.status()[0].block is None
 
 
-@pytest.mark.parametrize("failure", ["refused", "bad_gateway", "hang"])
+@pytest.mark.parametrize("failure", ["refused", "bad_gateway"])
 async def test_a_node_failing_between_probes_is_retried_elsewhere_and_taken_out(
     failure: str,
 ) -> None:
     with run_anvil() as url:
         async with (
             forwarder(url) as front,
-            node_pool([front.url, url], probe_interval=NO_PROBES, request_timeout=0.5) as pool,
+            node_pool([front.url, url], probe_interval=NO_PROBES, read_timeout=0.5) as pool,
         ):
             if failure == "refused":
                 await front.stop()
@@ -281,6 +244,72 @@ async def test_a_node_failing_between_probes_is_retried_elsewhere_and_taken_out(
             assert answers == ["0x539"] * 20
             # No probe ran: the failed request itself took the node out.
             assert ok_by_url(pool) == {front.url: False, url: True}
+
+
+async def test_a_node_that_goes_quiet_is_taken_out_by_its_probe() -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as front,
+            node_pool([front.url, url], read_timeout=5.0, probe_timeout=0.3) as pool,
+        ):
+            front.mode = "hang"  # every request, the probes' too
+            await eventually(lambda: ok_by_url(pool) == {front.url: False, url: True})
+            answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(10)))
+            assert answers == ["0x539"] * 10
+            front.seen.clear()
+            await asyncio.sleep(0.3)
+            assert "eth_chainId" in front.methods()  # still probed, to be put back once it answers
+
+
+# --- slow reads and the per-node cap (issue 13, item 7) ---------------------------------------
+
+
+async def test_a_slow_read_fails_for_its_caller_alone_and_every_node_stays() -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as first,
+            forwarder(url) as second,
+            node_pool([first.url, second.url], read_timeout=0.3) as pool,
+        ):
+            first.held = second.held = {"eth_getLogs"}  # both nodes slow for this one method
+            with pytest.raises(NodeTimeout) as slow:
+                await pool.call("eth_getLogs", [{"fromBlock": "0x0"}])
+            assert (slow.value.code, slow.value.http_status) == (-32603, 200)
+            assert "eth_getLogs" in slow.value.message and "0.3 s" in slow.value.message
+            assert "QSIGNER_READ_TIMEOUT" in slow.value.message
+            assert (first.methods() + second.methods()).count("eth_getLogs") == 1  # not retried
+            assert ok_by_url(pool) == {first.url: True, second.url: True}
+
+            # Slow reads under way: every other call is served, and no node is taken out.
+            slow_reads = [
+                asyncio.create_task(pool.call("eth_getLogs", [{"fromBlock": "0x0"}]))
+                for _ in range(4)
+            ]
+            await eventually(lambda: first.holding + second.holding >= 4)
+            answers = await asyncio.gather(*(pool.call("eth_blockNumber") for _ in range(20)))
+            assert answers == ["0x0"] * 20
+            for outcome in await asyncio.gather(*slow_reads, return_exceptions=True):
+                assert isinstance(outcome, NodeTimeout)
+            assert ok_by_url(pool) == {first.url: True, second.url: True}
+            assert pool.healthy_count() == 2
+
+
+async def test_connections_to_one_node_are_capped_and_its_probes_still_pass() -> None:
+    with run_anvil() as url:
+        async with forwarder(url) as slow, node_pool([slow.url], node_connections=2) as pool:
+            slow.held = {"eth_getLogs"}
+            reads = [
+                asyncio.create_task(pool.call("eth_getLogs", [{"fromBlock": "0x0"}]))
+                for _ in range(6)
+            ]
+            await eventually(lambda: slow.holding == 2)
+            probes_before = slow.methods().count("eth_blockNumber")
+            await eventually(lambda: slow.methods().count("eth_blockNumber") > probes_before + 2)
+            assert slow.most_held == 2  # the other four wait for one of the two connections
+            assert ok_by_url(pool) == {slow.url: True}  # its probes pass the cap
+            slow.release()
+            assert await asyncio.gather(*reads) == [[]] * 6
+            assert slow.methods().count("eth_getLogs") == 6
 
 
 async def test_a_node_stopped_mid_run_fails_no_read() -> None:
@@ -339,6 +368,30 @@ async def test_a_node_that_switches_chain_is_taken_out() -> None:
             assert pool.chain_id == 1337
             answers = await asyncio.gather(*(pool.call("eth_chainId") for _ in range(10)))
             assert answers == ["0x539"] * 10
+
+
+# --- answer size (issue 13, item 10) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_answer_over_the_size_cap_fails_for_its_caller_alone(framing: str) -> None:
+    with run_anvil() as url:
+        rpc(url, "anvil_setCode", [RECIPIENT, "0x" + "60" * 6000])  # 12 kB of hex when read
+        async with (
+            forwarder(url) as first,
+            forwarder(url) as second,
+            node_pool([first.url, second.url], max_response_bytes=8192) as pool,
+        ):
+            first.chunked = second.chunked = framing == "chunked"
+            with pytest.raises(NodeAnswerTooLarge) as large:
+                await pool.call("eth_getCode", [RECIPIENT, "latest"])
+            assert (large.value.code, large.value.http_status) == (-32005, 200)
+            assert "eth_getCode" in large.value.message and "8192 bytes" in large.value.message
+            assert "QSIGNER_MAX_RESPONSE_BYTES" in large.value.message
+            assert (first.methods() + second.methods()).count("eth_getCode") == 1  # not retried
+            assert ok_by_url(pool) == {first.url: True, second.url: True}
+            rpc(url, "anvil_setCode", [RECIPIENT, "0x" + "60" * 3000])  # 6 kB: under the cap
+            assert await pool.call("eth_getCode", [RECIPIENT, "latest"]) == "0x" + "60" * 3000
 
 
 # --- eth_sendRawTransaction -----------------------------------------------------------------
@@ -402,9 +455,7 @@ async def test_a_send_that_may_have_reached_a_node_is_not_retried() -> None:
         async with (
             forwarder(url) as first,
             forwarder(url) as second,
-            node_pool(
-                [first.url, second.url], probe_interval=NO_PROBES, request_timeout=1.0
-            ) as pool,
+            node_pool([first.url, second.url], probe_interval=NO_PROBES, read_timeout=1.0) as pool,
         ):
             first.mode = second.mode = "hang_sends"  # pass the send on, then never answer
             raw, tx_hash = signed_transfer(nonce=0)

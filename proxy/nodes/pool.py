@@ -1,4 +1,4 @@
-"""The node pool: the only place that talks HTTP to the Ethereum / GoQuorum nodes.
+"""The node pool: which node serves a request, whether each node is healthy, and failover.
 
 Requests go to the least busy healthy node; background probes (chain id, block height) and failed
 requests take nodes out of rotation, and a request is retried elsewhere only where that is safe.
@@ -7,21 +7,27 @@ requests take nodes out of rotation, and a request is retried elsewhere only whe
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
-import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
 
-from proxy.errors import NodeError, NoNodeAvailable, SendOutcomeUnknown, SettingsError
+from proxy.errors import (
+    NodeAnswerTooLarge,
+    NodeError,
+    NodeTimeout,
+    NodeUnreachable,
+    NoNodeAvailable,
+    SendOutcomeUnknown,
+    SettingsError,
+)
+from proxy.nodes.transport import NodeTransport
 
 log = logging.getLogger(__name__)
 
@@ -31,65 +37,26 @@ log = logging.getLogger(__name__)
 # also means another transaction took the nonce, so it is settled by looking the hash up.
 _ALREADY_KNOWN = re.compile(r"already ?known|known transaction|already imported", re.IGNORECASE)
 
-_URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
-
-
-def mask_url(url: str) -> str:
-    """`url` fit to show in /readyz, logs and errors: user info and query string hidden."""
-    # Parsed by hand rather than with urlsplit: a URL missing its scheme ("user:pw@host") would
-    # otherwise read as scheme "user" and show the password as a path.
-    parts = _URL_PARTS.match(url)
-    if parts is None:  # pragma: no cover - the pattern matches every string
-        return "***"
-    authority = parts["authority"]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    rest = parts["rest"]
-    path = re.split(r"[?#]", rest, maxsplit=1)[0]
-    query = "?***" if "?" in rest.split("#", 1)[0] else ""
-    scheme = f"{parts['scheme']}://" if parts["scheme"] else ""
-    return f"{scheme}{authority}{path}{query}"
-
 
 @dataclass(frozen=True)
 class NodeStatus:
-    url: str  # masked
+    url: str  # masked (mask_url), unique within the pool
     ok: bool
     block: int | None
     chain_id: int | None
 
 
-class _NodeUnreachable(Exception):
-    """A transport failure. `delivered` is False only when the request surely never left."""
-
-    def __init__(self, reason: str, *, delivered: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
-
-
 class _Node:
-    def __init__(self, url: str) -> None:
-        self.masked = mask_url(url)
-        try:
-            parsed = URL(url)
-        except (ValueError, TypeError):
-            parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-            raise SettingsError(f"QSIGNER_UPSTREAMS: {self.masked} is not an http(s) URL")
-        # Credentials travel as a header, never in the URL aiohttp sees: its exceptions and
-        # logs quote the URL.
-        self.endpoint = parsed.with_user(None).with_fragment(None)
-        self.headers: dict[str, str] = {"Content-Type": "application/json"}
-        if parsed.user is not None:
-            user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+    """A node's transport and what the pool knows of its health."""
+
+    def __init__(self, transport: NodeTransport, name: str) -> None:
+        self.transport = transport
+        self.name = name  # masked: shown in /readyz, /metrics and logs
         self.reachable = False
         self.chain_id: int | None = None
         self.block: int | None = None
         self.reason = "not probed yet"
         self.healthy = False
-        self.in_flight = 0
         # Bumped when a request fails, so that a probe already under way when it failed cannot
         # put the node straight back: only a probe started afterwards can.
         self.epoch = 0
@@ -106,23 +73,38 @@ class NodePool:
         expected_chain_id: int | None = None,
         probe_interval: float = 1.0,
         max_lag_blocks: int = 5,
-        request_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        probe_timeout: float = 5.0,
+        node_connections: int = 64,
+        max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         if not urls:
             raise SettingsError("QSIGNER_UPSTREAMS is empty: give the URL of at least one node")
-        self._nodes = [_Node(url) for url in urls]
-        self._session = session
+        # Shorter than either deadline, so that a node that never accepted the connection is
+        # told apart (down: taken out, and a send is safe to retry) from a slow answer.
+        connect_timeout = min(read_timeout, probe_timeout) / 2
+        transports = [
+            NodeTransport(url, session, connect_timeout=connect_timeout,
+                          max_connections=node_connections,
+                          max_response_bytes=max_response_bytes)
+            for url in urls
+        ]  # fmt: skip
+        # Masking leaves only scheme, host and port: nodes behind one gateway (Infura's
+        # /v3/<key>) would look alike, so those are told apart by their place in the list.
+        shown = Counter(transport.masked for transport in transports)
+        self._nodes = [
+            _Node(transport, transport.masked if shown[transport.masked] == 1
+                  else f"{transport.masked} (node {place})")
+            for place, transport in enumerate(transports, 1)
+        ]  # fmt: skip
+        # Callers' requests have their deadline, health probes theirs: a caller's slow read
+        # says nothing of the node's health, a probe that goes unanswered does.
+        self._read_timeout = read_timeout
+        self._probe_timeout = probe_timeout
         self._expected_chain_id = expected_chain_id
         self._chain_id: int | None = None
         self._probe_interval = probe_interval
         self._max_lag_blocks = max_lag_blocks
-        # A connect timeout of its own, shorter than the total, so that a node that never
-        # accepted the connection is told apart (safe to retry a send) from one that went quiet
-        # after the request was written (not safe).
-        self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout, sock_connect=request_timeout / 2
-        )
-        self._request_ids = itertools.count(1)
         self._turn = itertools.count()
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -150,7 +132,7 @@ class NodePool:
     def status(self) -> list[NodeStatus]:
         return [
             NodeStatus(
-                url=node.masked,
+                url=node.name,
                 ok=node.healthy,
                 # What an unreachable node said last is no longer known to be true.
                 block=node.block if node.reachable else None,
@@ -168,6 +150,9 @@ class NodePool:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
         Reads only: a retried eth_sendRawTransaction could be one that reached the first node.
+        A read that outlasts the read timeout fails for its caller alone (NodeTimeout), as does
+        an answer over the size cap (NodeAnswerTooLarge): the node stays in rotation and the
+        read is not tried elsewhere, where it would fare the same.
         """
         tried: list[_Node] = []
         for _attempt in range(2):
@@ -176,9 +161,17 @@ class NodePool:
                 break
             tried.append(node)
             try:
-                return await self._post(node, method, params, headers)
-            except _NodeUnreachable as failure:
+                return await node.transport.request(
+                    method, params, headers, timeout=self._read_timeout
+                )
+            except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
+            except NodeTimeout:
+                raise NodeTimeout(
+                    f"{method}: the node did not answer within {self._read_timeout:g} s "
+                    "(QSIGNER_READ_TIMEOUT); ask for less (e.g. a narrower block range) or "
+                    "try again"
+                ) from None
         raise NoNodeAvailable("no node available")
 
     async def send_raw_transaction(
@@ -189,18 +182,22 @@ class NodePool:
         Tried on the next node only while the previous one surely never got the request
         (connection refused, could not connect); after a timeout or a reset the transaction may
         be in that node's pool, and SendOutcomeUnknown says so. A node that already holds this
-        very transaction counts as success.
+        very transaction counts as success. A timeout leaves the node in rotation, as for reads.
         """
         tried: list[_Node] = []
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
-                result = await self._post(node, "eth_sendRawTransaction", [raw_hex], headers)
-            except _NodeUnreachable as failure:
+                result = await node.transport.request(
+                    "eth_sendRawTransaction", [raw_hex], headers, timeout=self._read_timeout
+                )
+            except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
                 if failure.delivered:
                     raise SendOutcomeUnknown(tx_hash) from None
                 continue
+            except (NodeTimeout, NodeAnswerTooLarge):
+                raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
                 if await self._holds_transaction(node, error, tx_hash, headers):
                     return tx_hash
@@ -219,8 +216,10 @@ class NodePool:
         # A resent transaction that is already mined gets "nonce too low" (anvil, geth), as does
         # a different one whose nonce was taken: only the hash tells them apart.
         try:
-            found = await self._post(node, "eth_getTransactionByHash", [tx_hash], headers)
-        except (NodeError, _NodeUnreachable):
+            found = await node.transport.request(
+                "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
+            )
+        except (NodeError, NodeUnreachable, NodeTimeout, NodeAnswerTooLarge):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
@@ -231,47 +230,28 @@ class NodePool:
         # Least in flight; rotating the starting point makes ties go round robin.
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda node: node.in_flight)
-
-    async def _post(
-        self, node: _Node, method: str, params: Any, headers: Mapping[str, str] | None
-    ) -> Any:
-        request: dict[str, Any] = {
-            "jsonrpc": "2.0",
-            "id": next(self._request_ids),
-            "method": method,
-        }
-        if params is not None:
-            request["params"] = params
-        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
-        request_headers.update(node.headers)
-        node.in_flight += 1
-        try:
-            async with self._session.post(
-                node.endpoint,
-                data=json.dumps(request, separators=(",", ":")).encode(),
-                headers=request_headers,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _NodeUnreachable(_describe(exc), delivered=not _surely_not_sent(exc)) from None
-        finally:
-            node.in_flight -= 1
-        return _json_rpc_result(status, body)
+        return min(rotated, key=lambda node: node.transport.in_flight)
 
     async def _probe(self, node: _Node) -> None:
         epoch = node.epoch
         answers = await asyncio.gather(
-            self._post(node, "eth_chainId", None, None),
-            self._post(node, "eth_blockNumber", None, None),
+            *(
+                node.transport.request(method, timeout=self._probe_timeout, capped=False)
+                for method in ("eth_chainId", "eth_blockNumber")
+            ),
             return_exceptions=True,
         )
         try:
             chain_id, block = (_quantity(answer) for answer in answers)
-        except _NodeUnreachable as failure:
+        except NodeUnreachable as failure:
             node.reachable, node.reason = False, failure.reason
+            return
+        except NodeTimeout:
+            node.reachable = False
+            node.reason = f"health probe unanswered within {self._probe_timeout:g} s"
+            return
+        except NodeAnswerTooLarge:
+            node.reachable, node.reason = False, "health probe answer over the size cap"
             return
         except NodeError as error:
             node.reachable, node.reason = False, f"answered error {error.code}: {error.message}"
@@ -294,7 +274,7 @@ class NodePool:
                 await self._probe(node)
             except Exception:
                 # A bug here must not end health checking for good.
-                log.exception("probing node %s failed", node.masked)
+                log.exception("probing node %s failed", node.name)
             self._refresh()
 
     def _take_out(self, node: _Node, reason: str) -> None:
@@ -305,7 +285,7 @@ class NodePool:
     def _agreed_chain_id(self) -> int:
         answering = [node for node in self._nodes if node.reachable]
         if not answering:
-            detail = "; ".join(f"{node.masked}: {node.reason}" for node in self._nodes)
+            detail = "; ".join(f"{node.name}: {node.reason}" for node in self._nodes)
             raise SettingsError(f"QSIGNER_UPSTREAMS: no node answered ({detail})")
         chains = {node.chain_id for node in answering if node.chain_id is not None}
         expected = self._expected_chain_id
@@ -316,7 +296,7 @@ class NodePool:
                     f"QSIGNER_CHAIN_ID is {expected}, but the nodes are on chain {chain_id}"
                 )
             return chain_id
-        detail = ", ".join(f"{node.masked} is on chain {node.chain_id}" for node in answering)
+        detail = ", ".join(f"{node.name} is on chain {node.chain_id}" for node in answering)
         if expected is not None:
             raise SettingsError(
                 f"QSIGNER_UPSTREAMS: every node must be on chain {expected} (QSIGNER_CHAIN_ID), "
@@ -338,9 +318,9 @@ class NodePool:
             healthy = reason is None
             if announce or healthy != node.healthy:
                 if reason is None:
-                    log.info("node %s in rotation", node.masked)
+                    log.info("node %s in rotation", node.name)
                 else:
-                    log.warning("node %s out of rotation: %s", node.masked, reason)
+                    log.warning("node %s out of rotation: %s", node.name, reason)
                 node.healthy = healthy
 
     def _why_out(self, node: _Node, best: int) -> str | None:
@@ -355,62 +335,9 @@ class NodePool:
         return None
 
 
-def _json_rpc_result(status: int, body: bytes) -> Any:
-    """The `result` of a node's answer; its JSON-RPC error as NodeError; else a node failure."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict):
-        error = answer.get("error")
-        if isinstance(error, dict) and isinstance(error.get("code"), int):
-            message = error.get("message")
-            raise NodeError(
-                error["code"],
-                message if isinstance(message, str) else "",
-                error.get("data"),
-                http_status=status if status >= 400 else 200,
-            )
-        if "result" in answer and 200 <= status < 300:
-            return answer["result"]
-    # A proxy in front of the node answering 502 with an HTML page, a truncated body: the request
-    # reached something, so a send cannot be retried safely, but the node is not usable.
-    raise _NodeUnreachable(f"HTTP {status}, not a JSON-RPC answer", delivered=True)
-
-
 def _quantity(answer: object) -> int:
     if isinstance(answer, BaseException):
         raise answer
     if not isinstance(answer, str) or not answer.startswith("0x"):
         raise ValueError(f"not a quantity: {answer!r}")
     return int(answer, 16)
-
-
-def _surely_not_sent(exc: BaseException) -> bool:
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return True
-    # A keep-alive connection that the node closed while it sat idle in the pool (the node
-    # restarted): aiohttp refuses the write of headers and body, which _post hands it as one
-    # buffer, so not a byte of the request left. Only the cause's message tells this from a
-    # connection lost after writing; should that wording change, we fall back to "maybe sent".
-    return any(
-        isinstance(error, aiohttp.ClientConnectionResetError) and "closing transport" in str(error)
-        for error in (exc, exc.__cause__)
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """Why a request failed, in words that never quote the URL (it may hold credentials)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "host name not found"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused"
-        return "could not connect"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if _surely_not_sent(exc):
-        return "connection closed by the node while idle"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return "connection closed before the answer"
-    return f"transport error ({type(exc).__name__})"

@@ -1,0 +1,87 @@
+"""Nonce leases against a real anvil: one account's leases are handed out in turn, and at most
+QSIGNER_MAX_IN_FLIGHT (64) of them hold or wait at once; beyond that a caller is refused at once
+with -32005 (HTTP 429), other accounts unaffected (issue 13, item 10)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from proxy.errors import RateLimited
+from proxy.nodes.pool import NodePool
+from proxy.nonces import PendingCountNonces
+from proxy.settings import Settings
+from tests.support.anvil import run_anvil
+
+BUSY = bytes.fromhex("f39fd6e51aad88f6f4ce6ab8827279cfffb92266")
+OTHER = bytes.fromhex("70997970c51812dc3a010c7d01b50e44ad4a096f")
+
+
+async def test_waiting_for_one_accounts_nonce_is_bounded() -> None:
+    bound = Settings().max_in_flight
+    assert bound == 64
+    with run_anvil() as url:
+        async with aiohttp.ClientSession() as session:
+            pool = NodePool([url], session, probe_interval=3600)
+            await pool.start()
+            try:
+                nonces = PendingCountNonces(pool)
+                release = asyncio.Event()
+                granted: list[int] = []
+
+                async def hold() -> None:
+                    async with nonces.lease(BUSY) as lease:
+                        granted.append(lease.nonce)
+                        await release.wait()
+
+                holders = [asyncio.create_task(hold()) for _ in range(bound)]
+                while not granted:  # the first holds the lease, the others wait for it
+                    await asyncio.sleep(0.01)
+                with pytest.raises(RateLimited) as refused:
+                    async with asyncio.timeout(1), nonces.lease(BUSY):
+                        pass
+                assert (refused.value.code, refused.value.http_status) == (-32005, 429)
+                assert "QSIGNER_MAX_IN_FLIGHT" in refused.value.message
+                assert "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266" in refused.value.message
+                async with asyncio.timeout(1), nonces.lease(OTHER) as other:  # unaffected
+                    assert other.nonce == 0
+                release.set()
+                await asyncio.gather(*holders)
+                assert granted == [0] * bound  # each in turn (nothing was sent)
+                async with asyncio.timeout(1), nonces.lease(BUSY):  # room again
+                    pass
+            finally:
+                await pool.close()
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    with run_anvil() as url:
+        async with aiohttp.ClientSession() as session:
+            pool = NodePool([url], session, probe_interval=3600)
+            await pool.start()
+            try:
+                nonces = PendingCountNonces(pool, max_in_flight=2)
+                release = asyncio.Event()
+                held = asyncio.Event()
+
+                async def hold() -> None:
+                    async with nonces.lease(BUSY):
+                        held.set()
+                        await release.wait()
+
+                holder = asyncio.create_task(hold())
+                await held.wait()
+                with pytest.raises(TimeoutError):  # waits behind the holder, then gives up
+                    async with asyncio.timeout(0.1), nonces.lease(BUSY):
+                        pass
+                waiter = asyncio.create_task(hold())  # takes the second place, not a third
+                await asyncio.sleep(0.05)
+                with pytest.raises(RateLimited):
+                    async with nonces.lease(BUSY):
+                        pass
+                release.set()
+                await asyncio.gather(holder, waiter)
+            finally:
+                await pool.close()

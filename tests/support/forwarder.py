@@ -1,0 +1,126 @@
+"""A small HTTP server in front of a real node, as nginx or a load balancer stands in front of one
+in production: it passes JSON-RPC on, records what it received, and misbehaves on demand (502,
+silence, one method held back); the answers are still the node's own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.support.anvil import free_port
+
+
+class Forwarder:
+    """Passes JSON-RPC on to a node and records what it received; can fail on demand."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = free_port()
+        self.mode = "forward"  # or "bad_gateway", "hang" (every request), "hang_sends"
+        self.held: set[str] = set()  # methods answered only once released (a slow node)
+        self.chunked = False  # answers streamed in pieces, with no Content-Length
+        self.holding = 0  # requests held right now
+        self.most_held = 0
+        self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.paths: set[str] = set()  # request paths seen
+        self._released = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def methods(self) -> list[str]:
+        return [str(message["method"]) for _, message in self.seen]
+
+    def release(self) -> None:
+        """Held requests are answered, and from now on nothing is held."""
+        self._released.set()
+
+    async def start(self) -> None:
+        self._client = self._client or aiohttp.ClientSession()
+        self._released.clear()
+        app = web.Application()
+        app.router.add_post("/{path:.*}", self._handle)  # any path, as Infura's /v3/<key>
+        self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        self._released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        message = json.loads(body)
+        self.seen.append((dict(request.headers), message))
+        self.paths.add(request.path)
+        if self.mode == "bad_gateway":
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
+        if message["method"] in self.held:
+            self.holding += 1
+            self.most_held = max(self.most_held, self.holding)
+            try:
+                await self._released.wait()
+            finally:
+                self.holding -= 1
+        assert self._client is not None
+        async with self._client.post(
+            self.target, data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            answered = await answer.read()
+        if self.mode == "hang" or (
+            self.mode == "hang_sends" and message["method"] == "eth_sendRawTransaction"
+        ):
+            await self._released.wait()
+        if self.chunked:
+            streamed = web.StreamResponse(headers={"Content-Type": "application/json"})
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            for start in range(0, len(answered), 1024):
+                await streamed.write(answered[start : start + 1024])
+            await streamed.write_eof()
+            return streamed
+        return web.Response(body=answered, content_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def forwarder(target: str) -> AsyncIterator[Forwarder]:
+    front = Forwarder(target)
+    await front.start()
+    try:
+        yield front
+    finally:
+        await front.close()
+
+
+@contextlib.contextmanager
+def forwarder_in_thread(target: str) -> Iterator[Forwarder]:
+    """A forwarder on an event loop of its own, for tests that block (a `serve` subprocess)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="forwarder", daemon=True)
+    thread.start()
+    front = Forwarder(target)
+    try:
+        asyncio.run_coroutine_threadsafe(front.start(), loop).result(timeout=10)
+        yield front
+    finally:
+        asyncio.run_coroutine_threadsafe(front.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
