@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -262,3 +264,36 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections.
+    A startup problem raises SettingsError."""
+    logs.configure(settings.log_format)
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError("QSIGNER_LISTEN must be host:port")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            print(
+                f"quorum-signer listening on http://{settings.listen}", file=sys.stderr, flush=True
+            )
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+        except OSError as exc:
+            raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
+                                f"({exc.strerror})") from None  # fmt: skip
+        finally:
+            await runner.cleanup()
+            logs.flush()
+
+    asyncio.run(run())

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxy.devchain import stop
+from proxy.dev.chain import stop
 
 BIN = Path(sys.executable).parent / "quorum-signer"
 
