@@ -156,16 +156,26 @@ async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
                    duration_ms=round(elapsed * 1000, 2))  # fmt: skip
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, however it is framed (Content-Length or chunked) and however many TCP
+    segments it arrives in; `BodyTooLarge` (413) as soon as it passes MAX_BODY. (A single
+    `content.read(n)` returns only what is buffered so far: a deploy cut short.)"""
+    too_large = BodyTooLarge(f"invalid request: the body is larger than {MAX_BODY} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise too_large  # aiohttp drains the rest before answering, as it lingers
+    return bytes(body)
+
+
 async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
     try:
-        too_large = BodyTooLarge(f"invalid request: the body is larger than {MAX_BODY} bytes")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise too_large
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise too_large
+        body = await _read_body(request)
         caller = await _authenticate(services, request)
         parsed = rpc.parse_body(body)
     except Exception as exc:
