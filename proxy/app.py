@@ -30,6 +30,7 @@ from proxy.errors import (
     SettingsError,
     Unauthorized,
 )
+from proxy.forwarding import Forwarding
 from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
@@ -103,6 +104,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             nonces=PendingCountNonces(pool), metrics=app[METRICS],
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
+            forwarding=Forwarding(pool),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield

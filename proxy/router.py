@@ -30,7 +30,6 @@ LOCAL: dict[str, Handler] = {
 # eth_* methods that would make a node sign with its own keys: never forwarded.
 NEVER_FORWARDED = frozenset({"eth_signTypedData_v1", "eth_sendPrivateTransaction"})
 FORWARDED_NAMESPACES = ("eth", "net", "web3")
-CACHED = frozenset({"eth_chainId", "net_version"})
 
 
 def is_forwarded(method: str, extra: tuple[str, ...]) -> bool:
@@ -45,14 +44,9 @@ def is_forwarded(method: str, extra: tuple[str, ...]) -> bool:
 
 
 async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
-    if request.method in CACHED:
-        if request.method not in services.cached_answers:
-            services.cached_answers[request.method] = await services.pool.call(request.method)
-        return services.cached_answers[request.method]
     if request.method == "eth_sendRawTransaction":
         return await signing.forward_raw(services, caller, request)
-    return await services.pool.call(request.method, request.params,
-                                    headers=caller.forward_headers)  # fmt: skip
+    return await services.forwarding.call(request.method, request.params, caller.forward_headers)
 
 
 def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:
