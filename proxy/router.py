@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.context import Caller, Services
 from proxy.errors import MethodNotFound
+from proxy.forwarding import is_forwarded
 from proxy.handlers import accounts, signing
 from proxy.rpc import RpcRequest
 
@@ -27,20 +28,6 @@ LOCAL: dict[str, Handler] = {
     "eth_signTypedData": signing.sign_typed_data_v4,
     "eth_signTypedData_v3": signing.sign_typed_data_v4,
 }
-# eth_* methods that would make a node sign with its own keys: never forwarded.
-NEVER_FORWARDED = frozenset({"eth_signTypedData_v1", "eth_sendPrivateTransaction"})
-FORWARDED_NAMESPACES = ("eth", "net", "web3")
-
-
-def is_forwarded(method: str, extra: tuple[str, ...]) -> bool:
-    """`eth_*`, `net_*`, `web3_*`, plus QSIGNER_PASSTHROUGH's methods and `ns_*` namespaces."""
-    namespace, _, _ = method.partition("_")
-    if namespace in FORWARDED_NAMESPACES:
-        return True
-    for allowed in extra:
-        if allowed == method or (allowed.endswith("_*") and allowed[:-1] == namespace + "_"):
-            return True
-    return False
 
 
 async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -53,6 +40,6 @@ def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:
     local = LOCAL.get(method)
     if local is not None:
         return local
-    if method not in NEVER_FORWARDED and is_forwarded(method, settings_passthrough):
+    if is_forwarded(method, settings_passthrough):
         return forward
     raise MethodNotFound(f"the method {method} does not exist or is not available")
