@@ -306,6 +306,6 @@ def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) ->
                                 f"({exc.strerror})") from None  # fmt: skip
         finally:
             await runner.cleanup()
-            logs.flush()
+            logs.stop()
 
     asyncio.run(run())
