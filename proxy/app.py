@@ -95,8 +95,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     identity = None
     pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id)
     try:
-        db = await store.connect(settings.require_database())
-        identity = Identity(db, settings)
+        db = await store.connect(settings.require_database(),
+                                 command_timeout=settings.database_timeout)  # fmt: skip
+        identity = Identity(store.BoundedPool(db, settings.database_timeout), settings)
         await identity.listen(settings.require_database())
         await pool.start()
         app[SERVICES] = Services(

@@ -13,6 +13,7 @@
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
     ├── RateLimited                 -32005  HTTP 429
     ├── NoNodeAvailable             -32002  HTTP 503
+    ├── DatabaseUnavailable         -32603  HTTP 503: the database does not answer (fail closed)
     │   └── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
@@ -85,6 +86,14 @@ class RateLimited(ProxyError):
 
 class NoNodeAvailable(ProxyError):
     code = -32002
+    http_status = 503
+
+
+class DatabaseUnavailable(ProxyError):
+    """The database is down, restarting or not answering in time: requests that need it fail
+    closed (never served from what was known before), and succeed again once it is back."""
+
+    code = -32603
     http_status = 503
 
 

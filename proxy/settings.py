@@ -42,6 +42,7 @@ class Settings:
     rate_burst: int = 0
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
+    database_timeout: int = 5  # seconds a request waits for the database, at most
 
     @classmethod
     def from_env(
@@ -78,6 +79,8 @@ class Settings:
             raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
         if self.lockout_attempts < 1 or self.lockout_seconds < 1:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
+        if self.database_timeout < 1:
+            raise SettingsError("QSIGNER_DATABASE_TIMEOUT must be at least 1 (seconds)")
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
 
