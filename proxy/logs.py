@@ -69,7 +69,7 @@ class _StderrWriter(logging.StreamHandler):  # type: ignore[type-arg]
             self.flush_now()
 
     def flush_now(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError), self.lock:  # type: ignore[union-attr]
             self.stream.flush()
 
 
@@ -121,7 +121,8 @@ def stop(timeout: float = STOP_SECONDS) -> None:
     LOGGER.handlers[:] = []
 
     def drain() -> None:
-        listener.stop()
+        with contextlib.suppress(queue.Full):  # full: stderr is blocked, nothing to wait for
+            listener.stop()
         writer.flush_now()
 
     stopper = threading.Thread(target=drain, name="log-drain", daemon=True)
