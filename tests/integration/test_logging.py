@@ -9,8 +9,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.support.anvil import free_port, run_anvil, stop
-from tests.support.serve import BIN
+from tests.support.serve import BIN, wait_until_ready
 from tests.support.stack import CHAIN_ID, build_stack, environment
 
 REQUESTS = 1500  # ~350 KB of log lines: well past a pipe's 64 KB and any stream buffer
@@ -28,20 +26,6 @@ REQUESTS = 1500  # ~350 KB of log lines: well past a pipe's 64 KB and any stream
 def anvil() -> Iterator[str]:
     with run_anvil(chain_id=CHAIN_ID) as url:
         yield url
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, f"serve exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "serve not ready within 60 s"
-        time.sleep(0.1)
 
 
 async def test_a_blocked_stderr_does_not_stall_requests(
@@ -57,7 +41,7 @@ async def test_a_blocked_stderr_does_not_stall_requests(
     assert process.stderr is not None
     output: list[bytes] = []
     try:
-        await asyncio.get_running_loop().run_in_executor(None, _wait_ready, url, process)
+        await asyncio.to_thread(wait_until_ready, url, process, lambda: "(stderr not read)")
         body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}
         auth = {"Authorization": f"Bearer {stack.jwt}"}
         # Every request must be answered within the client's timeout while nobody reads stderr.
