@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from proxy.errors import (
     SettingsError,
     Unauthorized,
 )
+from proxy.forwarding import Forwarding
 from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
@@ -97,8 +100,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                     node_connections=settings.node_connections,
                     max_response_bytes=settings.max_response_bytes)  # fmt: skip
     try:
-        db = await store.connect(settings.require_database())
-        identity = Identity(db, settings)
+        db = await store.connect(settings.require_database(),
+                                 command_timeout=settings.database_timeout)  # fmt: skip
+        identity = Identity(store.BoundedPool(db, settings.database_timeout), settings)
         await identity.listen(settings.require_database())
         await pool.start()
         app[SERVICES] = Services(
@@ -107,6 +111,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             metrics=app[METRICS],
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
+            forwarding=Forwarding(pool),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
@@ -160,16 +165,26 @@ async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
                    duration_ms=round(elapsed * 1000, 2))  # fmt: skip
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, however it is framed (Content-Length or chunked) and however many TCP
+    segments it arrives in; `BodyTooLarge` (413) as soon as it passes MAX_BODY. (A single
+    `content.read(n)` returns only what is buffered so far: a deploy cut short.)"""
+    too_large = BodyTooLarge(f"invalid request: the body is larger than {MAX_BODY} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise too_large  # aiohttp drains the rest before answering, as it lingers
+    return bytes(body)
+
+
 async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
     try:
-        too_large = BodyTooLarge(f"invalid request: the body is larger than {MAX_BODY} bytes")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise too_large
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise too_large
+        body = await _read_body(request)
         caller = await _authenticate(services, request)
         parsed = rpc.parse_body(body)
     except Exception as exc:
@@ -268,3 +283,36 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections.
+    A startup problem raises SettingsError."""
+    logs.configure(settings.log_format)
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError("QSIGNER_LISTEN must be host:port")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            print(
+                f"quorum-signer listening on http://{settings.listen}", file=sys.stderr, flush=True
+            )
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+        except OSError as exc:
+            raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
+                                f"({exc.strerror})") from None  # fmt: skip
+        finally:
+            await runner.cleanup()
+            logs.stop()
+
+    asyncio.run(run())

@@ -72,9 +72,9 @@ def _progress(message: str) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
-    from proxy import devstack
+    from proxy.dev import stack
 
-    return devstack.run(settings, Path(args.state_dir))
+    return stack.run(settings, Path(args.state_dir))
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,45 +177,9 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections.
-    A startup problem raises SettingsError."""
-    import signal
-
-    from aiohttp import web
-
-    from proxy import logs
-    from proxy.app import create_app
-
-    logs.configure(settings.log_format)
-    host, _, port = settings.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise SettingsError("QSIGNER_LISTEN must be host:port")
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        runner = web.AppRunner(create_app(settings), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
-            _progress(f"quorum-signer listening on http://{settings.listen}")
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-        except OSError as exc:
-            raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
-                                f"({exc.strerror})") from None  # fmt: skip
-        finally:
-            await runner.cleanup()
-            logs.flush()
-
-    asyncio.run(run())
-
-
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.app import serve_app
+
     serve_app(settings)
     return 0
 

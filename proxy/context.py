@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from proxy.auth import JwtVerifier
 from proxy.credentials import HsmCredentials
+from proxy.forwarding import Forwarding
 from proxy.identity import Identity, Principal
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
@@ -28,8 +28,8 @@ class Services:
     nonces: NonceSource
     metrics: Metrics
     rate_limiter: RateLimiter
+    forwarding: Forwarding
     keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
-    cached_answers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

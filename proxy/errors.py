@@ -19,6 +19,7 @@
     ├── NodeTimeout                 -32603  a node did not answer this request in time
     │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
     ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
+    ├── DatabaseUnavailable         -32603  HTTP 503: the database does not answer (fail closed)
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
@@ -90,6 +91,14 @@ class RateLimited(ProxyError):
 
 class NoNodeAvailable(ProxyError):
     code = -32002
+    http_status = 503
+
+
+class DatabaseUnavailable(ProxyError):
+    """The database is down, restarting or not answering in time: requests that need it fail
+    closed (never served from what was known before), and succeed again once it is back."""
+
+    code = -32603
     http_status = 503
 
 

@@ -29,6 +29,19 @@ ZERO_BYTE_GAS, NONZERO_BYTE_GAS = 4, 16
 ACCESS_ADDRESS_GAS, ACCESS_KEY_GAS = 2_400, 1_900
 INITCODE_WORD_GAS = 2
 FEE_1559 = ("maxFeePerGas", "maxPriorityFeePerGas")
+# Every field of an `eth_sendTransaction` / `eth_signTransaction` object that the proxy
+# understands; any other field is refused, so that nothing that changes the transaction's
+# meaning is dropped silently.
+TRANSACTION_FIELDS = frozenset({
+    "from", "to", "value", "gas", "gasLimit", "gasPrice", "maxFeePerGas", "maxPriorityFeePerGas",
+    "nonce", "data", "input", "chainId", "type", "accessList",
+})  # fmt: skip
+# Accepted and ignored on purpose (README): web3.js / ethereumjs options for signing locally
+# (which chain rules to apply); no node reads them and they change nothing in the transaction.
+IGNORED_FIELDS = frozenset({"chain", "hardfork", "common", "networkId"})
+# GoQuorum's private-transaction fields: signing such a request as a public transaction would
+# publish the private payload in clear.
+PRIVATE_FIELDS = ("privateFor", "privateFrom", "privacyFlag", "mandatoryFor", "privateTxType")
 
 
 @dataclass(frozen=True)
@@ -47,21 +60,39 @@ class Request:
 def parse_request(params: Any) -> Request:
     if not isinstance(params, Mapping):
         raise InvalidParams("the first parameter must be a transaction object")
+    # A field given as null is absent, as nodes read it.
+    given = {k: v for k, v in params.items() if v is not None}
+    for name in PRIVATE_FIELDS:
+        if name in given:
+            raise InvalidParams(
+                f'"{name}": private transactions need QSIGNER_TESSERA_URL (a Tessera for the '
+                "private payload); they are refused, never sent as public transactions"
+            )
+    unknown = sorted(set(given) - TRANSACTION_FIELDS - IGNORED_FIELDS)
+    if unknown:
+        raise InvalidParams(f'unsupported transaction field "{unknown[0]}": refused rather than '
+                            "signed without it")  # fmt: skip
     try:
-        sender = parse_address("from", params.get("from"))
+        sender = parse_address("from", given.get("from"))
         if sender is None:
             raise InvalidParams('"from" is required')
-        fields = {k: v for k, v in params.items() if v is not None and k != "from"}
+        fields = {k: v for k, v in given.items() if k in TRANSACTION_FIELDS and k != "from"}
         if "to" in fields:
             parse_address("to", fields["to"])
         tx_type = parse_optional_quantity("type", fields.get("type"))
         nonce = parse_optional_quantity("nonce", fields.get("nonce"))
-        gas = parse_optional_quantity("gas", fields.get("gas", fields.get("gasLimit")))
+        gas = parse_optional_quantity("gas", fields.get("gas"))
+        gas_limit = parse_optional_quantity("gasLimit", fields.get("gasLimit"))
+        if gas is not None and gas_limit is not None and gas != gas_limit:
+            raise InvalidParams('"gas" and "gasLimit" are both given and differ')
+        gas = gas if gas is not None else gas_limit
         for key in ("value", "gasPrice", *FEE_1559, "chainId"):
             parse_optional_quantity(key, fields.get(key))
-        for key in ("data", "input"):
-            if key in fields:
-                parse_hex(key, fields[key])
+        payloads = {key: parse_hex(key, fields[key]) for key in ("data", "input") if key in fields}
+        if len(set(payloads.values())) > 1:
+            raise InvalidParams('"data" and "input" are both given and differ')
+        if not isinstance(fields.get("accessList", []), list):
+            raise InvalidParams('"accessList" must be an array of {address, storageKeys}')
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
     wants_1559 = any(k in fields for k in FEE_1559)

@@ -2,6 +2,7 @@
 
 Only fields chosen here are written: request id, method, user, organisation, account, outcome,
 code, duration. Params, headers, paths (which may hold an API key) and bodies are never logged.
+Records reach stderr through the standard library's QueueHandler / QueueListener, off the loop.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import atexit
 import contextlib
 import json
 import logging
+import queue
 import sys
 import threading
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 LOGGER = logging.getLogger("proxy")  # parent of every proxy.* module logger
+MAX_QUEUED = 100_000  # records waiting for stderr; beyond, they are dropped and counted
+STOP_SECONDS = 5.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,53 +46,91 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to a block-buffered copy of stderr, flushed every half second, at once for
-    warnings and errors, and at exit. A line-buffered stderr costs a write(2) per request:
-    a third of the proxy's passthrough throughput (bench/passthrough.py)."""
+class _StderrWriter(logging.StreamHandler):  # type: ignore[type-arg]
+    """Runs on the listener's thread only. Writes into a block-buffered copy of stderr and
+    flushes once the queue is empty: one write(2) per burst, not per line (a line-buffered
+    stderr cost a third of the passthrough throughput, bench/passthrough.py)."""
 
-    FLUSH_SECONDS = 0.5
-
-    def __init__(self) -> None:
+    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: list[int]) -> None:
         super().__init__(open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",
                               closefd=False))  # fmt: skip
-        flusher = threading.Thread(target=self._flush_regularly, name="log-flush", daemon=True)
-        flusher.start()
-        atexit.register(self.flush_now)
+        self.setFormatter(logging.Formatter("%(message)s"))  # formatted by the QueueHandler
+        self._records = records
+        self._dropped = dropped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._dropped[0]:
+            count, self._dropped[0] = self._dropped[0], 0
+            self.stream.write(f"{count} log records dropped: stderr was not keeping up\n")
+        super().emit(record)
 
     def flush(self) -> None:
-        """Called by `emit` after every record: left to the timer."""
+        if self._records.empty():
+            self.flush_now()
 
     def flush_now(self) -> None:
         with contextlib.suppress(ValueError, OSError), self.lock:  # type: ignore[union-attr]
             self.stream.flush()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        if record.levelno >= logging.WARNING:
-            self.flush_now()
 
-    def _flush_regularly(self) -> None:
-        while True:
-            time.sleep(self.FLUSH_SECONDS)
-            self.flush_now()
+class _BoundedQueueHandler(QueueHandler):
+    """On the caller's thread (the event loop): formats, then hands over without ever waiting.
+    When the queue is full (stderr blocked for long), the record is dropped and counted."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: list[int]) -> None:
+        super().__init__(records)
+        self._dropped = dropped
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self._dropped[0] += 1
+
+
+_running: tuple[QueueListener, _StderrWriter] | None = None
 
 
 def configure(log_format: str | None) -> None:
+    """Log records go through a bounded queue to a thread that writes them to stderr, so that a
+    slow or blocked stderr never blocks the event loop."""
+    global _running
+    stop()
     chosen = log_format or ("text" if sys.stderr.isatty() else "json")
-    handler: logging.Handler = (
-        logging.StreamHandler(sys.stderr) if sys.stderr.isatty() else BufferedHandler()
-    )
+    records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED)
+    dropped = [0]
+    writer = _StderrWriter(records, dropped)
+    handler = _BoundedQueueHandler(records, dropped)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    listener = QueueListener(records, writer)
+    listener.start()
+    _running = (listener, writer)
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False
 
 
-def flush() -> None:
-    for handler in LOGGER.handlers:
-        if isinstance(handler, BufferedHandler):
-            handler.flush_now()
+def stop(timeout: float = STOP_SECONDS) -> None:
+    """Write out what is queued and stop the writer thread; waits at most `timeout` seconds
+    (stderr may be a pipe that nobody reads)."""
+    global _running
+    if _running is None:
+        return
+    listener, writer = _running
+    _running = None
+    LOGGER.handlers[:] = []
+
+    def drain() -> None:
+        with contextlib.suppress(queue.Full):  # full: stderr is blocked, nothing to wait for
+            listener.stop()
+        writer.flush_now()
+
+    stopper = threading.Thread(target=drain, name="log-drain", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+
+
+atexit.register(stop)
 
 
 def event(message: str, level: int = logging.INFO, exc_info: bool = False, **fields: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.context import Caller, Services
 from proxy.errors import MethodNotFound
+from proxy.forwarding import is_forwarded
 from proxy.handlers import accounts, signing
 from proxy.rpc import RpcRequest
 
@@ -27,38 +28,18 @@ LOCAL: dict[str, Handler] = {
     "eth_signTypedData": signing.sign_typed_data_v4,
     "eth_signTypedData_v3": signing.sign_typed_data_v4,
 }
-# eth_* methods that would make a node sign with its own keys: never forwarded.
-NEVER_FORWARDED = frozenset({"eth_signTypedData_v1", "eth_sendPrivateTransaction"})
-FORWARDED_NAMESPACES = ("eth", "net", "web3")
-CACHED = frozenset({"eth_chainId", "net_version"})
-
-
-def is_forwarded(method: str, extra: tuple[str, ...]) -> bool:
-    """`eth_*`, `net_*`, `web3_*`, plus QSIGNER_PASSTHROUGH's methods and `ns_*` namespaces."""
-    namespace, _, _ = method.partition("_")
-    if namespace in FORWARDED_NAMESPACES:
-        return True
-    for allowed in extra:
-        if allowed == method or (allowed.endswith("_*") and allowed[:-1] == namespace + "_"):
-            return True
-    return False
 
 
 async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
-    if request.method in CACHED:
-        if request.method not in services.cached_answers:
-            services.cached_answers[request.method] = await services.pool.call(request.method)
-        return services.cached_answers[request.method]
     if request.method == "eth_sendRawTransaction":
         return await signing.forward_raw(services, caller, request)
-    return await services.pool.call(request.method, request.params,
-                                    headers=caller.forward_headers)  # fmt: skip
+    return await services.forwarding.call(request.method, request.params, caller.forward_headers)
 
 
 def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:
     local = LOCAL.get(method)
     if local is not None:
         return local
-    if method not in NEVER_FORWARDED and is_forwarded(method, settings_passthrough):
+    if is_forwarded(method, settings_passthrough):
         return forward
     raise MethodNotFound(f"the method {method} does not exist or is not available")

@@ -46,6 +46,7 @@ class Settings:
     node_connections: int = 64  # requests (hence connections) to one node at once
     max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
     max_in_flight: int = 64  # one account's transactions under way or waiting, at most
+    database_timeout: int = 5  # seconds a request waits for the database, at most
 
     @classmethod
     def from_env(
@@ -82,6 +83,8 @@ class Settings:
             raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
         if self.lockout_attempts < 1 or self.lockout_seconds < 1:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
+        if self.database_timeout < 1:
+            raise SettingsError("QSIGNER_DATABASE_TIMEOUT must be at least 1 (seconds)")
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
         if not self.read_timeout > 0:

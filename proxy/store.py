@@ -6,12 +6,16 @@ its own transaction, under an advisory lock so that replicas upgrading at once t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator, Iterator
 from importlib.resources import files
+from typing import Any
 
 import asyncpg
 
-from proxy.errors import SettingsError
+from proxy.errors import DatabaseUnavailable, SettingsError
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any fixed 64-bit number works as the advisory lock key; this one is ours.
@@ -28,10 +32,12 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def connect(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def connect(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                  command_timeout: float | None = None) -> asyncpg.Pool:  # fmt: skip
     """A pool on the database, or `SettingsError` naming QSIGNER_DATABASE_URL."""
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10,
+                                         command_timeout=command_timeout)  # fmt: skip
     except (OSError, asyncpg.PostgresError, TimeoutError, ValueError) as exc:
         # The DSN may hold a password: never echo it.
         raise SettingsError(
@@ -69,3 +75,72 @@ async def upgrade(pool: asyncpg.Pool) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+# What a lost, restarting, frozen or saturated server raises; errors about the data (a unique
+# violation, say) are not among them and pass unchanged.
+UNREACHABLE = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+)  # fmt: skip
+
+
+class BoundedPool:
+    """The server's pool: a single statement (acquiring, running, giving the connection back)
+    answers within `timeout` seconds in all; in a transaction, acquiring and each statement are
+    bounded alike. A database that cannot answer raises `DatabaseUnavailable` (HTTP 503), so
+    that a request fails closed within the caller's patience instead of hanging. asyncpg's pool
+    reconnects by itself once the server is back."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        with _unavailable_on_failure():
+            # The acquire timeout also bounds giving the connection back (asyncpg applies it).
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+
+    async def _statement(self, method: str, query: str, *args: Any) -> Any:
+        async def attempt() -> Any:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                return await getattr(conn, method)(query, *args)
+
+        # Cancelling a statement on a hung server makes asyncpg wait for the server to confirm
+        # (bounded only by the acquire timeout): the caller stops waiting at the deadline while
+        # the attempt winds down on its own.
+        running = asyncio.ensure_future(attempt())
+        running.add_done_callback(_consume_outcome)
+        with _unavailable_on_failure():
+            return await asyncio.wait_for(asyncio.shield(running), self.timeout)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self._statement("fetch", query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._statement("fetchrow", query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._statement("fetchval", query, *args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._statement("execute", query, *args)
+
+
+def _consume_outcome(attempt: asyncio.Future[Any]) -> None:
+    """An attempt abandoned at the deadline ends with an error nobody awaits: fetch it here so
+    that asyncio does not report it as never retrieved."""
+    if not attempt.cancelled():
+        attempt.exception()
+
+
+@contextlib.contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    try:
+        yield
+    except UNREACHABLE:
+        raise DatabaseUnavailable(
+            "database unavailable: requests are refused until it answers again"
+        ) from None

@@ -302,3 +302,28 @@ async def test_cors_for_configured_origins_only(
             assert r.headers["Access-Control-Allow-Origin"] == allowed
         async with session.post(url + "/", json=body, headers={**auth, "Origin": evil}) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_private_and_unknown_fields_are_refused_and_nothing_is_sent(proxy: Proxy) -> None:
+    """A private payload must never reach the chain as a public transaction (issue 13, item 1)."""
+    secret_payload = "0x" + b"private payload for org B only".hex()
+    count = rpc(proxy.stack.anvil_url, "eth_getTransactionCount", [proxy.stack.address, "pending"])
+    base = {"from": proxy.stack.address, "to": proxy.stack.address, "data": secret_payload}
+    for method in ("eth_sendTransaction", "eth_signTransaction"):
+        for extra in ({"privateFor": ["ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc="]},
+                      {"privateFrom": "BULeR8JyUWhiuuCMU/HLA0Q5pzkYT+cHII3ZKBey3Bo="},
+                      {"privacyFlag": 1}, {"mandatoryFor": ["x"]}):  # fmt: skip
+            status, answer = await proxy.call(method, [{**base, **extra}])
+            assert status == 200 and answer["error"]["code"] == -32602, answer
+            assert "QSIGNER_TESSERA_URL" in answer["error"]["message"]
+            assert next(iter(extra)) in answer["error"]["message"]
+        status, answer = await proxy.call(method, [{**base, "blobVersionedHashes": ["0x01"]}])
+        assert answer["error"]["code"] == -32602
+        assert "blobVersionedHashes" in answer["error"]["message"]
+        status, answer = await proxy.call(method, [{**base, "input": "0x01"}])
+        assert answer["error"]["code"] == -32602 and "differ" in answer["error"]["message"]
+    assert rpc(proxy.stack.anvil_url, "eth_getTransactionCount",
+               [proxy.stack.address, "pending"]) == count  # fmt: skip
+    # cast's shape (both input and data, equal) still sends.
+    tx_hash = await proxy.result("eth_sendTransaction", [{**base, "input": secret_payload}])
+    assert (await _receipt(proxy, tx_hash))["status"] == "0x1"

@@ -7,13 +7,31 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxy.devchain import stop
+from proxy.dev.chain import stop
 
 BIN = Path(sys.executable).parent / "quorum-signer"
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], output: Callable[[], str]) -> None:
+    """Poll /readyz until it answers 200; fail with `output()` if the process exits or is not
+    ready within 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited {process.returncode}: {output()}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"serve not ready within 60 s: {output()}")
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -23,19 +41,7 @@ def serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
     with log_path.open("ab") as log:
         process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited {process.returncode}: {log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve not ready within 60 s: {log_path.read_text()}")
-            time.sleep(0.1)
+        wait_until_ready(url, process, log_path.read_text)
         yield url
     finally:
         stop(process, signal.SIGINT, timeout=20)

@@ -90,3 +90,50 @@ def test_intrinsic_gas() -> None:
 def test_type_2_on_a_network_without_fee_market_is_detected() -> None:
     request = parse_request({"from": FROM, "to": TO, "type": "0x2"})
     assert uses_fee_market(request, None) is True  # the handler refuses it with -32602
+
+
+@pytest.mark.parametrize(
+    "field", ["privateFor", "privateFrom", "privacyFlag", "mandatoryFor", "privateTxType"]
+)
+def test_private_transactions_are_refused_not_sent_in_public(field: str) -> None:
+    value: Any = ["ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc="]
+    with pytest.raises(InvalidParams, match=f'"{field}".*QSIGNER_TESSERA_URL'):
+        parse_request({"from": FROM, "to": TO, "data": "0x01", field: value})
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["blobVersionedHashes", "maxFeePerBlobGas", "authorizationList", "blobs", "hash", "v", "r",
+     "s", "yParity", "privacyGroupId", "callbackUrl", "madeUp"],
+)  # fmt: skip
+def test_unknown_fields_are_refused_by_name(field: str) -> None:
+    with pytest.raises(InvalidParams, match=f'unsupported transaction field "{field}"'):
+        parse_request({"from": FROM, "to": TO, field: "0x01"})
+
+
+def test_what_real_clients_send_is_understood() -> None:
+    # cast send: every field, `input` and `data` both present and equal, lowercase addresses.
+    cast = {"from": FROM, "to": TO.lower(), "value": "0x1", "gas": "0x5208",
+            "maxFeePerGas": "0x10", "maxPriorityFeePerGas": "0x1", "nonce": "0x3",
+            "chainId": "0x539", "type": "0x2", "input": "0xab", "data": "0xab"}  # fmt: skip
+    request = parse_request(cast)
+    assert request.nonce == 3 and request.gas == 0x5208 and request.tx_type == 2
+    # ethers v5 style gasLimit, web3.js's local-signing hints, and nulls as absent.
+    request = parse_request({"from": FROM, "to": TO, "gasLimit": "0x5208", "chain": "mainnet",
+                             "hardfork": "london", "networkId": 1, "privateFor": None,
+                             "accessList": []})  # fmt: skip
+    assert request.gas == 0x5208 and "chain" not in request.fields
+    assert "privateFor" not in request.fields
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"input": "0xab", "data": "0xac"}, '"data" and "input" are both given and differ'),
+        ({"gas": "0x5208", "gasLimit": "0x5209"}, '"gas" and "gasLimit"'),
+        ({"accessList": "0x"}, "accessList"),
+    ],
+)
+def test_conflicting_or_malformed_fields_are_refused(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidParams, match=match):
+        parse_request({"from": FROM, "to": TO, **fields})

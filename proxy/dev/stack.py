@@ -24,8 +24,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from proxy import devchain, store
+from proxy import store
+from proxy.app import serve_app
 from proxy.auth import issue_token
+from proxy.dev import chain
 from proxy.errors import BadInput, SettingsError
 from proxy.identity import Identity
 from proxy.settings import Settings
@@ -46,8 +48,8 @@ def _progress(message: str) -> None:
 
 def _rpc(url: str, method: str, params: list[Any]) -> Any:
     try:
-        return devchain.rpc(url, method, params)
-    except devchain.ChainError as exc:
+        return chain.rpc(url, method, params)
+    except chain.ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 
@@ -56,11 +58,11 @@ def _anvil(state_dir: Path) -> Iterator[str]:
     """anvil with its state dumped to and loaded from .quorum-signer/anvil-state.json."""
     state = ("--block-time", "1", "--state", str(state_dir / "anvil-state.json"))
     try:
-        with devchain.run_anvil(chain_id=DEV_CHAIN_ID, extra=state,
+        with chain.run_anvil(chain_id=DEV_CHAIN_ID, extra=state,
                                 log=state_dir / "anvil.log") as url:  # fmt: skip
             _progress(f"dev chain: anvil at {url} (chain id {DEV_CHAIN_ID}, zero gas price)")
             yield url
-    except devchain.ChainError as exc:
+    except chain.ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 
@@ -214,8 +216,6 @@ def run(base: Settings, state_dir: Path) -> int:
         if not base.upstreams:
             _fund(upstreams[0], address)
         jwt = issue_token(settings, USER, 86_400)
-        from proxy.cli import serve_app
-
         serve_app(
             settings, lambda: print(_banner(settings.listen, address, state, jwt), flush=True)
         )

@@ -22,7 +22,7 @@ class ChainError(RuntimeError):
 
 
 def anvil_binary() -> Path:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (root / _BINARY).exists():
             return root / _BINARY
     raise ChainError("anvil is not installed: run `make dev` or `make test` (npm ci)")
