@@ -8,7 +8,6 @@ naming the setting to fix. Handlers raise; errors become JSON-RPC responses here
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -23,10 +22,10 @@ from proxy.auth import bearer, build_verifier, is_api_key
 from proxy.context import Caller, Services
 from proxy.errors import (
     BodyTooLarge,
-    InvalidParams,
     ProxyError,
     SettingsError,
     Unauthorized,
+    translate,
 )
 from proxy.identity import Identity
 from proxy.metrics import Metrics
@@ -34,15 +33,7 @@ from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
-from signer.errors import (
-    HsmError,
-    InvalidDigest,
-    InvalidMessage,
-    InvalidTransaction,
-    ModuleNotFound,
-    PinIncorrect,
-    SignerError,
-)
+from signer.errors import ModuleNotFound
 from signer.pkcs11 import Hsm
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -51,27 +42,6 @@ METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 1024 * 1024
 CORS_HEADERS = "Authorization, Content-Type, X-Signer-Password, Idempotency-Key, Quorum-PSI"
 FORWARDED_HEADERS = ("Quorum-PSI",)
-
-
-class InternalError(ProxyError):
-    """An unexpected failure: the caller sees only a correlation id; the log has the rest."""
-
-
-def translate(exc: Exception) -> ProxyError:
-    """The one mapping of lower layers' exceptions to JSON-RPC errors."""
-    if isinstance(exc, ProxyError):
-        return exc
-    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage):
-        return InvalidParams(str(exc))
-    if isinstance(exc, PinIncorrect):
-        # The PIN in the caller's envelope no longer opens the token (changed on the HSM).
-        return Unauthorized("the stored HSM credentials no longer open the token")
-    correlation = secrets.token_hex(6)
-    logs.event("unexpected error", logging.ERROR, exc_info=True, correlation_id=correlation,
-               error=type(exc).__name__)  # fmt: skip
-    if isinstance(exc, HsmError | SignerError):
-        return InternalError(f"HSM error (correlation id {correlation})")
-    return InternalError(f"internal error (correlation id {correlation})")
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ import asyncpg
 
 from proxy import devchain, store
 from proxy.auth import issue_token
-from proxy.errors import BadInput, SettingsError
+from proxy.errors import BadInput, ChainError, SettingsError
 from proxy.identity import Identity
 from proxy.settings import Settings
 from signer.base import checksum
@@ -47,7 +47,7 @@ def _progress(message: str) -> None:
 def _rpc(url: str, method: str, params: list[Any]) -> Any:
     try:
         return devchain.rpc(url, method, params)
-    except devchain.ChainError as exc:
+    except ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 
@@ -60,7 +60,7 @@ def _anvil(state_dir: Path) -> Iterator[str]:
                                 log=state_dir / "anvil.log") as url:  # fmt: skip
             _progress(f"dev chain: anvil at {url} (chain id {DEV_CHAIN_ID}, zero gas price)")
             yield url
-    except devchain.ChainError as exc:
+    except ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 
