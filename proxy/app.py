@@ -28,6 +28,7 @@ from proxy.errors import (
     translate,
 )
 from proxy.identity import Identity
+from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter
@@ -68,7 +69,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
-            nonces=PendingCountNonces(pool), metrics=app[METRICS],
+            nonces=PendingCountNonces(pool), metrics=app[METRICS], keyring=Keyring(hsm),
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
         )  # fmt: skip

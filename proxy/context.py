@@ -8,12 +8,13 @@ from typing import Any
 from proxy.auth import JwtVerifier
 from proxy.credentials import HsmCredentials
 from proxy.identity import Identity, Principal
+from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nonces import NonceSource
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
-from signer.pkcs11 import Hsm, HsmKey
+from signer.pkcs11 import Hsm
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Services:
     nonces: NonceSource
     metrics: Metrics
     rate_limiter: RateLimiter
-    keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
+    keyring: Keyring
     cached_answers: dict[str, Any] = field(default_factory=dict)
 
 
