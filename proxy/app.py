@@ -52,7 +52,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     verifier = build_verifier(settings)
     module = settings.require_pkcs11_module()
     try:
-        hsm = Hsm(module)
+        hsm = Hsm(module, queue_per_token=settings.hsm_queue_limit)
     except ModuleNotFound as exc:
         raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
     session = aiohttp.ClientSession(

@@ -18,7 +18,7 @@
     ├── Forbidden                     4100  `from` (or the method) not allowed to this caller
     ├── UnrecognizedChain             4902  EIP-3326: the nodes serve another chain
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
-    ├── RateLimited                 -32005  HTTP 429
+    ├── RateLimited                 -32005  HTTP 429: over a rate limit, or too much work waits
     ├── NoNodeAvailable             -32002  HTTP 503
     │   └── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
     ├── HsmUnavailable              -32002  HTTP 503: the account's token or key is not present
@@ -33,6 +33,7 @@ Lower layers' exceptions, as `translate()` maps them (the first matching line wi
     InvalidDigest, InvalidTransaction, InvalidMessage           -> InvalidParams
     PinIncorrect, EnvelopeError                                 -> Unauthorized
     PinLocked                                                   -> TokenPinLocked
+    Overloaded                                                  -> RateLimited
     TokenNotFound, KeyNotFound, NotLoggedIn, ModuleNotFound     -> HsmUnavailable
     SignatureInvalid, HsmError, SignerError                     -> HsmFailure
     SettingsError, ChainError, anything else                    -> InternalError
@@ -57,6 +58,7 @@ from signer.errors import (
     KeyNotFound,
     ModuleNotFound,
     NotLoggedIn,
+    Overloaded,
     PinIncorrect,
     PinLocked,
     SignatureInvalid,
@@ -206,6 +208,8 @@ def translate(exc: Exception) -> ProxyError:
         return Unauthorized("the stored HSM credentials no longer open the token")
     if isinstance(exc, EnvelopeError):
         return Unauthorized("the stored credentials do not open with this secret")
+    if isinstance(exc, Overloaded):
+        return RateLimited("the signer is busy: too much work is waiting, try again shortly")
     if isinstance(exc, PinLocked):
         logs.event("hsm pin locked", logging.ERROR, error=type(exc).__name__)
         return TokenPinLocked("the token's PIN is locked: an operator must unlock it")

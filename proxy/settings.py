@@ -42,6 +42,7 @@ class Settings:
     rate_burst: int = 0
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
+    hsm_queue_limit: int = 256
 
     @classmethod
     def from_env(
@@ -78,6 +79,8 @@ class Settings:
             raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
         if self.lockout_attempts < 1 or self.lockout_seconds < 1:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
+        if self.hsm_queue_limit < 0:
+            raise SettingsError("QSIGNER_HSM_QUEUE_LIMIT must be 0 or more")
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
 

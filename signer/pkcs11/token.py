@@ -12,7 +12,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pkcs11
@@ -27,6 +26,7 @@ from signer.errors import (
     PinIncorrect,
     TokenNotFound,
 )
+from signer.executors import BoundedExecutor
 from signer.pkcs11.key import SECP256K1_PARAMS, HsmKey, _unwrap_ec_point
 from signer.pkcs11.module import (
     _CKR_OK,
@@ -47,14 +47,17 @@ class Hsm:
     own executor for async callers (so that a burst on one token never queues another's work)
     of twice as many threads: a thread gives its session back as soon as `C_Sign` returns and
     then spends ~0.1 ms finishing the signature (low-s, recovery id), while another thread keeps
-    the session busy.
+    the session busy. At most `queue_per_token` jobs wait for those threads; beyond that a call
+    is refused at once (`Overloaded`) rather than queued without end.
     """
 
-    def __init__(self, module_path: str, *, sessions_per_token: int = 4) -> None:
+    def __init__(self, module_path: str, *, sessions_per_token: int = 4,
+                 queue_per_token: int = 256) -> None:  # fmt: skip
         if sessions_per_token < 1:
             raise ValueError("sessions_per_token must be at least 1")
         self.module_path = module_path
         self.sessions_per_token = sessions_per_token
+        self.queue_per_token = queue_per_token
         self._state = _acquire_module(module_path)
         self._lib = self._state.lib
         self._tokens: dict[str, Token] = {}
@@ -190,8 +193,8 @@ class Token:
         self.hsm = hsm
         self._generation = hsm._state.generation
         self._closed = False
-        self.executor = ThreadPoolExecutor(
-            max_workers=2 * len(sessions), thread_name_prefix=f"pkcs11-{token.label}"
+        self.executor = BoundedExecutor(
+            2 * len(sessions), hsm.queue_per_token, thread_name_prefix=f"pkcs11-{token.label}"
         )
         self.label: str = token.label
         serial = token.serial
