@@ -31,10 +31,12 @@ from proxy.identity import Identity
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
+from proxy.probes import HsmProbe
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
 from signer.errors import ModuleNotFound
+from signer.executors import BoundedExecutor
 from signer.pkcs11 import Hsm
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -61,15 +63,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     db = None
     identity = None
+    # PBKDF2 gets threads of its own: a burst of first unlocks never delays signing or readiness.
+    unlock_executor = BoundedExecutor(settings.unlock_threads, settings.unlock_queue_limit,
+                                      thread_name_prefix="pbkdf2")  # fmt: skip
+    hsm_probe = HsmProbe(hsm)
     pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id)
     try:
         db = await store.connect(settings.require_database())
-        identity = Identity(db, settings)
+        identity = Identity(db, settings, run_blocking=unlock_executor.run)
         await identity.listen(settings.require_database())
         await pool.start()
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             nonces=PendingCountNonces(pool), metrics=app[METRICS], keyring=Keyring(hsm),
+            hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
         )  # fmt: skip
@@ -82,6 +89,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             await identity.close()
         if db is not None:
             await db.close()
+        unlock_executor.shutdown(wait=False, cancel_futures=True)
+        hsm_probe.close()
         await asyncio.get_running_loop().run_in_executor(None, hsm.close)
 
 
@@ -170,11 +179,7 @@ async def readyz(request: web.Request) -> web.Response:
         database_ok = True
     except Exception:
         database_ok = False
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, services.hsm.describe)
-        hsm_ok = True
-    except Exception:
-        hsm_ok = False
+    hsm_ok = await services.hsm_probe.ok()
     nodes = [
         {"url": n.url, "ok": n.ok, "block": n.block, "chain_id": n.chain_id}
         for n in services.pool.status()

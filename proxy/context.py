@@ -11,6 +11,7 @@ from proxy.identity import Identity, Principal
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nonces import NonceSource
+from proxy.probes import HsmProbe
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
 from proxy.upstream import NodePool
@@ -30,6 +31,7 @@ class Services:
     metrics: Metrics
     rate_limiter: RateLimiter
     keyring: Keyring
+    hsm_probe: HsmProbe
     cached_answers: dict[str, Any] = field(default_factory=dict)
 
 

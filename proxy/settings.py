@@ -43,6 +43,8 @@ class Settings:
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
     hsm_queue_limit: int = 256
+    unlock_threads: int = 2
+    unlock_queue_limit: int = 64
 
     @classmethod
     def from_env(
@@ -81,6 +83,10 @@ class Settings:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
         if self.hsm_queue_limit < 0:
             raise SettingsError("QSIGNER_HSM_QUEUE_LIMIT must be 0 or more")
+        if self.unlock_threads < 1 or self.unlock_queue_limit < 0:
+            raise SettingsError(
+                "QSIGNER_UNLOCK_THREADS must be >= 1, QSIGNER_UNLOCK_QUEUE_LIMIT >= 0"
+            )
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
 

@@ -3,6 +3,7 @@ known length, and work beyond it is refused at once with `Overloaded` instead of
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,10 @@ class BoundedExecutor(ThreadPoolExecutor):
             raise
         future.add_done_callback(self._finished)
         return future
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """`function(*args)` on one of the threads, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self, function, *args)
 
     def _finished(self, _future: Future[T] | None) -> None:
         with self._count_lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -53,5 +52,4 @@ class HsmKey:
 
     async def sign_digest_async(self, digest: bytes) -> Signature:
         check_digest(digest)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.token.executor, self.sign_digest, digest)
+        return await self.token.executor.run(self.sign_digest, digest)

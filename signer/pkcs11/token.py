@@ -58,6 +58,9 @@ class Hsm:
         self.module_path = module_path
         self.sessions_per_token = sessions_per_token
         self.queue_per_token = queue_per_token
+        # First logins from async callers: one at a time (they hold `_lock`), and never behind
+        # a token's signing work.
+        self.executor = BoundedExecutor(1, queue_per_token, thread_name_prefix="pkcs11-login")
         self._state = _acquire_module(module_path)
         self._lib = self._state.lib
         self._tokens: dict[str, Token] = {}
@@ -76,6 +79,7 @@ class Hsm:
                 return
             self._closed = True
             tokens, self._tokens = list(self._tokens.values()), {}
+        self.executor.shutdown(wait=True, cancel_futures=True)
         for token in tokens:
             token.close()
         _release_module(self.module_path)
@@ -121,6 +125,15 @@ class Hsm:
                 return token
         token.check_pin(pin)
         return token
+
+    async def login_async(self, label: str, pin: str) -> Token:
+        """`login` from the event loop: a token already logged into costs a PIN check (an HMAC)
+        on the loop; only a first login goes to the module's executor."""
+        token = self._tokens.get(label)
+        if token is not None:
+            token.check_pin(pin)
+            return token
+        return await self.executor.run(self.login, label, pin)
 
     def token(self, label: str) -> Token:
         """A token this process has logged into."""
