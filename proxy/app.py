@@ -8,7 +8,6 @@ naming the setting to fix. Handlers raise; errors become JSON-RPC responses here
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import signal
 import sys
@@ -25,27 +24,22 @@ from proxy.auth import bearer, build_verifier, is_api_key
 from proxy.context import Caller, Services
 from proxy.errors import (
     BodyTooLarge,
-    InvalidParams,
     ProxyError,
     SettingsError,
     Unauthorized,
+    translate,
 )
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity
+from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nonces import PendingCountNonces
+from proxy.probes import HsmProbe
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
-from signer.errors import (
-    HsmError,
-    InvalidDigest,
-    InvalidMessage,
-    InvalidTransaction,
-    ModuleNotFound,
-    PinIncorrect,
-    SignerError,
-)
+from signer.errors import ModuleNotFound
+from signer.executors import BoundedExecutor
 from signer.pkcs11 import Hsm
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -56,27 +50,6 @@ CORS_HEADERS = "Authorization, Content-Type, X-Signer-Password, Idempotency-Key,
 FORWARDED_HEADERS = ("Quorum-PSI",)
 
 
-class InternalError(ProxyError):
-    """An unexpected failure: the caller sees only a correlation id; the log has the rest."""
-
-
-def translate(exc: Exception) -> ProxyError:
-    """The one mapping of lower layers' exceptions to JSON-RPC errors."""
-    if isinstance(exc, ProxyError):
-        return exc
-    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage):
-        return InvalidParams(str(exc))
-    if isinstance(exc, PinIncorrect):
-        # The PIN in the caller's envelope no longer opens the token (changed on the HSM).
-        return Unauthorized("the stored HSM credentials no longer open the token")
-    correlation = secrets.token_hex(6)
-    logs.event("unexpected error", logging.ERROR, exc_info=True, correlation_id=correlation,
-               error=type(exc).__name__)  # fmt: skip
-    if isinstance(exc, HsmError | SignerError):
-        return InternalError(f"HSM error (correlation id {correlation})")
-    return InternalError(f"internal error (correlation id {correlation})")
-
-
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[SETTINGS]
     if not settings.upstreams:
@@ -84,7 +57,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     verifier = build_verifier(settings)
     module = settings.require_pkcs11_module()
     try:
-        hsm = Hsm(module)
+        hsm = Hsm(module, queue_per_token=settings.hsm_queue_limit)
     except ModuleNotFound as exc:
         raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
     # Each node caps its own connections (QSIGNER_NODE_CONNECTIONS, plus its two health
@@ -95,6 +68,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     db = None
     identity = None
+    # PBKDF2 gets threads of its own: a burst of first unlocks never delays signing or readiness.
+    unlock_executor = BoundedExecutor(settings.unlock_threads, settings.unlock_queue_limit,
+                                      thread_name_prefix="pbkdf2")  # fmt: skip
+    hsm_probe = HsmProbe(hsm)
     pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
                     read_timeout=settings.read_timeout,
                     node_connections=settings.node_connections,
@@ -102,13 +79,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         db = await store.connect(settings.require_database(),
                                  command_timeout=settings.database_timeout)  # fmt: skip
-        identity = Identity(store.BoundedPool(db, settings.database_timeout), settings)
+        identity = Identity(
+            store.BoundedPool(db, settings.database_timeout),
+            settings,
+            run_blocking=unlock_executor.run,
+        )
         await identity.listen(settings.require_database())
         await pool.start()
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             nonces=PendingCountNonces(pool, max_in_flight=settings.max_in_flight),
-            metrics=app[METRICS],
+            metrics=app[METRICS], keyring=Keyring(hsm), hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool),
@@ -122,6 +103,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             await identity.close()
         if db is not None:
             await db.close()
+        unlock_executor.shutdown(wait=False, cancel_futures=True)
+        hsm_probe.close()
         await asyncio.get_running_loop().run_in_executor(None, hsm.close)
 
 
@@ -220,11 +203,7 @@ async def readyz(request: web.Request) -> web.Response:
         database_ok = True
     except Exception:
         database_ok = False
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, services.hsm.describe)
-        hsm_ok = True
-    except Exception:
-        hsm_ok = False
+    hsm_ok = await services.hsm_probe.ok()
     nodes = [
         {"url": n.url, "ok": n.ok, "block": n.block, "chain_id": n.chain_id}
         for n in services.pool.status()

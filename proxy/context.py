@@ -8,12 +8,14 @@ from proxy.auth import JwtVerifier
 from proxy.credentials import HsmCredentials
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity, Principal
+from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nonces import NonceSource
+from proxy.probes import HsmProbe
 from proxy.ratelimit import RateLimiter
 from proxy.settings import Settings
-from signer.pkcs11 import Hsm, HsmKey
+from signer.pkcs11 import Hsm
 
 
 @dataclass
@@ -29,7 +31,8 @@ class Services:
     metrics: Metrics
     rate_limiter: RateLimiter
     forwarding: Forwarding
-    keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
+    keyring: Keyring
+    hsm_probe: HsmProbe
 
 
 @dataclass

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from proxy.errors import EnvelopeError
+
 ENVELOPE_FORMAT = "qsigner-envelope-v1"
 
 
@@ -58,10 +60,6 @@ class Envelope:
     salt: bytes
     nonce: bytes
     ciphertext: bytes
-
-
-class EnvelopeError(Exception):
-    """The envelope does not open with this secret (wrong secret, or not this row's envelope)."""
 
 
 def associated_data(user_id: str, organisation_id: int, kind: str, version: int) -> bytes:

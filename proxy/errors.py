@@ -1,17 +1,24 @@
 """The proxy's exception tree; each exception carries its JSON-RPC code and HTTP status.
 
     ProxyError                      -32603  500-free internal error (with a correlation id)
+    ├── InternalError               -32603  unexpected failure: only a correlation id is shown
+    │   └── HsmFailure              -32603  the HSM failed or returned a bad signature
     ├── ParseError                  -32700  body is not JSON
     ├── InvalidRequest              -32600  not a JSON-RPC request
     │   └── BodyTooLarge            -32600  HTTP 413: over the body size limit
     ├── MethodNotFound              -32601  method unknown or refused
     ├── InvalidParams               -32602  bad parameters
+    │   └── BadInput                -32602  bad input: one line saying what to fix (exit 2
+    │                                       on the command line)
     ├── Unauthorized                  4100  HTTP 401: missing/invalid/expired credentials,
     │   │                                   wrong password, disabled or locked user
-    │   └── LockedOut                 4100  HTTP 401: too many wrong passwords in a row
+    │   ├── LockedOut                 4100  HTTP 401: too many wrong passwords in a row
+    │   └── TokenPinLocked            4100  HTTP 401: the token's PIN is locked (an operator
+    │                                       must unlock it)
     ├── Forbidden                     4100  `from` (or the method) not allowed to this caller
+    ├── UnrecognizedChain             4902  EIP-3326: the nodes serve another chain
     ├── PolicyRefused               -32003  refused by policy or a balance check (data: reason)
-    ├── RateLimited                 -32005  HTTP 429
+    ├── RateLimited                 -32005  HTTP 429: over a rate limit, or too much work waits
     ├── NoNodeAvailable             -32002  HTTP 503
     │   ├── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
     │   └── NodeUnreachable         -32002  HTTP 503: one node failed in transport (the pool
@@ -20,17 +27,50 @@
     │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
     ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
     ├── DatabaseUnavailable         -32603  HTTP 503: the database does not answer (fail closed)
+    ├── HsmUnavailable              -32002  HTTP 503: the account's token or key is not present
+    │                                       (or the PKCS#11 module cannot be loaded)
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
-    BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
+    EnvelopeError                           a credential envelope does not open (identity)
+    ChainError                              the dev chain (anvil) is missing or failed
 
-Handlers and services raise; one place turns them into responses or exit codes. Messages are
-shown to callers: they name what to fix and never carry a password, PIN, key or token.
+Lower layers' exceptions, as `translate()` maps them (the first matching line wins):
+
+    InvalidDigest, InvalidTransaction, InvalidMessage           -> InvalidParams
+    PinIncorrect, EnvelopeError                                 -> Unauthorized
+    PinLocked                                                   -> TokenPinLocked
+    Overloaded                                                  -> RateLimited
+    TokenNotFound, KeyNotFound, NotLoggedIn, ModuleNotFound     -> HsmUnavailable
+    SignatureInvalid, HsmError, SignerError                     -> HsmFailure
+    SettingsError, ChainError, anything else                    -> InternalError
+
+Handlers and services raise; `translate()` is the one place that turns them into responses
+(the command line turns them into exit codes). Messages are shown to callers: they name what to
+fix and never carry a password, PIN, key or token.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Any
+
+from proxy import logs
+from signer.errors import (
+    HsmError,
+    InvalidDigest,
+    InvalidMessage,
+    InvalidTransaction,
+    KeyNotFound,
+    ModuleNotFound,
+    NotLoggedIn,
+    Overloaded,
+    PinIncorrect,
+    PinLocked,
+    SignatureInvalid,
+    SignerError,
+    TokenNotFound,
+)
 
 
 class ProxyError(Exception):
@@ -41,6 +81,14 @@ class ProxyError(Exception):
         super().__init__(message)
         self.message = message
         self.data = data
+
+
+class InternalError(ProxyError):
+    """An unexpected failure: the caller sees only a correlation id; the log has the rest."""
+
+
+class HsmFailure(InternalError):
+    """The HSM failed or returned a signature that does not verify (logged with the details)."""
 
 
 class ParseError(ProxyError):
@@ -76,8 +124,18 @@ class LockedOut(Unauthorized):
     pass
 
 
+class TokenPinLocked(Unauthorized):
+    """The token locked its user PIN after wrong PINs: nobody signs until an operator unlocks it."""
+
+
 class Forbidden(ProxyError):
     code = 4100
+
+
+class UnrecognizedChain(ProxyError):
+    """EIP-3326: the wallet does not know this chain."""
+
+    code = 4902
 
 
 class PolicyRefused(ProxyError):
@@ -99,6 +157,14 @@ class DatabaseUnavailable(ProxyError):
     closed (never served from what was known before), and succeed again once it is back."""
 
     code = -32603
+    http_status = 503
+
+
+class HsmUnavailable(ProxyError):
+    """The account's token or key is not in the HSM (or the module cannot be loaded): an
+    operator must restore it; retrying later may succeed."""
+
+    code = -32002
     http_status = 503
 
 
@@ -154,3 +220,50 @@ class NodeAnswerTooLarge(ProxyError):
     """
 
     code = -32005
+
+
+class EnvelopeError(Exception):
+    """The envelope does not open with this secret (wrong secret, or not this row's envelope)."""
+
+
+class ChainError(RuntimeError):
+    """anvil is missing, did not start, or refused a call."""
+
+
+_UNAVAILABLE: dict[type[Exception], str] = {
+    TokenNotFound: "the account's HSM token is not present: an operator must connect or restore it",
+    KeyNotFound: "the account's key is not on its HSM token: an operator must restore it",
+    NotLoggedIn: "the proxy is not logged into the account's HSM token",
+    ModuleNotFound: "the HSM's PKCS#11 module cannot be loaded",
+}
+
+
+def translate(exc: Exception) -> ProxyError:
+    """The one mapping of lower layers' exceptions to JSON-RPC errors (the table above)."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage):
+        return InvalidParams(str(exc))
+    if isinstance(exc, PinIncorrect):
+        # The PIN in the caller's envelope no longer opens the token (changed on the HSM).
+        return Unauthorized("the stored HSM credentials no longer open the token")
+    if isinstance(exc, EnvelopeError):
+        return Unauthorized("the stored credentials do not open with this secret")
+    if isinstance(exc, Overloaded):
+        return RateLimited("the signer is busy: too much work is waiting, try again shortly")
+    if isinstance(exc, PinLocked):
+        logs.event("hsm pin locked", logging.ERROR, error=type(exc).__name__)
+        return TokenPinLocked("the token's PIN is locked: an operator must unlock it")
+    unavailable = next((m for cls, m in _UNAVAILABLE.items() if isinstance(exc, cls)), None)
+    if unavailable is not None:
+        # Token labels and key ids are the operator's business: logged, not shown.
+        logs.event("hsm unavailable", logging.ERROR, error=type(exc).__name__, detail=str(exc))
+        return HsmUnavailable(unavailable)
+    correlation = secrets.token_hex(6)
+    logs.event("unexpected error", logging.ERROR, exc_info=True, correlation_id=correlation,
+               error=type(exc).__name__)  # fmt: skip
+    if isinstance(exc, SignatureInvalid):
+        return HsmFailure(f"the HSM returned an invalid signature (correlation id {correlation})")
+    if isinstance(exc, HsmError | SignerError):
+        return HsmFailure(f"HSM error (correlation id {correlation})")
+    return InternalError(f"internal error (correlation id {correlation})")

@@ -23,7 +23,6 @@ import asyncpg
 
 from proxy.credentials import (
     Envelope,
-    EnvelopeError,
     HsmCredentials,
     associated_data,
     envelope_key,
@@ -31,7 +30,7 @@ from proxy.credentials import (
     seal_with_password,
     seal_with_secret,
 )
-from proxy.errors import BadInput, Forbidden, LockedOut, Unauthorized
+from proxy.errors import BadInput, EnvelopeError, Forbidden, LockedOut, Unauthorized
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm

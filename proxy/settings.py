@@ -47,6 +47,9 @@ class Settings:
     max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
     max_in_flight: int = 64  # one account's transactions under way or waiting, at most
     database_timeout: int = 5  # seconds a request waits for the database, at most
+    hsm_queue_limit: int = 256
+    unlock_threads: int = 2
+    unlock_queue_limit: int = 64
 
     @classmethod
     def from_env(
@@ -85,6 +88,12 @@ class Settings:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
         if self.database_timeout < 1:
             raise SettingsError("QSIGNER_DATABASE_TIMEOUT must be at least 1 (seconds)")
+        if self.hsm_queue_limit < 0:
+            raise SettingsError("QSIGNER_HSM_QUEUE_LIMIT must be 0 or more")
+        if self.unlock_threads < 1 or self.unlock_queue_limit < 0:
+            raise SettingsError(
+                "QSIGNER_UNLOCK_THREADS must be >= 1, QSIGNER_UNLOCK_QUEUE_LIMIT >= 0"
+            )
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
         if not self.read_timeout > 0:

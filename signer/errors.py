@@ -53,3 +53,7 @@ class NotLoggedIn(HsmError):
 
 class SignatureInvalid(HsmError):
     """The HSM returned a signature that does not verify against the key's public point."""
+
+
+class Overloaded(SignerError):
+    """Too much blocking work (HSM calls, PBKDF2) already waits: refused at once, try again."""

@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from proxy.errors import ChainError
+
 _BINARY = Path("node_modules") / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-
-
-class ChainError(RuntimeError):
-    """anvil is missing, did not start, or refused a call."""
 
 
 def anvil_binary() -> Path:

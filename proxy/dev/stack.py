@@ -28,7 +28,7 @@ from proxy import store
 from proxy.app import serve_app
 from proxy.auth import issue_token
 from proxy.dev import chain
-from proxy.errors import BadInput, SettingsError
+from proxy.errors import BadInput, ChainError, SettingsError
 from proxy.identity import Identity
 from proxy.settings import Settings
 from signer.base import checksum
@@ -49,7 +49,7 @@ def _progress(message: str) -> None:
 def _rpc(url: str, method: str, params: list[Any]) -> Any:
     try:
         return chain.rpc(url, method, params)
-    except chain.ChainError as exc:
+    except ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 
@@ -62,7 +62,7 @@ def _anvil(state_dir: Path) -> Iterator[str]:
                                 log=state_dir / "anvil.log") as url:  # fmt: skip
             _progress(f"dev chain: anvil at {url} (chain id {DEV_CHAIN_ID}, zero gas price)")
             yield url
-    except chain.ChainError as exc:
+    except ChainError as exc:
         raise SettingsError(f"the dev chain: {exc}") from None
 
 

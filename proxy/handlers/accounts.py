@@ -6,17 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.context import Caller, Services
-from proxy.errors import InvalidParams, ProxyError
+from proxy.errors import InvalidParams, UnrecognizedChain
 from proxy.rpc import RpcRequest
 from signer.base import checksum
 from signer.errors import InvalidTransaction
 from signer.transactions import parse_quantity
-
-
-class UnrecognizedChain(ProxyError):
-    """EIP-3326: the wallet does not know this chain."""
-
-    code = 4902
 
 
 async def accounts(services: Services, caller: Caller, request: RpcRequest) -> Any:

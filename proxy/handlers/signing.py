@@ -13,11 +13,10 @@ from proxy import filling
 from proxy.context import Caller, Services
 from proxy.errors import Forbidden, InvalidParams, NodeError, Unauthorized
 from proxy.rpc import RpcRequest
-from signer.base import Signature, SignedTransaction
+from signer.base import AsyncSigner, Signature, SignedTransaction
 from signer.ecdsa import keccak256
 from signer.errors import InvalidMessage, InvalidTransaction
 from signer.messages import parse_typed_data, personal_message_digest, typed_data_digest
-from signer.pkcs11 import HsmKey
 from signer.transactions import (
     Transaction,
     parse_address,
@@ -36,8 +35,8 @@ def _address_param(value: Any) -> bytes:
     return address
 
 
-async def signer_for(services: Services, caller: Caller, address: bytes) -> HsmKey:
-    """The HSM key behind `address`, once the caller proved they may use it."""
+async def signer_for(services: Services, caller: Caller, address: bytes) -> AsyncSigner:
+    """The key behind `address`, once the caller proved they may use it."""
     principal = caller.principal
     if not principal.may_sign:
         raise Forbidden(f"role {principal.role!r} may not sign")
@@ -51,18 +50,9 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> HsmK
     credentials = caller.credentials
     if credentials.token_serial != account.token_serial:
         raise Forbidden("this caller's credentials do not open the token of that account")
-    cache_key = (account.token_serial, account.key_id)
-    key = services.keys.get(cache_key)
-    loop = asyncio.get_running_loop()
-    # Logging in (first time) or checking the PIN against the process's login (later).
-    token = await loop.run_in_executor(
-        None, services.hsm.login, credentials.token_label, credentials.pin
-    )
-    if key is None or key.token is not token:
-        key = await loop.run_in_executor(None, lambda: token.key(key_id=account.key_id))
-        if key.address != address:
-            raise Forbidden("the HSM key does not match the registered account")
-        services.keys[cache_key] = key
+    key = await services.keyring.signer(credentials, account.key_id)
+    if key.address != address:
+        raise Forbidden("the HSM key does not match the registered account")
     return key
 
 
@@ -126,14 +116,16 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
         return await _sign_and_send(services, caller, key, build(nonce=lease.nonce))
 
 
-async def _sign(services: Services, key: HsmKey, tx: Transaction) -> SignedTransaction:
+async def _sign(services: Services, key: AsyncSigner, tx: Transaction) -> SignedTransaction:
     started = time.perf_counter()
     signed = await sign_transaction_async(tx, key)
     services.metrics.hsm_sign.observe(time.perf_counter() - started)
     return signed
 
 
-async def _sign_and_send(services: Services, caller: Caller, key: HsmKey, tx: Transaction) -> str:
+async def _sign_and_send(
+    services: Services, caller: Caller, key: AsyncSigner, tx: Transaction
+) -> str:
     signed = await _sign(services, key, tx)
     return await services.pool.send_raw_transaction(
         "0x" + signed.raw.hex(), "0x" + signed.hash.hex(), headers=caller.forward_headers
@@ -170,7 +162,7 @@ def _looks_like_address(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 42 and value[:2] in ("0x", "0X")
 
 
-async def _sign_digest(services: Services, key: HsmKey, digest: bytes) -> str:
+async def _sign_digest(services: Services, key: AsyncSigner, digest: bytes) -> str:
     started = time.perf_counter()
     signature: Signature = await key.sign_digest_async(digest)
     services.metrics.hsm_sign.observe(time.perf_counter() - started)

@@ -1,227 +1,43 @@
-"""Keys in an HSM over PKCS#11 (python-pkcs11), safe to use from many threads at once.
-
-The locking trap (FIELD-NOTES): python-pkcs11 calls `C_Initialize(NULL)`, which tells the module
-that the application is single-threaded, so SoftHSM turns its internal locking off and concurrent
-sessions corrupt its state. PKCS#11 has a proper answer: initialise with `CKF_OS_LOCKING_OK`, which
-obliges the module to lock with the OS primitives. python-pkcs11 offers no way to pass those
-arguments, so the first time a module path is opened in this process we let python-pkcs11 load
-it, then, before any session exists, call `C_Finalize(NULL)` and `C_Initialize(&args)` through
-the module's own function list (ctypes). On top of that, each session serves one operation at a
-time (a pool of sessions per token) and the process logs into each token once.
+"""A token this process is logged into and its pool of sessions (one operation at a time on
+each), and `Hsm`, the opened module that logs into tokens and initialises new ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import hashlib
 import hmac
-import os
 import queue
 import secrets
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pkcs11.util.ec import encode_named_curve_parameters
 
-from signer.base import Signature, checksum
-from signer.ecdsa import address_of, check_digest, finish_signature
+from signer.ecdsa import check_digest
 from signer.errors import (
     HsmError,
     KeyNotFound,
-    ModuleNotFound,
     NotLoggedIn,
     PinIncorrect,
-    PinLocked,
     TokenNotFound,
 )
-
-SECP256K1_OID = "1.3.132.0.10"
-SECP256K1_PARAMS: bytes = encode_named_curve_parameters(SECP256K1_OID)
-
-SOFTHSM_MODULE_PATHS = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+from signer.executors import BoundedExecutor
+from signer.pkcs11.key import SECP256K1_PARAMS, HsmKey, _unwrap_ec_point
+from signer.pkcs11.module import (
+    _CKR_OK,
+    _CKU_SO,
+    _CKU_USER,
+    _acquire_module,
+    _check_login,
+    _encode_pin,
+    _release_module,
+    _translate,
 )
-
-
-def find_softhsm_module() -> str | None:
-    """SoftHSM2's PKCS#11 library in the usual places, or None."""
-    return next((path for path in SOFTHSM_MODULE_PATHS if os.path.isfile(path)), None)
-
-
-# --- the raw PKCS#11 calls python-pkcs11 does not offer ------------------------------------------
-
-_CKR_OK = 0
-_CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
-_CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
-_CKR_PIN_INCORRECT = 0xA0
-_CKR_PIN_LOCKED = 0xA4
-_CKR_PIN_LEN_RANGE = 0xA2
-_CKR_USER_ALREADY_LOGGED_IN = 0x100
-_CKF_OS_LOCKING_OK = 0x2
-_CKU_SO = 0
-_CKU_USER = 1
-
-_ULONG = ctypes.c_ulong
-_RV = ctypes.c_ulong
-
-
-class _InitializeArgs(ctypes.Structure):
-    _fields_ = (
-        ("CreateMutex", ctypes.c_void_p),
-        ("DestroyMutex", ctypes.c_void_p),
-        ("LockMutex", ctypes.c_void_p),
-        ("UnlockMutex", ctypes.c_void_p),
-        ("flags", _ULONG),
-        ("pReserved", ctypes.c_void_p),
-    )
-
-
-# The head of CK_FUNCTION_LIST (PKCS#11 v2.40 section 5.16 order), as far as we need it.
-_FUNCTION_NAMES = (
-    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
-    "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo",
-    "C_InitToken", "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession",
-    "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState",
-    "C_Login", "C_Logout",
-)  # fmt: skip
-
-
-class _FunctionListHead(ctypes.Structure):
-    _fields_ = (
-        ("version", ctypes.c_ubyte * 2),
-        *((name, ctypes.c_void_p) for name in _FUNCTION_NAMES),
-    )
-
-
-_SIGNATURES: dict[str, tuple[Any, ...]] = {
-    "C_Initialize": (ctypes.c_void_p,),
-    "C_Finalize": (ctypes.c_void_p,),
-    "C_InitToken": (_ULONG, ctypes.c_char_p, _ULONG, ctypes.c_char_p),
-    "C_Login": (_ULONG, _ULONG, ctypes.c_char_p, _ULONG),
-    "C_Logout": (_ULONG,),
-}
-
-
-class _RawModule:
-    """Direct calls into a PKCS#11 module through its `C_GetFunctionList` table."""
-
-    def __init__(self, path: str) -> None:
-        self._dll = ctypes.CDLL(path)
-        head = ctypes.POINTER(_FunctionListHead)()
-        get_list = self._dll.C_GetFunctionList
-        get_list.restype = _RV
-        get_list.argtypes = (ctypes.POINTER(ctypes.POINTER(_FunctionListHead)),)
-        rv = get_list(ctypes.byref(head))
-        if rv != _CKR_OK:
-            raise HsmError(f"C_GetFunctionList failed (CKR {rv:#x})")
-        self._functions = {
-            name: ctypes.CFUNCTYPE(_RV, *args)(getattr(head.contents, name))
-            for name, args in _SIGNATURES.items()
-        }
-
-    def call(self, name: str, *args: Any) -> int:
-        return int(self._functions[name](*args))
-
-    def initialise_with_os_locking(self) -> None:
-        args = _InitializeArgs(None, None, None, None, _CKF_OS_LOCKING_OK, None)
-        rv = self.call("C_Initialize", ctypes.byref(args))
-        if rv != _CKR_OK:
-            raise HsmError(f"C_Initialize with CKF_OS_LOCKING_OK failed (CKR {rv:#x})")
-
-    def finalise(self) -> None:
-        rv = self.call("C_Finalize", None)
-        if rv not in (_CKR_OK, _CKR_CRYPTOKI_NOT_INITIALIZED):
-            raise HsmError(f"C_Finalize failed (CKR {rv:#x})")
-
-
-@dataclass
-class _ModuleState:
-    lib: Any
-    raw: _RawModule
-    users: int = 0
-    # Bumped at every finalisation: session and object handles from an earlier
-    # initialisation are meaningless afterwards (SoftHSM numbers them from 1 again).
-    generation: int = 0
-
-
-_modules: dict[str, _ModuleState] = {}
-_modules_lock = threading.Lock()
-
-
-def _acquire_module(path: str) -> _ModuleState:
-    """Load (once per process) and initialise the module with OS locking; count the users.
-
-    The PKCS#11 library's initialisation is process-wide state, so this registry is too: two
-    `Hsm` objects on one module share one initialisation, and the last to close finalises it.
-    Keyed by the real path: a symlink and its target are one library. Nothing else in the
-    process may call python-pkcs11's `reinitialize()` or `unload()` on it (that would undo the
-    locking set up here).
-    """
-    if not os.path.isfile(path):
-        raise ModuleNotFound(f"PKCS#11 module not found: {path}")
-    path = os.path.realpath(path)
-    with _modules_lock:
-        state = _modules.get(path)
-        if state is None:
-            try:
-                lib = pkcs11.lib(path)  # loads and calls C_Initialize(NULL) the first time
-            except p11e.PKCS11Error as exc:
-                raise ModuleNotFound(f"cannot load the PKCS#11 module {path}: {exc}") from None
-            raw = _RawModule(path)
-            # Must succeed: "not initialised" would mean this is not python-pkcs11's instance
-            # and the locking below would not apply to it.
-            rv = raw.call("C_Finalize", None)
-            if rv != _CKR_OK:
-                raise HsmError(f"C_Finalize after loading failed (CKR {rv:#x})")
-            state = _ModuleState(lib=lib, raw=raw)
-            _modules[path] = state
-        if state.users == 0:
-            state.raw.initialise_with_os_locking()
-        state.users += 1
-        return state
-
-
-def _release_module(path: str) -> None:
-    with _modules_lock:
-        state = _modules[os.path.realpath(path)]
-        state.users -= 1
-        if state.users == 0:
-            state.generation += 1
-            state.raw.finalise()
-
-
-def open_module_users() -> int:
-    """How many `Hsm` handles are open in this process (tests check that none leaks)."""
-    with _modules_lock:
-        return sum(state.users for state in _modules.values())
-
-
-# --- the HSM, its tokens and keys -------------------------------------------------------------
-
-
-def _translate(exc: Exception, doing: str) -> HsmError:
-    """One clear `HsmError` for a python-pkcs11 failure; never includes a PIN."""
-    if isinstance(exc, p11e.PinIncorrect):
-        return PinIncorrect("the token refused the PIN")
-    if isinstance(exc, p11e.PinLocked):
-        return PinLocked("the token's user PIN is locked after too many wrong attempts")
-    if isinstance(exc, HsmError):
-        return exc
-    return HsmError(f"HSM error while {doing}: {type(exc).__name__}")
 
 
 class Hsm:
@@ -231,14 +47,20 @@ class Hsm:
     own executor for async callers (so that a burst on one token never queues another's work)
     of twice as many threads: a thread gives its session back as soon as `C_Sign` returns and
     then spends ~0.1 ms finishing the signature (low-s, recovery id), while another thread keeps
-    the session busy.
+    the session busy. At most `queue_per_token` jobs wait for those threads; beyond that a call
+    is refused at once (`Overloaded`) rather than queued without end.
     """
 
-    def __init__(self, module_path: str, *, sessions_per_token: int = 4) -> None:
+    def __init__(self, module_path: str, *, sessions_per_token: int = 4,
+                 queue_per_token: int = 256) -> None:  # fmt: skip
         if sessions_per_token < 1:
             raise ValueError("sessions_per_token must be at least 1")
         self.module_path = module_path
         self.sessions_per_token = sessions_per_token
+        self.queue_per_token = queue_per_token
+        # First logins from async callers: one at a time (they hold `_lock`), and never behind
+        # a token's signing work.
+        self.executor = BoundedExecutor(1, queue_per_token, thread_name_prefix="pkcs11-login")
         self._state = _acquire_module(module_path)
         self._lib = self._state.lib
         self._tokens: dict[str, Token] = {}
@@ -257,6 +79,7 @@ class Hsm:
                 return
             self._closed = True
             tokens, self._tokens = list(self._tokens.values()), {}
+        self.executor.shutdown(wait=True, cancel_futures=True)
         for token in tokens:
             token.close()
         _release_module(self.module_path)
@@ -303,6 +126,15 @@ class Hsm:
         token.check_pin(pin)
         return token
 
+    async def login_async(self, label: str, pin: str) -> Token:
+        """`login` from the event loop: a token already logged into costs a PIN check (an HMAC)
+        on the loop; only a first login goes to the module's executor."""
+        token = self._tokens.get(label)
+        if token is not None:
+            token.check_pin(pin)
+            return token
+        return await self.executor.run(self.login, label, pin)
+
     def token(self, label: str) -> Token:
         """A token this process has logged into."""
         token = self._tokens.get(label)
@@ -347,29 +179,6 @@ class Hsm:
         return str(token.serial.decode() if isinstance(token.serial, bytes) else token.serial)
 
 
-def _encode_pin(pin: object) -> bytes:
-    """A PIN as UTF-8; anything else is refused without the PIN in the exception."""
-    if not isinstance(pin, str) or not pin:
-        raise PinIncorrect("a PIN must be a non-empty string")
-    try:
-        return pin.encode()
-    except UnicodeEncodeError:
-        raise PinIncorrect("a PIN must be valid Unicode text") from None
-
-
-def _check_login(rv: int) -> None:
-    if rv == _CKR_OK:
-        return
-    if rv == _CKR_USER_ALREADY_LOGGED_IN:
-        # Login state belongs to the process: another Hsm handle on the same module holds it.
-        raise HsmError("this process is already logged into the token through another handle")
-    if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_LEN_RANGE):
-        raise PinIncorrect("the token refused the PIN")
-    if rv == _CKR_PIN_LOCKED:
-        raise PinLocked("the token's user PIN is locked after too many wrong attempts")
-    raise HsmError(f"C_Login failed (CKR {rv:#x})")
-
-
 class _Session:
     """One PKCS#11 session and the key handles found in it (handles are per session here)."""
 
@@ -397,8 +206,8 @@ class Token:
         self.hsm = hsm
         self._generation = hsm._state.generation
         self._closed = False
-        self.executor = ThreadPoolExecutor(
-            max_workers=2 * len(sessions), thread_name_prefix=f"pkcs11-{token.label}"
+        self.executor = BoundedExecutor(
+            2 * len(sessions), hsm.queue_per_token, thread_name_prefix=f"pkcs11-{token.label}"
         )
         self.label: str = token.label
         serial = token.serial
@@ -562,42 +371,3 @@ class Token:
         if len(raw) != 64:
             raise HsmError(f"the HSM returned a {len(raw)}-byte ECDSA signature, expected 64")
         return int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
-
-
-def _unwrap_ec_point(value: bytes) -> bytes:
-    """CKA_EC_POINT is a DER OCTET STRING around the 65-byte uncompressed point."""
-    value = bytes(value)
-    if len(value) == 67 and value[0] == 0x04 and value[1] == 65:
-        value = value[2:]
-    if len(value) != 65 or value[0] != 0x04:
-        raise HsmError("the token returned an EC point that is not an uncompressed secp256k1 point")
-    return value
-
-
-class HsmKey:
-    """A secp256k1 key inside a logged-in token; a `Signer` and an `AsyncSigner`."""
-
-    def __init__(self, token: Token, key_id: bytes, label: str, public_key: bytes) -> None:
-        self.token = token
-        self.key_id = key_id
-        self.label = label
-        self.public_key = public_key
-        self._address = address_of(public_key)
-
-    def __repr__(self) -> str:
-        return (
-            f"HsmKey({checksum(self._address)}, id={self.key_id.hex()}, token={self.token.label!r})"
-        )
-
-    @property
-    def address(self) -> bytes:
-        return self._address
-
-    def sign_digest(self, digest: bytes) -> Signature:
-        r, s = self.token.sign_raw(self.key_id, digest)
-        return finish_signature(digest, r, s, self.public_key)
-
-    async def sign_digest_async(self, digest: bytes) -> Signature:
-        check_digest(digest)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.token.executor, self.sign_digest, digest)
