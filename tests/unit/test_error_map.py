@@ -14,6 +14,7 @@ import proxy.errors
 from proxy.errors import (
     InternalError,
     NodeError,
+    NodeUnreachable,
     ProxyError,
     SendOutcomeUnknown,
     translate,
@@ -66,6 +67,7 @@ CLASSES = _exception_classes()
 MAKE: dict[type[BaseException], Callable[[], BaseException]] = {
     NodeError: lambda: NodeError(-32000, "the node's own message"),
     SendOutcomeUnknown: lambda: SendOutcomeUnknown("0x" + "00" * 32),
+    NodeUnreachable: lambda: NodeUnreachable("connection refused", delivered=False),
 }
 
 
