@@ -19,7 +19,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import logs, router, rpc, store
-from proxy.auth import bearer, build_verifier, is_api_key
 from proxy.context import Caller, Services
 from proxy.errors import (
     BodyTooLarge,
@@ -29,6 +28,7 @@ from proxy.errors import (
     Unauthorized,
 )
 from proxy.identity import Identity
+from proxy.identity.auth import bearer, build_verifier, is_api_key
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.auth import JwtVerifier
-from proxy.credentials import HsmCredentials
 from proxy.identity import Identity, Principal
+from proxy.identity.auth import JwtVerifier
+from proxy.identity.credentials import HsmCredentials
 from proxy.metrics import Metrics
 from proxy.nonces import NonceSource
 from proxy.ratelimit import RateLimiter

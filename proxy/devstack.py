@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from proxy import devchain, store
-from proxy.auth import issue_token
 from proxy.errors import BadInput, SettingsError
 from proxy.identity import Identity
+from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from proxy.auth import build_verifier
 from proxy.errors import Unauthorized
+from proxy.identity.auth import build_verifier
 from proxy.settings import Settings
 
 

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from proxy.auth import bearer, build_verifier, is_api_key, issue_token
 from proxy.errors import SettingsError, Unauthorized
+from proxy.identity.auth import bearer, build_verifier, is_api_key, issue_token
 from proxy.settings import Settings
 
 SECRET = "s" * 40
