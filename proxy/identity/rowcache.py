@@ -12,7 +12,12 @@ CHANNEL = "qsigner_identity"
 
 
 class RowCache:
-    """Authentication rows by (kind, key), kind being "user" or "apikey"."""
+    """Authentication rows by (kind, key), kind being "user" or "apikey".
+
+    A change is announced as `user:<id>` (status, role, envelope: every row about the user),
+    `attempts:<id>` (only the wrong-password count or the lock: the user's own row), or
+    `apikey:<id>`.
+    """
 
     def __init__(self, pool: asyncpg.Pool, max_rows: int) -> None:
         self.pool = pool
@@ -48,7 +53,8 @@ class RowCache:
         replica, and by this one right after its own change commits (the NOTIFY comes later)."""
         self._generation += 1
         for cached in [k for k, row in self._rows.items()
-                       if (kind == "user" and row["id"] == key) or k == (kind, key)]:  # fmt: skip
+                       if (kind == "user" and row["id"] == key) or k == (kind, key)
+                       or (kind == "attempts" and k == ("user", key))]:  # fmt: skip
             del self._rows[cached]
         for callback in self._forget_callbacks:
             callback(kind, key)

@@ -3,6 +3,8 @@ lockout after wrong passwords, the cache of recent unlocks, and the principal be
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -10,6 +12,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -28,6 +31,8 @@ from proxy.identity.rowcache import RowCache
 from proxy.settings import Settings
 
 _API_KEY = re.compile(r"^qsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+LOCKED = "too many wrong passwords: the user is locked for a while"
 
 _USER_UNLOCK_QUERY = """
     SELECT u.id, u.organisation_id, o.name AS organisation, u.role, u.status,
@@ -100,6 +105,14 @@ class UnlockCache:
         return len(self._entries)
 
 
+class _Flight:
+    """A user's cold unlock in progress in this replica, and how many requests wait on it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+
+
 class Unlocker:
     """Opens users' envelopes (password or API key) and counts wrong passwords."""
 
@@ -110,6 +123,7 @@ class Unlocker:
         self.rows = rows
         self.unlock_cache = UnlockCache(settings.unlock_cache_seconds, settings.unlock_cache_size)
         self._blocking = blocking
+        self._flights: dict[str, _Flight] = {}
         rows.on_forget(self._forget)
 
     def _forget(self, kind: str, key: str) -> None:
@@ -126,29 +140,83 @@ class Unlocker:
 
     async def unlock_with_password(self, user_id: str, password: str
                                    ) -> tuple[Principal, HsmCredentials]:  # fmt: skip
-        row = await self.rows.row("user", user_id, _USER_UNLOCK_QUERY)
-        if row is None or row["status"] != "active":
-            raise Unauthorized("unknown or disabled user, or wrong password")
-        if row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC):
-            raise LockedOut("too many wrong passwords: the user is locked for a while")
-        principal = Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+        principal, row = await self._unlockable(user_id)
         cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
         if cached is not None:
             if row["failed_attempts"]:
                 await self._reset_attempts(user_id)
             return principal, cached
-        envelope = _envelope(row)
-        aad = associated_data(user_id, row["organisation_id"], "password", row["version"])
+        # One cold unlock per user at a time in this replica: a second request with the same
+        # password then finds the cache filled, and guesses queue instead of racing the count.
+        async with self._single_flight(user_id):
+            principal, row = await self._unlockable(user_id)
+            cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
+            if cached is not None:
+                return principal, cached
+            # The attempt counts as wrong before PBKDF2 gives its verdict, atomically in the
+            # database: however many replicas and requests race, at most `lockout_attempts`
+            # guesses are ever judged before the lock.
+            attempt = await self._reserve_attempt(user_id)
+            envelope = _envelope(row)
+            aad = associated_data(user_id, row["organisation_id"], "password", row["version"])
+            try:
+                key = await self._blocking(envelope_key, envelope, password)
+                credentials = open_envelope(key, envelope, aad)
+            except EnvelopeError:
+                await self._wrong_password(user_id, attempt)
+                raise Unauthorized("unknown or disabled user, or wrong password") from None
+            await self._right_password(user_id)
+            self.unlock_cache.put(user_id, row["envelope_id"], row["version"], password,
+                                  credentials)  # fmt: skip
+            return principal, credentials
+
+    async def _unlockable(self, user_id: str) -> tuple[Principal, asyncpg.Record]:
+        row = await self.rows.row("user", user_id, _USER_UNLOCK_QUERY)
+        if row is None or row["status"] != "active":
+            raise Unauthorized("unknown or disabled user, or wrong password")
+        if row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC):
+            raise LockedOut(LOCKED)
+        return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"]), row
+
+    @contextlib.asynccontextmanager
+    async def _single_flight(self, user_id: str) -> AsyncIterator[None]:
+        flight = self._flights.setdefault(user_id, _Flight())
+        flight.waiting += 1
         try:
-            key = await self._blocking(envelope_key, envelope, password)
-            credentials = open_envelope(key, envelope, aad)
-        except EnvelopeError:
-            await self._wrong_password(user_id)
-            raise Unauthorized("unknown or disabled user, or wrong password") from None
-        if row["failed_attempts"]:
-            await self._reset_attempts(user_id)
-        self.unlock_cache.put(user_id, row["envelope_id"], row["version"], password, credentials)
-        return principal, credentials
+            async with flight.lock:
+                yield
+        finally:
+            flight.waiting -= 1
+            if flight.waiting == 0:
+                del self._flights[user_id]
+
+    async def _reserve_attempt(self, user_id: str) -> int:
+        """Count one attempt as wrong until proven right; refused while the user is locked or
+        as many attempts as the limit are already counted (some still being judged)."""
+        attempt = await self.pool.fetchval(
+            """UPDATE users SET failed_attempts = failed_attempts + 1
+               WHERE id = $1 AND failed_attempts < $2
+                 AND (locked_until IS NULL OR locked_until <= now())
+               RETURNING failed_attempts""",
+            user_id, self.settings.lockout_attempts,
+        )  # fmt: skip
+        if attempt is None:
+            raise LockedOut(LOCKED)
+        return int(attempt)
+
+    async def _right_password(self, user_id: str) -> None:
+        """Clear the count (ours included); refused if a lock was set while we judged."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            cleared = await conn.fetchval(
+                """UPDATE users SET failed_attempts = 0
+                   WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
+                   RETURNING id""",
+                user_id,
+            )
+            if cleared is None:
+                raise LockedOut(LOCKED)
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
 
     async def _reset_attempts(self, user_id: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -156,21 +224,15 @@ class Unlocker:
                 "UPDATE users SET failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0",
                 user_id,
             )
-            await self.rows.notify(conn, "user", user_id)
-        self.rows.forget("user", user_id)
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
 
-    async def _wrong_password(self, user_id: str) -> None:
-        """Count a wrong password; the Nth in a row locks the user and leaves an event."""
+    async def _wrong_password(self, user_id: str, attempt: int) -> None:
+        """Record the counted attempt as wrong; the one that reached the limit locks the user
+        (exactly one does) and leaves an event."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """UPDATE users SET failed_attempts = failed_attempts + 1 WHERE id = $1
-                   RETURNING failed_attempts""",
-                user_id,
-            )
-            attempts = int(row["failed_attempts"])
-            await self.rows.notify(conn, "user", user_id)
-            await security_event(conn, user_id, "wrong_password", {"attempts": attempts})
-            if attempts >= self.settings.lockout_attempts:
+            await security_event(conn, user_id, "wrong_password", {"attempts": attempt})
+            if attempt >= self.settings.lockout_attempts:
                 await conn.execute(
                     """UPDATE users SET failed_attempts = 0,
                               locked_until = now() + make_interval(secs => $2) WHERE id = $1""",
@@ -178,7 +240,8 @@ class Unlocker:
                 )  # fmt: skip
                 await security_event(conn, user_id, "locked_out",
                                      {"seconds": self.settings.lockout_seconds})  # fmt: skip
-        self.rows.forget("user", user_id)
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
 
     async def unlock_with_api_key(self, api_key: str) -> tuple[Principal, HsmCredentials]:
         match = _API_KEY.match(api_key)
