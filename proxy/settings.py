@@ -42,6 +42,7 @@ class Settings:
     rate_burst: int = 0
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
+    row_cache_seconds: int = 30
 
     @classmethod
     def from_env(

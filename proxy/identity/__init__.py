@@ -26,7 +26,7 @@ class Identity:
         self.pool = pool
         self.settings = settings
         blocking = BlockingWork(run_blocking)
-        self.rows = RowCache(pool, settings.unlock_cache_size)
+        self.rows = RowCache(pool, settings.unlock_cache_size, settings.row_cache_seconds)
         self.unlocker = Unlocker(pool, settings, self.rows, blocking)
         self.provisioning = Provisioning(pool, settings, self.rows, self.unlocker, blocking)
         # The operations callers use, by their old names (one object to pass around).

@@ -126,8 +126,8 @@ class Unlocker:
         self._flights: dict[str, _Flight] = {}
         rows.on_forget(self._forget)
 
-    def _forget(self, kind: str, key: str) -> None:
-        if kind == "user":
+    def _forget(self, kind: str, key: str | None) -> None:
+        if kind == "user" and key is not None:
             self.unlock_cache.forget_user(key)
 
     async def principal(self, user_id: str) -> Principal:
