@@ -29,6 +29,7 @@ from proxy.errors import (
 )
 from proxy.identity import Identity
 from proxy.identity.auth import bearer, build_verifier, is_api_key
+from proxy.identity.throttle import AuthFailureThrottle
 from proxy.metrics import Metrics
 from proxy.nonces import PendingCountNonces
 from proxy.ratelimit import RateLimiter
@@ -101,6 +102,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             nonces=PendingCountNonces(pool), metrics=app[METRICS],
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
+            auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
+                                              settings.auth_failure_burst),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
@@ -115,6 +118,18 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _authenticate(services: Services, request: web.Request) -> Caller:
+    # Behind a reverse proxy every caller shares its address: forwarded headers are not
+    # trusted for this, since any caller could set them.
+    address = request.remote or ""
+    services.auth_failures.check(address)
+    try:
+        return await _identify(services, request)
+    except Unauthorized:
+        services.auth_failures.failed(address)
+        raise
+
+
+async def _identify(services: Services, request: web.Request) -> Caller:
     credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
     if not credential:
         raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")

@@ -8,6 +8,7 @@ from typing import Any
 from proxy.identity import Identity, Principal
 from proxy.identity.auth import JwtVerifier
 from proxy.identity.credentials import HsmCredentials
+from proxy.identity.throttle import AuthFailureThrottle
 from proxy.metrics import Metrics
 from proxy.nonces import NonceSource
 from proxy.ratelimit import RateLimiter
@@ -28,6 +29,7 @@ class Services:
     nonces: NonceSource
     metrics: Metrics
     rate_limiter: RateLimiter
+    auth_failures: AuthFailureThrottle
     keys: dict[tuple[str, bytes], HsmKey] = field(default_factory=dict)
     cached_answers: dict[str, Any] = field(default_factory=dict)
 

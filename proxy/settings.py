@@ -43,6 +43,8 @@ class Settings:
     unlock_cache_seconds: int = 900
     unlock_cache_size: int = 10_000
     row_cache_seconds: int = 30
+    auth_failure_rate: int = 20
+    auth_failure_burst: int = 40
 
     @classmethod
     def from_env(

@@ -143,6 +143,8 @@ class Provisioning:
             except asyncpg.UniqueViolationError:
                 raise BadInput(f"a user {user_id!r} already exists") from None
             await self._insert_envelope(conn, user_id, "password", None, 1, envelope)
+            await self.rows.notify(conn, "user", user_id)  # a remembered miss ends here
+        self.rows.forget("user", user_id)
 
     async def _insert_envelope(self, conn: asyncpg.Connection, user_id: str, kind: str,
                                api_key_id: str | None, version: int,
@@ -207,6 +209,8 @@ class Provisioning:
             )  # fmt: skip
             await self._insert_envelope(conn, user_id, "apikey", key_id, 1, envelope)
             await security_event(conn, user_id, "apikey_created", {"key_id": key_id})
+            await self.rows.notify(conn, "apikey", key_id)  # a remembered miss ends here
+        self.rows.forget("apikey", key_id)
         return NewApiKey(key_id, f"qsk_{key_id}_{secret}")
 
     async def revoke_api_key(self, key_id: str) -> None:

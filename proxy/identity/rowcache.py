@@ -19,6 +19,10 @@ CHANNEL = "qsigner_identity"
 LISTENER_NAME = "qsigner-listener"  # application_name, so operators can tell it apart
 KEEPALIVE_SECONDS = 5.0
 RECONNECT_MAX_SECONDS = 5.0
+# A key or user that does not exist is remembered briefly, so that made-up credentials do not
+# cost a query each; creating one announces it, so a miss never outlives the creation.
+MISS_SECONDS = 5.0
+MISSES_MAX = 10_000
 
 
 class RowCache:
@@ -40,6 +44,7 @@ class RowCache:
         self._lost = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._rows: OrderedDict[tuple[str, str], tuple[float, asyncpg.Record]] = OrderedDict()
+        self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._generation = 0
         self._forget_callbacks: list[Callable[[str, str | None], None]] = []
 
@@ -53,6 +58,12 @@ class RowCache:
         """Whether changes reach this replica now (else nothing is served from the cache)."""
         listener = self._listener
         return listener is not None and not listener.is_closed() and not self._lost.is_set()
+
+    @property
+    def generation(self) -> int:
+        """Changes with every invalidation: what was derived from rows read before a change
+        must not be stored after it."""
+        return self._generation
 
     async def listen(self, dsn: str) -> None:
         """Cache authentication rows, invalidated by NOTIFY from every replica (the server)."""
@@ -133,6 +144,9 @@ class RowCache:
                        if (kind == "user" and row["id"] == key) or k == (kind, key)
                        or (kind == "attempts" and k == ("user", key))]:  # fmt: skip
             del self._rows[cached]
+        self._misses.pop((kind, key), None)
+        if kind == "attempts":
+            self._misses.pop(("user", key), None)
         for callback in self._forget_callbacks:
             callback(kind, key)
 
@@ -145,24 +159,34 @@ class RowCache:
     def _forget_rows(self) -> None:
         self._generation += 1
         self._rows.clear()
+        self._misses.clear()
         for callback in self._forget_callbacks:
             callback("*", None)
 
     async def row(self, kind: str, key: str, query: str) -> asyncpg.Record | None:
         """The row `query` reads for `key`, from the cache while listening and fresh."""
-        listening = self.listening
-        if listening:
+        if self.listening:
+            now = time.monotonic()
             cached = self._rows.get((kind, key))
-            if cached is not None and cached[0] > time.monotonic():
+            if cached is not None and cached[0] > now:
                 return cached[1]
+            missed = self._misses.get((kind, key))
+            if missed is not None and missed > now:
+                return None
         generation = self._generation
         row = await self.pool.fetchrow(query, key)
         # Store only if no invalidation arrived while we read (it may concern this row).
-        if self.listening and row is not None and generation == self._generation:
-            self._rows[(kind, key)] = (time.monotonic() + self._ttl, row)
-            self._rows.move_to_end((kind, key))
-            while len(self._rows) > self._max_rows:
-                self._rows.popitem(last=False)
+        if self.listening and generation == self._generation:
+            if row is not None:
+                self._rows[(kind, key)] = (time.monotonic() + self._ttl, row)
+                self._rows.move_to_end((kind, key))
+                while len(self._rows) > self._max_rows:
+                    self._rows.popitem(last=False)
+            else:
+                self._misses[(kind, key)] = time.monotonic() + min(MISS_SECONDS, self._ttl)
+                self._misses.move_to_end((kind, key))
+                while len(self._misses) > MISSES_MAX:
+                    self._misses.popitem(last=False)
         return row
 
     @staticmethod

@@ -105,6 +105,56 @@ class UnlockCache:
         return len(self._entries)
 
 
+class ApiKeyCache:
+    """Recently unlocked API keys, so that a key pays HKDF, AES-GCM and JSON once, not on every
+    request. Keyed by HMAC-SHA256 of the whole key under a per-process random key (the key is
+    never stored); dropped when the key is revoked or its user changes (NOTIFY), when the
+    listener is lost, and after the row cache's TTL, since a hit stands in for a row read."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[float, str, Principal, HsmCredentials]] = (
+            OrderedDict()
+        )
+
+    def _slot(self, api_key: str) -> bytes:
+        return hmac.new(self._key, api_key.encode(), hashlib.sha256).digest()
+
+    def get(self, api_key: str) -> tuple[Principal, HsmCredentials] | None:
+        slot = self._slot(api_key)
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        expires, _, principal, credentials = entry
+        if expires < time.monotonic():
+            del self._entries[slot]
+            return None
+        self._entries.move_to_end(slot)
+        return principal, credentials
+
+    def put(self, api_key: str, key_id: str, principal: Principal,
+            credentials: HsmCredentials) -> None:  # fmt: skip
+        slot = self._slot(api_key)
+        self._entries[slot] = (time.monotonic() + self._ttl, key_id, principal, credentials)
+        self._entries.move_to_end(slot)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget(self, kind: str, key: str | None) -> None:
+        if key is None:
+            self._entries.clear()
+            return
+        for slot in [s for s, (_, key_id, principal, _) in self._entries.items()
+                     if (kind == "apikey" and key_id == key)
+                     or (kind == "user" and principal.user_id == key)]:  # fmt: skip
+            del self._entries[slot]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class _Flight:
     """A user's cold unlock in progress in this replica, and how many requests wait on it."""
 
@@ -122,11 +172,13 @@ class Unlocker:
         self.settings = settings
         self.rows = rows
         self.unlock_cache = UnlockCache(settings.unlock_cache_seconds, settings.unlock_cache_size)
+        self.api_key_cache = ApiKeyCache(settings.row_cache_seconds, settings.unlock_cache_size)
         self._blocking = blocking
         self._flights: dict[str, _Flight] = {}
         rows.on_forget(self._forget)
 
     def _forget(self, kind: str, key: str | None) -> None:
+        self.api_key_cache.forget(kind, key)
         if kind == "user" and key is not None:
             self.unlock_cache.forget_user(key)
 
@@ -248,6 +300,11 @@ class Unlocker:
         if match is None:
             raise Unauthorized("invalid API key")
         key_id, secret = match.group(1), match.group(2).encode()
+        # Served only while changes reach this replica: the rows it stands for would be read.
+        cached = self.api_key_cache.get(api_key) if self.rows.listening else None
+        if cached is not None:
+            return cached
+        generation = self.rows.generation
         row = await self.rows.row("apikey", key_id, _API_KEY_UNLOCK_QUERY)
         if (
             row is None
@@ -264,4 +321,6 @@ class Unlocker:
             credentials = open_envelope(envelope_key(envelope, secret), envelope, aad)
         except EnvelopeError:
             raise Unauthorized("invalid, revoked or disabled API key") from None
+        if self.rows.listening and generation == self.rows.generation:
+            self.api_key_cache.put(api_key, key_id, principal, credentials)
         return principal, credentials
