@@ -110,6 +110,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     finally:
         await pool.close()
         await session.close()
+        await verifier.close()
         if identity is not None:
             await identity.close()
         if db is not None:
@@ -137,7 +138,7 @@ async def _identify(services: Services, request: web.Request) -> Caller:
     if is_api_key(credential):
         principal, credentials = await services.identity.unlock_with_api_key(credential)
         return Caller(principal, credentials, forward_headers=forward)
-    user_id = services.verifier.verify(credential)
+    user_id = await services.verifier.verify(credential)
     principal = await services.identity.principal(user_id)
     return Caller(principal, None, request.headers.get("X-Signer-Password"), forward)
 
