@@ -80,7 +80,7 @@ class RowCache:
         listener, self._listener = self._listener, None
         self._forget_rows()
         if listener is not None and not listener.is_closed():
-            await listener.close()
+            await listener.close(timeout=self._keepalive)  # terminated if it does not answer
 
     async def _connect(self) -> None:
         listener = await asyncpg.connect(
