@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from proxy import store
 from proxy.errors import Unauthorized
 from proxy.identity import Identity
 from proxy.settings import Settings
 from tests.conftest import SoftHsmToken
 from tests.support.anvil import run_anvil
+from tests.support.identity import acme, refused_within_a_second, two_pools
 from tests.support.stack import CHAIN_ID, build_stack, in_process
 
 SETTINGS = Settings(pbkdf2_iterations=100_000)
@@ -44,28 +44,9 @@ class CountingPool:
 @pytest.fixture
 async def pools(database_url: str, hsm_token: SoftHsmToken
                 ) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:  # fmt: skip
-    mine, other = [await store.connect(database_url, max_size=4) for _ in range(2)]
-    try:
-        await store.upgrade(mine)
-        identity = Identity(mine, SETTINGS)
-        await identity.create_organisation("acme")
-        await identity.create_account("acme", hsm_token.hsm, hsm_token.label, hsm_token.pin)
-        await identity.add_user("acme", "alice", "signer", hsm_token.hsm, hsm_token.pin, "pw")
-        yield mine, other
-    finally:
-        await mine.close()
-        await other.close()
-
-
-async def refused_within_a_second(attempt: Callable[[], Awaitable[Any]]) -> None:
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            await attempt()
-        except Unauthorized:
-            return
-        assert time.monotonic() < deadline, "still accepted a second after the change"
-        await asyncio.sleep(0.01)
+    async with two_pools(database_url) as pools:
+        await acme(Identity(pools[0], SETTINGS), hsm_token, {"alice": "pw"})
+        yield pools
 
 
 async def test_a_made_up_api_key_is_looked_up_once_and_a_new_user_is_found_at_once(

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy import store
 from proxy.errors import LockedOut, Unauthorized
 from proxy.identity import Identity
 from proxy.settings import Settings
 from tests.conftest import SoftHsmToken
+from tests.support.identity import acme, two_pools
 
 LIMIT = 5
 SETTINGS = Settings(pbkdf2_iterations=100_000, lockout_attempts=LIMIT, lockout_seconds=3)
@@ -22,21 +22,16 @@ SETTINGS = Settings(pbkdf2_iterations=100_000, lockout_attempts=LIMIT, lockout_s
 @pytest.fixture
 async def replicas(database_url: str, hsm_token: SoftHsmToken
                    ) -> AsyncIterator[tuple[Identity, Identity]]:  # fmt: skip
-    pools = [await store.connect(database_url, max_size=4) for _ in range(2)]
-    first, second = (Identity(pool, SETTINGS) for pool in pools)
-    try:
-        await store.upgrade(pools[0])
-        await first.create_organisation("acme")
-        await first.create_account("acme", hsm_token.hsm, hsm_token.label, hsm_token.pin)
-        await first.add_user("acme", "alice", "signer", hsm_token.hsm, hsm_token.pin, "right")
+    async with two_pools(database_url) as pools:
+        first, second = (Identity(pool, SETTINGS) for pool in pools)
+        await acme(first, hsm_token, {"alice": "right"})
         for replica in (first, second):
             await replica.listen(database_url)
-        yield first, second
-    finally:
-        for replica in (first, second):
-            await replica.close()
-        for pool in pools:
-            await pool.close()
+        try:
+            yield first, second
+        finally:
+            for replica in (first, second):
+                await replica.close()
 
 
 async def test_concurrent_guesses_through_two_replicas_count_at_most_the_limit(

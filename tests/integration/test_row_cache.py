@@ -7,56 +7,30 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from proxy import store
-from proxy.errors import Unauthorized
 from proxy.identity import Identity
 from proxy.identity.rowcache import CHANNEL, LISTENER_NAME, RowCache
 from proxy.settings import Settings
 from tests.conftest import SoftHsmToken
+from tests.support.identity import acme, refused_within_a_second, two_pools
 
 SETTINGS = Settings(pbkdf2_iterations=100_000)
 
 
-async def provision(database_url: str, hsm_token: SoftHsmToken) -> str:
+async def provision(identity: Identity, hsm_token: SoftHsmToken) -> str:
     """Alice and Bob of acme; Bob's API key."""
-    pool = await store.connect(database_url, max_size=2)
-    try:
-        await store.upgrade(pool)
-        identity = Identity(pool, SETTINGS)
-        await identity.create_organisation("acme")
-        await identity.create_account("acme", hsm_token.hsm, hsm_token.label, hsm_token.pin)
-        for user in ("alice", "bob"):
-            await identity.add_user("acme", user, "signer", hsm_token.hsm, hsm_token.pin, user)
-        return (await identity.create_api_key("bob", "bob")).key
-    finally:
-        await pool.close()
+    await acme(identity, hsm_token, {"alice": "alice", "bob": "bob"})
+    return (await identity.create_api_key("bob", "bob")).key
 
 
 @pytest.fixture
 async def pools(database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
-    mine, other = [await store.connect(database_url, max_size=4) for _ in range(2)]
-    try:
-        yield mine, other
-    finally:
-        await mine.close()
-        await other.close()
-
-
-async def refused_within_a_second(attempt: Callable[[], Awaitable[Any]]) -> None:
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            await attempt()
-        except Unauthorized:
-            return
-        assert time.monotonic() < deadline, "still accepted a second after the change"
-        await asyncio.sleep(0.01)
+    async with two_pools(database_url) as pools:
+        yield pools
 
 
 async def silent_role(pool: asyncpg.Pool, user: str, role: str) -> None:
@@ -83,8 +57,8 @@ async def wait_for_cache(read: Callable[[], Awaitable[str]], pool: asyncpg.Pool,
 async def test_a_terminated_listener_comes_back_and_nothing_stale_is_served_meanwhile(
     database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
 ) -> None:
-    bob_key = await provision(database_url, hsm_token)
     mine, other = Identity(pools[0], SETTINGS), Identity(pools[1], SETTINGS)
+    bob_key = await provision(other, hsm_token)
     await mine.listen(database_url)
     try:
         await mine.principal("alice")  # both cached here
@@ -119,7 +93,7 @@ async def test_a_terminated_listener_comes_back_and_nothing_stale_is_served_mean
 async def test_a_cached_row_expires_even_if_no_change_is_announced(
     database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
 ) -> None:
-    await provision(database_url, hsm_token)
+    await provision(Identity(pools[1], SETTINGS), hsm_token)
     mine = Identity(pools[0], replace(SETTINGS, row_cache_seconds=1))
     await mine.listen(database_url)
     try:
@@ -195,7 +169,7 @@ class Blackhole:
 async def test_a_listener_that_stops_answering_is_replaced(
     database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
 ) -> None:
-    await provision(database_url, hsm_token)
+    await provision(Identity(pools[1], SETTINGS), hsm_token)
     relay = Blackhole(database_url)
     rows = RowCache(pools[0], 100, 30, keepalive_seconds=0.3)
     query = "SELECT id, role FROM users WHERE id = $1"
