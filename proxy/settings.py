@@ -81,6 +81,9 @@ class Settings:
             raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
         if self.lockout_attempts < 1 or self.lockout_seconds < 1:
             raise SettingsError("QSIGNER_LOCKOUT_ATTEMPTS and QSIGNER_LOCKOUT_SECONDS must be >= 1")
+        if min(self.row_cache_seconds, self.auth_failure_rate, self.auth_failure_burst) < 0:
+            raise SettingsError("QSIGNER_ROW_CACHE_SECONDS and QSIGNER_AUTH_FAILURE_RATE, "
+                                "_BURST must be >= 0")  # fmt: skip
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
 
