@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import Running, running_stack
 
 from proxy import store
-from proxy.auth import issue_token
 from proxy.identity import Identity
+from proxy.identity.auth import issue_token
 from signer.pkcs11 import Hsm
 
 ITERATIONS = 600_000  # the default of QSIGNER_PBKDF2_ITERATIONS

@@ -20,7 +20,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import logs, router, rpc, store
-from proxy.auth import bearer, build_verifier, is_api_key
 from proxy.context import Caller, Services
 from proxy.errors import (
     BodyTooLarge,
@@ -31,6 +30,8 @@ from proxy.errors import (
 )
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity
+from proxy.identity.auth import bearer, build_verifier, is_api_key
+from proxy.identity.throttle import AuthFailureThrottle
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
@@ -93,12 +94,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool),
+            auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
+                                              settings.auth_failure_burst),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
     finally:
         await pool.close()
         await session.close()
+        await verifier.close()
         if identity is not None:
             await identity.close()
         if db is not None:
@@ -109,6 +113,18 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _authenticate(services: Services, request: web.Request) -> Caller:
+    # Behind a reverse proxy every caller shares its address: forwarded headers are not
+    # trusted for this, since any caller could set them.
+    address = request.remote or ""
+    services.auth_failures.check(address)
+    try:
+        return await _identify(services, request)
+    except Unauthorized:
+        services.auth_failures.failed(address)
+        raise
+
+
+async def _identify(services: Services, request: web.Request) -> Caller:
     credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
     if not credential:
         raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
@@ -116,7 +132,7 @@ async def _authenticate(services: Services, request: web.Request) -> Caller:
     if is_api_key(credential):
         principal, credentials = await services.identity.unlock_with_api_key(credential)
         return Caller(principal, credentials, forward_headers=forward)
-    user_id = services.verifier.verify(credential)
+    user_id = await services.verifier.verify(credential)
     principal = await services.identity.principal(user_id)
     return Caller(principal, None, request.headers.get("X-Signer-Password"), forward)
 

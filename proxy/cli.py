@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from proxy import store
-from proxy.auth import issue_token
 from proxy.errors import BadInput, ProxyError, SettingsError
 from proxy.identity import ROLES, Identity
+from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.errors import SignerError

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy.auth import JwtVerifier
-from proxy.credentials import HsmCredentials
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity, Principal
+from proxy.identity.auth import JwtVerifier
+from proxy.identity.credentials import HsmCredentials
+from proxy.identity.throttle import AuthFailureThrottle
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
@@ -33,6 +34,7 @@ class Services:
     forwarding: Forwarding
     keyring: Keyring
     hsm_probe: HsmProbe
+    auth_failures: AuthFailureThrottle
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from proxy.credentials import HsmCredentials
+from proxy.identity.credentials import HsmCredentials
 from signer.base import AsyncSigner
 from signer.pkcs11 import Hsm, HsmKey
 

@@ -50,6 +50,9 @@ class Settings:
     hsm_queue_limit: int = 256
     unlock_threads: int = 2
     unlock_queue_limit: int = 64
+    row_cache_seconds: int = 30
+    auth_failure_rate: int = 20
+    auth_failure_burst: int = 40
 
     @classmethod
     def from_env(
@@ -94,6 +97,9 @@ class Settings:
             raise SettingsError(
                 "QSIGNER_UNLOCK_THREADS must be >= 1, QSIGNER_UNLOCK_QUEUE_LIMIT >= 0"
             )
+        if min(self.row_cache_seconds, self.auth_failure_rate, self.auth_failure_burst) < 0:
+            raise SettingsError("QSIGNER_ROW_CACHE_SECONDS and QSIGNER_AUTH_FAILURE_RATE, "
+                                "_BURST must be >= 0")  # fmt: skip
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
         if not self.read_timeout > 0:

@@ -26,10 +26,10 @@ import asyncpg
 
 from proxy import store
 from proxy.app import serve_app
-from proxy.auth import issue_token
 from proxy.dev import chain
 from proxy.errors import BadInput, ChainError, SettingsError
 from proxy.identity import Identity
+from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm

@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy import store
 from proxy.app import SERVICES, create_app
-from proxy.auth import issue_token
 from proxy.identity import Identity
+from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.messages import personal_message_digest
 from signer.pkcs11 import Hsm

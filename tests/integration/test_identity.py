@@ -19,6 +19,7 @@ from proxy.identity import Identity
 from proxy.settings import Settings
 from signer.pkcs11 import Hsm
 from tests.conftest import SoftHsmToken
+from tests.support.identity import refused_within_a_second
 
 SETTINGS = Settings(pbkdf2_iterations=100_000, lockout_attempts=3, lockout_seconds=1)
 
@@ -150,18 +151,6 @@ async def test_api_key_alone_unlocks_until_revoked(world: World) -> None:
     await world.identity.revoke_api_key(new.key_id)
     with pytest.raises(Unauthorized, match="revoked"):
         await world.identity.unlock_with_api_key(new.key)
-
-
-async def refused_within_a_second(attempt: Callable[[], Any]) -> None:
-    """The change reaches this replica by NOTIFY: within a second, as CONTRACT promises."""
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            await attempt()
-        except Unauthorized:
-            return
-        assert time.monotonic() < deadline, "still accepted a second after the change"
-        await asyncio.sleep(0.01)
 
 
 async def test_disable_on_one_replica_holds_on_another_at_once(

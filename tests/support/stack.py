@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from proxy import store
-from proxy.auth import issue_token
 from proxy.identity import Identity
+from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm

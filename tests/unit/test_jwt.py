@@ -3,6 +3,7 @@ echoed in the error."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -14,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from proxy.auth import bearer, build_verifier, is_api_key, issue_token
 from proxy.errors import SettingsError, Unauthorized
+from proxy.identity.auth import bearer, build_verifier, is_api_key, issue_token
 from proxy.settings import Settings
 
 SECRET = "s" * 40
@@ -32,33 +33,33 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def refused(settings: Settings, token: str, match: str | None = None) -> None:
+async def refused(settings: Settings, token: str, match: str | None = None) -> None:
     with pytest.raises(Unauthorized, match=match) as caught:
-        build_verifier(settings).verify(token)
+        await build_verifier(settings).verify(token)
     assert token not in str(caught.value)
     assert caught.value.code == 4100 and caught.value.http_status == 401
 
 
-def test_hs256_accepted_and_subject_returned() -> None:
+async def test_hs256_accepted_and_subject_returned() -> None:
     settings = Settings(jwt_secret=SECRET)
-    assert build_verifier(settings).verify(jwt.encode(claims(), SECRET, "HS256")) == "alice"
-    assert build_verifier(settings).verify(issue_token(settings, "bob", 60)) == "bob"
+    assert await build_verifier(settings).verify(jwt.encode(claims(), SECRET, "HS256")) == "alice"
+    assert await build_verifier(settings).verify(issue_token(settings, "bob", 60)) == "bob"
 
 
-def test_alg_none_is_refused() -> None:
+async def test_alg_none_is_refused() -> None:
     header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     token = f"{header}.{b64(json.dumps(claims()).encode())}."
-    refused(Settings(jwt_secret=SECRET), token)
+    await refused(Settings(jwt_secret=SECRET), token)
 
 
-def test_hs256_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None:
+async def test_hs256_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "pub.pem").write_bytes(pem)
     settings = Settings(jwt_public_key=str(tmp_path / "pub.pem"))
-    assert build_verifier(settings).verify(jwt.encode(claims(), private, "RS256")) == "alice"
+    assert await build_verifier(settings).verify(jwt.encode(claims(), private, "RS256")) == "alice"
     # The key confusion attack: HMAC with the public key's PEM as the secret.
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = b64(json.dumps(claims()).encode())
@@ -66,7 +67,7 @@ def test_hs256_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None
     import hmac
 
     signature = hmac.new(pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
-    refused(settings, f"{header}.{body}.{b64(signature)}")
+    await refused(settings, f"{header}.{body}.{b64(signature)}")
 
 
 @pytest.mark.parametrize(
@@ -78,36 +79,38 @@ def test_hs256_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None
         ({"nbf": int(time.time()) + 600}, "invalid token"),
     ],
 )
-def test_time_and_required_claims(changes: dict[str, Any], match: str) -> None:
-    refused(Settings(jwt_secret=SECRET), jwt.encode(claims(**changes), SECRET, "HS256"), match)
+async def test_time_and_required_claims(changes: dict[str, Any], match: str) -> None:
+    await refused(
+        Settings(jwt_secret=SECRET), jwt.encode(claims(**changes), SECRET, "HS256"), match
+    )
 
 
-def test_small_clock_skew_is_tolerated() -> None:
+async def test_small_clock_skew_is_tolerated() -> None:
     token = jwt.encode(claims(exp=int(time.time()) - 5), SECRET, "HS256")
-    assert build_verifier(Settings(jwt_secret=SECRET)).verify(token) == "alice"
+    assert await build_verifier(Settings(jwt_secret=SECRET)).verify(token) == "alice"
 
 
-def test_issuer_and_audience_are_checked_when_configured() -> None:
+async def test_issuer_and_audience_are_checked_when_configured() -> None:
     settings = Settings(jwt_secret=SECRET, jwt_issuer="https://idp", jwt_audience="qsigner")
     good = claims(iss="https://idp", aud="qsigner")
-    assert build_verifier(settings).verify(jwt.encode(good, SECRET, "HS256")) == "alice"
+    assert await build_verifier(settings).verify(jwt.encode(good, SECRET, "HS256")) == "alice"
     for bad in ({"iss": "https://evil"}, {"aud": "other"}, {"iss": None}, {"aud": None}):
-        refused(settings, jwt.encode({**good, **bad} if None not in bad.values()
+        await refused(settings, jwt.encode({**good, **bad} if None not in bad.values()
                                      else {k: v for k, v in good.items() if k not in bad},
                                      SECRET, "HS256"))  # fmt: skip
 
 
-def test_tampered_payload_and_wrong_secret() -> None:
+async def test_tampered_payload_and_wrong_secret() -> None:
     settings = Settings(jwt_secret=SECRET)
     token = jwt.encode(claims(), SECRET, "HS256")
     header, _, signature = token.split(".")
     forged = b64(json.dumps(claims(sub="admin")).encode())
-    refused(settings, f"{header}.{forged}.{signature}")
-    refused(settings, jwt.encode(claims(), "t" * 40, "HS256"))
-    refused(settings, "not-a-jwt")
+    await refused(settings, f"{header}.{forged}.{signature}")
+    await refused(settings, jwt.encode(claims(), "t" * 40, "HS256"))
+    await refused(settings, "not-a-jwt")
 
 
-def test_es256_and_eddsa_public_keys(tmp_path: Path) -> None:
+async def test_es256_and_eddsa_public_keys(tmp_path: Path) -> None:
     for private, algorithm in ((ec.generate_private_key(ec.SECP256R1()), "ES256"),
                                (ed25519.Ed25519PrivateKey.generate(), "EdDSA")):  # fmt: skip
         pem = private.public_key().public_bytes(
@@ -117,8 +120,8 @@ def test_es256_and_eddsa_public_keys(tmp_path: Path) -> None:
         path.write_bytes(pem)
         verifier = build_verifier(Settings(jwt_public_key=str(path)))
         assert verifier.algorithms == (algorithm,)
-        assert verifier.verify(jwt.encode(claims(), private, algorithm)) == "alice"
-        refused(Settings(jwt_public_key=str(path)), jwt.encode(claims(), SECRET, "HS256"))
+        assert await verifier.verify(jwt.encode(claims(), private, algorithm)) == "alice"
+        await refused(Settings(jwt_public_key=str(path)), jwt.encode(claims(), SECRET, "HS256"))
 
 
 def test_verifier_configuration_errors(tmp_path: Path) -> None:
@@ -142,11 +145,11 @@ def test_bearer_header() -> None:
     assert is_api_key("qsk_0123_abc") and not is_api_key("eyJhbGciOi")
 
 
-def test_a_remembered_token_still_expires() -> None:
+async def test_a_remembered_token_still_expires() -> None:
     verifier = build_verifier(Settings(jwt_secret=SECRET))
     token = jwt.encode(claims(exp=int(time.time()) - 29), SECRET, "HS256")  # within the leeway
-    assert verifier.verify(token) == "alice"
-    assert verifier.verify(token) == "alice"  # remembered
-    time.sleep(2.1)
+    assert await verifier.verify(token) == "alice"
+    assert await verifier.verify(token) == "alice"  # remembered
+    await asyncio.sleep(2.1)
     with pytest.raises(Unauthorized, match="expired"):
-        verifier.verify(token)
+        await verifier.verify(token)

@@ -3,26 +3,109 @@
 A JWT's `sub` is the user id; `exp` is required; `iss` / `aud` are checked when configured;
 30 seconds of leeway absorb clock skew. HS256 tokens are checked with QSIGNER_JWT_SECRET only;
 public-key tokens with QSIGNER_JWT_PUBLIC_KEY (RS256, ES256 or EdDSA, by the key's type) or
-with the keys of QSIGNER_JWT_JWKS_URL (cached, refreshed on an unknown `kid`).
+with the keys of QSIGNER_JWT_JWKS_URL (fetched with aiohttp, never on the event loop's time:
+cached, refreshed in the background when old, refetched on an unknown `kid` at most once per
+cooldown).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from proxy import logs
 from proxy.errors import SettingsError, Unauthorized
 from proxy.settings import Settings
 
 LEEWAY_SECONDS = 30
 API_KEY_PREFIX = "qsk_"
 VERIFIED_TOKENS_MAX = 10_000
+JWKS_MAX_BYTES = 1024 * 1024
+
+
+class JwksKeys:
+    """The signing keys a JWKS URL publishes, fetched asynchronously with a timeout.
+
+    One fetch at a time (callers that need it wait for the same one). A key the set names is
+    served at once; when the set is older than `lifespan` it is refreshed in the background and
+    the keys it had keep serving meanwhile. An unknown `kid` triggers a fetch at most once per
+    `cooldown`, so a flood of made-up `kid`s cannot hammer the identity provider.
+    """
+
+    def __init__(self, url: str, *, lifespan: float = 300, cooldown: float = 5.0,
+                 timeout: float = 5.0) -> None:  # fmt: skip
+        self.url = url
+        self.lifespan = lifespan
+        self.cooldown = cooldown
+        self.timeout = timeout
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = -math.inf
+        self._attempted_at = -math.inf
+        self._fetch: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def key(self, kid: str) -> Any:
+        """The public key for `kid`, or `Unauthorized`."""
+        known = self._keys.get(kid)
+        if known is not None:
+            if time.monotonic() - self._fetched_at > self.lifespan:
+                self._fetching()  # in the background: this key serves meanwhile
+            return known
+        if time.monotonic() - self._attempted_at >= self.cooldown or self._fetch is not None:
+            await asyncio.shield(self._fetching())
+        known = self._keys.get(kid)
+        if known is None:
+            raise Unauthorized("invalid token (unknown kid)")
+        return known
+
+    def _fetching(self) -> asyncio.Task[None]:
+        if self._fetch is None:
+            self._attempted_at = time.monotonic()
+            self._fetch = asyncio.create_task(self._refresh())
+        return self._fetch
+
+    async def _refresh(self) -> None:
+        try:
+            self._keys = await asyncio.wait_for(self._download(), self.timeout)
+            self._fetched_at = time.monotonic()
+        except Exception as exc:  # the old keys stay; the caller hears "unknown kid"
+            logs.event("JWKS fetch failed", logging.WARNING, error=type(exc).__name__)
+        finally:
+            self._fetch = None
+
+    async def _download(self) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.get(self.url, raise_for_status=True) as response:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > JWKS_MAX_BYTES:
+                    raise ValueError("the JWKS is larger than 1 MiB")
+        published = jwt.PyJWKSet.from_json(body.decode())
+        return {key.key_id: key.key for key in published.keys
+                if key.key_id and key.public_key_use in ("sig", None)}  # fmt: skip
+
+    async def close(self) -> None:
+        fetch, session = self._fetch, self._session
+        self._session = None
+        if fetch is not None:
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+        if session is not None:
+            await session.close()
 
 
 @dataclass(frozen=True)
@@ -35,27 +118,39 @@ class JwtVerifier:
 
     algorithms: tuple[str, ...]
     key: Any = None
-    jwks: jwt.PyJWKClient | None = None
+    jwks: JwksKeys | None = None
     issuer: str | None = None
     audience: str | None = None
     _verified: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
 
-    def verify(self, token: str) -> str:
+    async def verify(self, token: str) -> str:
         """The token's subject (user id), or `Unauthorized`; never echoes the token."""
         remembered = self._verified.get(token)
         if remembered is not None and remembered[1] > time.time():
             return remembered[0]
-        subject, expires = self._verify(token)
+        subject, expires = self._verify(token, await self._key(token))
         if len(self._verified) >= VERIFIED_TOKENS_MAX:
             self._verified.clear()
         self._verified[token] = (subject, expires)
         return subject
 
-    def _verify(self, token: str) -> tuple[str, float]:
+    async def _key(self, token: str) -> Any:
+        if self.jwks is None:
+            return self.key
         try:
-            key = self.key
-            if self.jwks is not None:
-                key = self.jwks.get_signing_key_from_jwt(token).key
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token ({type(exc).__name__})") from None
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("invalid token (no kid)")
+        return await self.jwks.key(kid)
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+
+    def _verify(self, token: str, key: Any) -> tuple[str, float]:
+        try:
             claims = jwt.decode(
                 token,
                 key=key,
@@ -79,7 +174,8 @@ class JwtVerifier:
         return subject, float(claims["exp"]) + LEEWAY_SECONDS
 
 
-def build_verifier(settings: Settings, *, jwks_cooldown_seconds: float = 5.0) -> JwtVerifier:
+def build_verifier(settings: Settings, *, jwks_cooldown_seconds: float = 5.0,
+                   jwks_timeout_seconds: float = 5.0) -> JwtVerifier:  # fmt: skip
     """The verifier the settings describe; exactly one source must be configured.
 
     JWKS keys are cached for 5 minutes; a token with an unknown `kid` refetches the set, at most
@@ -111,13 +207,9 @@ def build_verifier(settings: Settings, *, jwks_cooldown_seconds: float = 5.0) ->
         else:
             raise SettingsError("QSIGNER_JWT_PUBLIC_KEY must be an RSA, P-256 or Ed25519 key")
         return JwtVerifier(algorithms, key=key, issuer=issuer, audience=audience)
-    client = jwt.PyJWKClient(
-        str(settings.jwt_jwks_url),
-        cache_keys=True,
-        lifespan=300,
-        cooldown_duration=jwks_cooldown_seconds,
-    )
-    return JwtVerifier(("RS256", "ES256", "EdDSA"), jwks=client, issuer=issuer, audience=audience)
+    keys = JwksKeys(str(settings.jwt_jwks_url), lifespan=300, cooldown=jwks_cooldown_seconds,
+                    timeout=jwks_timeout_seconds)  # fmt: skip
+    return JwtVerifier(("RS256", "ES256", "EdDSA"), jwks=keys, issuer=issuer, audience=audience)
 
 
 def issue_token(settings: Settings, user_id: str, ttl_seconds: int) -> str:

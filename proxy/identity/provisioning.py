@@ -1,0 +1,227 @@
+"""Organisations, accounts, users and API keys: creating, changing and retiring them.
+
+Used alike by the command line and the server. Every write that belongs together happens in one
+transaction, so bad input leaves no half-written rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+import asyncpg
+
+from proxy.errors import BadInput, Forbidden
+from proxy.identity.credentials import (
+    Envelope,
+    HsmCredentials,
+    associated_data,
+    seal_with_password,
+    seal_with_secret,
+)
+from proxy.identity.model import ROLES, Account, BlockingWork, NewApiKey, Principal, security_event
+from proxy.identity.rowcache import RowCache
+from proxy.identity.unlock import Unlocker
+from proxy.settings import Settings
+from signer.base import checksum
+from signer.pkcs11 import Hsm
+
+_USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
+
+
+class Provisioning:
+    """Administration of the identity rows (and of keys and PINs in the HSM)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, rows: RowCache,
+                 unlocker: Unlocker, blocking: BlockingWork) -> None:  # fmt: skip
+        self.pool = pool
+        self.settings = settings
+        self.rows = rows
+        self.unlocker = unlocker
+        self._blocking = blocking
+
+    # --- organisations and accounts ---------------------------------------------------------
+
+    async def create_organisation(self, name: str) -> int:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise BadInput("an organisation name is 1 to 200 characters")
+        try:
+            org_id: int = await self.pool.fetchval(
+                "INSERT INTO organisations (name) VALUES ($1) RETURNING id", name
+            )
+        except asyncpg.UniqueViolationError:
+            raise BadInput(f"an organisation named {name!r} already exists") from None
+        return org_id
+
+    async def organisation_id(self, name: str) -> int:
+        org_id = await self.pool.fetchval("SELECT id FROM organisations WHERE name = $1", name)
+        if org_id is None:
+            raise BadInput(f"no organisation named {name!r} (create it with `org create`)")
+        return int(org_id)
+
+    async def create_account(self, organisation: str, hsm: Hsm, token_label: str, pin: str,
+                             name: str | None = None) -> Account:  # fmt: skip
+        """A new key pair inside the token, registered for the organisation."""
+        org_id = await self.organisation_id(organisation)
+        if name is not None and await self.pool.fetchval(
+            "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
+        ):
+            raise BadInput(f"organisation {organisation!r} already has an account named {name!r}")
+        token = await self._blocking(hsm.login, token_label, pin)
+        key_id = secrets.token_bytes(16)
+        key = await self._blocking(token.generate_key, key_id, name or f"qsigner-{key_id.hex()}")
+        account = Account(key.address, name, token.label, token.serial, key_id)
+        await self.pool.execute(
+            """INSERT INTO accounts (organisation_id, address, name, token_label, token_serial,
+                                     key_id) VALUES ($1, $2, $3, $4, $5, $6)""",
+            org_id, account.address, name, account.token_label, account.token_serial, key_id,
+        )  # fmt: skip
+        return account
+
+    async def accounts(self, organisation_id: int) -> list[Account]:
+        rows = await self.pool.fetch(
+            """SELECT address, name, token_label, token_serial, key_id FROM accounts
+               WHERE organisation_id = $1 ORDER BY id""",
+            organisation_id,
+        )
+        return [Account(r["address"], r["name"], r["token_label"], r["token_serial"],
+                        r["key_id"]) for r in rows]  # fmt: skip
+
+    async def account_for(self, principal: Principal, address: bytes) -> Account:
+        """The organisation's account at `address`; refused (4100) for any other address."""
+        row = await self.pool.fetchrow(
+            """SELECT address, name, token_label, token_serial, key_id FROM accounts
+               WHERE address = $1 AND organisation_id = $2""",
+            address, principal.organisation_id,
+        )  # fmt: skip
+        if row is None:
+            raise Forbidden(f"{checksum(address)} is not an account this caller may use")
+        return Account(row["address"], row["name"], row["token_label"], row["token_serial"],
+                       row["key_id"])  # fmt: skip
+
+    # --- users ------------------------------------------------------------------------------
+
+    async def add_user(self, organisation: str, user_id: str, role: str, hsm: Hsm, pin: str,
+                       password: str, token_label: str | None = None) -> None:  # fmt: skip
+        """Register a user; the token PIN is checked against the token, then stored only
+        inside an envelope sealed with the user's password."""
+        if not _USER_ID.match(user_id):
+            raise BadInput("a user id is 1 to 200 letters, digits or . _ @ + : | -")
+        if role not in ROLES:
+            raise BadInput(f"role must be one of {', '.join(ROLES)}")
+        if not password:
+            raise BadInput("the password must not be empty")
+        org_id = await self.organisation_id(organisation)
+        if await self.pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id):
+            raise BadInput(f"a user {user_id!r} already exists")
+        accounts = await self.accounts(org_id)
+        labels = sorted({a.token_label for a in accounts})
+        if token_label is None:
+            if len(labels) != 1:
+                raise BadInput(
+                    f"organisation {organisation!r} has accounts on {len(labels)} tokens: "
+                    "name the token with --token-label"
+                )
+            token_label = labels[0]
+        token = await self._blocking(hsm.login, token_label, pin)  # PinIncorrect if wrong
+        credentials = HsmCredentials(
+            token.label, token.serial, pin,
+            tuple(a.key_id.hex() for a in accounts if a.token_serial == token.serial),
+        )  # fmt: skip
+        aad = associated_data(user_id, org_id, "password", 1)
+        envelope, _ = await self._blocking(
+            seal_with_password, password, credentials, aad, self.settings.pbkdf2_iterations
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await conn.execute(
+                    "INSERT INTO users (id, organisation_id, role) VALUES ($1, $2, $3)",
+                    user_id, org_id, role,
+                )  # fmt: skip
+            except asyncpg.UniqueViolationError:
+                raise BadInput(f"a user {user_id!r} already exists") from None
+            await self._insert_envelope(conn, user_id, "password", None, 1, envelope)
+            await self.rows.notify(conn, "user", user_id)  # a remembered miss ends here
+        self.rows.forget("user", user_id)
+
+    async def _insert_envelope(self, conn: asyncpg.Connection, user_id: str, kind: str,
+                               api_key_id: str | None, version: int,
+                               envelope: Envelope) -> None:  # fmt: skip
+        await conn.execute(
+            """INSERT INTO credential_envelopes (user_id, kind, api_key_id, version, kdf,
+                                                 iterations, salt, nonce, ciphertext)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            user_id, kind, api_key_id, version, envelope.kdf, envelope.iterations,
+            envelope.salt, envelope.nonce, envelope.ciphertext,
+        )  # fmt: skip
+
+    async def change_password(self, user_id: str, old: str, new: str) -> None:
+        if not new:
+            raise BadInput("the new password must not be empty")
+        principal, credentials = await self.unlocker.unlock_with_password(user_id, old)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT id, version FROM credential_envelopes
+                   WHERE user_id = $1 AND kind = 'password' FOR UPDATE""",
+                user_id,
+            )
+            version = int(row["version"]) + 1
+            aad = associated_data(user_id, principal.organisation_id, "password", version)
+            envelope, _ = await self._blocking(
+                seal_with_password, new, credentials, aad, self.settings.pbkdf2_iterations
+            )
+            await conn.execute(
+                """UPDATE credential_envelopes SET version = $2, kdf = $3, iterations = $4,
+                          salt = $5, nonce = $6, ciphertext = $7, created_at = now()
+                   WHERE id = $1""",
+                row["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
+                envelope.nonce, envelope.ciphertext,
+            )  # fmt: skip
+            await self.rows.notify(conn, "user", user_id)
+        self.rows.forget("user", user_id)
+
+    async def disable_user(self, user_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                "UPDATE users SET status = 'disabled' WHERE id = $1 RETURNING id", user_id
+            )
+            if updated is None:
+                raise BadInput(f"no user {user_id!r}")
+            await security_event(conn, user_id, "user_disabled", {})
+            await self.rows.notify(conn, "user", user_id)
+        self.rows.forget("user", user_id)
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    async def create_api_key(self, user_id: str, password: str) -> NewApiKey:
+        """A key `qsk_<id>_<secret>` that alone authenticates and unlocks; only its hash and
+        an envelope sealed under its secret are stored."""
+        principal, credentials = await self.unlocker.unlock_with_password(user_id, password)
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        aad = associated_data(user_id, principal.organisation_id, f"apikey:{key_id}", 1)
+        envelope = seal_with_secret(secret.encode(), credentials, aad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO api_keys (id, user_id, secret_hash) VALUES ($1, $2, $3)",
+                key_id, user_id, hashlib.sha256(secret.encode()).digest(),
+            )  # fmt: skip
+            await self._insert_envelope(conn, user_id, "apikey", key_id, 1, envelope)
+            await security_event(conn, user_id, "apikey_created", {"key_id": key_id})
+            await self.rows.notify(conn, "apikey", key_id)  # a remembered miss ends here
+        self.rows.forget("apikey", key_id)
+        return NewApiKey(key_id, f"qsk_{key_id}_{secret}")
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            user_id = await conn.fetchval(
+                """UPDATE api_keys SET revoked_at = now()
+                   WHERE id = $1 AND revoked_at IS NULL RETURNING user_id""",
+                key_id,
+            )
+            if user_id is None:
+                raise BadInput(f"no active API key with id {key_id!r}")
+            await security_event(conn, user_id, "apikey_revoked", {"key_id": key_id})
+            await self.rows.notify(conn, "apikey", key_id)
+        self.rows.forget("apikey", key_id)

@@ -1,0 +1,325 @@
+"""Unlocking a user's HSM credentials: opening envelopes with a password or an API key, the
+lockout after wrong passwords, the cache of recent unlocks, and the principal behind a JWT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+
+from proxy.errors import EnvelopeError, LockedOut, Unauthorized
+from proxy.identity.credentials import (
+    Envelope,
+    HsmCredentials,
+    associated_data,
+    envelope_key,
+    open_envelope,
+)
+from proxy.identity.model import BlockingWork, Principal, security_event
+from proxy.identity.rowcache import RowCache
+from proxy.settings import Settings
+
+_API_KEY = re.compile(r"^qsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+LOCKED = "too many wrong passwords: the user is locked for a while"
+
+_USER_UNLOCK_QUERY = """
+    SELECT u.id, u.organisation_id, o.name AS organisation, u.role, u.status,
+           u.failed_attempts, u.locked_until, e.id AS envelope_id, e.version, e.kdf,
+           e.iterations, e.salt, e.nonce, e.ciphertext
+    FROM users u
+    JOIN organisations o ON o.id = u.organisation_id
+    JOIN credential_envelopes e ON e.user_id = u.id AND e.kind = 'password'
+    WHERE u.id = $1"""
+
+_API_KEY_UNLOCK_QUERY = """
+    SELECT k.secret_hash, k.revoked_at, u.id, u.organisation_id, o.name AS organisation,
+           u.role, u.status, e.kdf, e.iterations, e.salt, e.nonce, e.ciphertext, e.version
+    FROM api_keys k
+    JOIN users u ON u.id = k.user_id
+    JOIN organisations o ON o.id = u.organisation_id
+    JOIN credential_envelopes e ON e.api_key_id = k.id
+    WHERE k.id = $1"""
+
+
+def _envelope(row: asyncpg.Record) -> Envelope:
+    return Envelope(row["kdf"], row["iterations"], row["salt"], row["nonce"], row["ciphertext"])
+
+
+class UnlockCache:
+    """Recently unlocked credentials, so that PBKDF2 runs once per user and password.
+
+    Keyed by HMAC-SHA256 under a per-process random key of (user, envelope id and version,
+    password): the password itself is never stored, a guess cannot be tested offline against
+    the cache, and a new envelope (`user passwd`) makes old entries unreachable. Bounded in size
+    (least recently used goes first) and in time.
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[float, str, HsmCredentials]] = OrderedDict()
+
+    def _slot(self, user_id: str, envelope_id: int, version: int, password: str) -> bytes:
+        message = json.dumps([user_id, envelope_id, version, password]).encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def get(self, user_id: str, envelope_id: int, version: int, password: str
+            ) -> HsmCredentials | None:  # fmt: skip
+        slot = self._slot(user_id, envelope_id, version, password)
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        expires, _, credentials = entry
+        if expires < time.monotonic():
+            del self._entries[slot]
+            return None
+        self._entries.move_to_end(slot)
+        return credentials
+
+    def put(self, user_id: str, envelope_id: int, version: int, password: str,
+            credentials: HsmCredentials) -> None:  # fmt: skip
+        slot = self._slot(user_id, envelope_id, version, password)
+        self._entries[slot] = (time.monotonic() + self._ttl, user_id, credentials)
+        self._entries.move_to_end(slot)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget_user(self, user_id: str) -> None:
+        for slot in [s for s, (_, uid, _) in self._entries.items() if uid == user_id]:
+            del self._entries[slot]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ApiKeyCache:
+    """Recently unlocked API keys, so that a key pays HKDF, AES-GCM and JSON once, not on every
+    request. Keyed by HMAC-SHA256 of the whole key under a per-process random key (the key is
+    never stored); dropped when the key is revoked or its user changes (NOTIFY), when the
+    listener is lost, and after the row cache's TTL, since a hit stands in for a row read."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[float, str, Principal, HsmCredentials]] = (
+            OrderedDict()
+        )
+
+    def _slot(self, api_key: str) -> bytes:
+        return hmac.new(self._key, api_key.encode(), hashlib.sha256).digest()
+
+    def get(self, api_key: str) -> tuple[Principal, HsmCredentials] | None:
+        slot = self._slot(api_key)
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        expires, _, principal, credentials = entry
+        if expires < time.monotonic():
+            del self._entries[slot]
+            return None
+        self._entries.move_to_end(slot)
+        return principal, credentials
+
+    def put(self, api_key: str, key_id: str, principal: Principal,
+            credentials: HsmCredentials) -> None:  # fmt: skip
+        slot = self._slot(api_key)
+        self._entries[slot] = (time.monotonic() + self._ttl, key_id, principal, credentials)
+        self._entries.move_to_end(slot)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget(self, kind: str, key: str | None) -> None:
+        if key is None:
+            self._entries.clear()
+            return
+        for slot in [s for s, (_, key_id, principal, _) in self._entries.items()
+                     if (kind == "apikey" and key_id == key)
+                     or (kind == "user" and principal.user_id == key)]:  # fmt: skip
+            del self._entries[slot]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _Flight:
+    """A user's cold unlock in progress in this replica, and how many requests wait on it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+
+
+class Unlocker:
+    """Opens users' envelopes (password or API key) and counts wrong passwords."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, rows: RowCache,
+                 blocking: BlockingWork) -> None:  # fmt: skip
+        self.pool = pool
+        self.settings = settings
+        self.rows = rows
+        self.unlock_cache = UnlockCache(settings.unlock_cache_seconds, settings.unlock_cache_size)
+        self.api_key_cache = ApiKeyCache(settings.row_cache_seconds, settings.unlock_cache_size)
+        self._blocking = blocking
+        self._flights: dict[str, _Flight] = {}
+        rows.on_forget(self._forget)
+
+    def _forget(self, kind: str, key: str | None) -> None:
+        self.api_key_cache.forget(kind, key)
+        if kind == "user" and key is not None:
+            self.unlock_cache.forget_user(key)
+
+    async def principal(self, user_id: str) -> Principal:
+        """The active user behind a verified JWT; read from the database on every request, so
+        that `user disable` holds at once on every replica."""
+        row = await self.rows.row("user", user_id, _USER_UNLOCK_QUERY)
+        if row is None or row["status"] != "active":
+            raise Unauthorized("unknown or disabled user")
+        return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+
+    async def unlock_with_password(self, user_id: str, password: str
+                                   ) -> tuple[Principal, HsmCredentials]:  # fmt: skip
+        principal, row = await self._unlockable(user_id)
+        cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
+        if cached is not None:
+            if row["failed_attempts"]:
+                await self._reset_attempts(user_id)
+            return principal, cached
+        # One cold unlock per user at a time in this replica: a second request with the same
+        # password then finds the cache filled, and guesses queue instead of racing the count.
+        async with self._single_flight(user_id):
+            principal, row = await self._unlockable(user_id)
+            cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
+            if cached is not None:
+                return principal, cached
+            # The attempt counts as wrong before PBKDF2 gives its verdict, atomically in the
+            # database: however many replicas and requests race, at most `lockout_attempts`
+            # guesses are ever judged before the lock.
+            attempt = await self._reserve_attempt(user_id)
+            envelope = _envelope(row)
+            aad = associated_data(user_id, row["organisation_id"], "password", row["version"])
+            try:
+                key = await self._blocking(envelope_key, envelope, password)
+                credentials = open_envelope(key, envelope, aad)
+            except EnvelopeError:
+                await self._wrong_password(user_id, attempt)
+                raise Unauthorized("unknown or disabled user, or wrong password") from None
+            await self._right_password(user_id)
+            self.unlock_cache.put(user_id, row["envelope_id"], row["version"], password,
+                                  credentials)  # fmt: skip
+            return principal, credentials
+
+    async def _unlockable(self, user_id: str) -> tuple[Principal, asyncpg.Record]:
+        row = await self.rows.row("user", user_id, _USER_UNLOCK_QUERY)
+        if row is None or row["status"] != "active":
+            raise Unauthorized("unknown or disabled user, or wrong password")
+        if row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC):
+            raise LockedOut(LOCKED)
+        return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"]), row
+
+    @contextlib.asynccontextmanager
+    async def _single_flight(self, user_id: str) -> AsyncIterator[None]:
+        flight = self._flights.setdefault(user_id, _Flight())
+        flight.waiting += 1
+        try:
+            async with flight.lock:
+                yield
+        finally:
+            flight.waiting -= 1
+            if flight.waiting == 0:
+                del self._flights[user_id]
+
+    async def _reserve_attempt(self, user_id: str) -> int:
+        """Count one attempt as wrong until proven right; refused while the user is locked or
+        as many attempts as the limit are already counted (some still being judged)."""
+        attempt = await self.pool.fetchval(
+            """UPDATE users SET failed_attempts = failed_attempts + 1
+               WHERE id = $1 AND failed_attempts < $2
+                 AND (locked_until IS NULL OR locked_until <= now())
+               RETURNING failed_attempts""",
+            user_id, self.settings.lockout_attempts,
+        )  # fmt: skip
+        if attempt is None:
+            raise LockedOut(LOCKED)
+        return int(attempt)
+
+    async def _right_password(self, user_id: str) -> None:
+        """Clear the count (ours included); refused if a lock was set while we judged."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            cleared = await conn.fetchval(
+                """UPDATE users SET failed_attempts = 0
+                   WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
+                   RETURNING id""",
+                user_id,
+            )
+            if cleared is None:
+                raise LockedOut(LOCKED)
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
+
+    async def _reset_attempts(self, user_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE users SET failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0",
+                user_id,
+            )
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
+
+    async def _wrong_password(self, user_id: str, attempt: int) -> None:
+        """Record the counted attempt as wrong; the one that reached the limit locks the user
+        (exactly one does) and leaves an event."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await security_event(conn, user_id, "wrong_password", {"attempts": attempt})
+            if attempt >= self.settings.lockout_attempts:
+                await conn.execute(
+                    """UPDATE users SET failed_attempts = 0,
+                              locked_until = now() + make_interval(secs => $2) WHERE id = $1""",
+                    user_id, float(self.settings.lockout_seconds),
+                )  # fmt: skip
+                await security_event(conn, user_id, "locked_out",
+                                     {"seconds": self.settings.lockout_seconds})  # fmt: skip
+            await self.rows.notify(conn, "attempts", user_id)
+        self.rows.forget("attempts", user_id)
+
+    async def unlock_with_api_key(self, api_key: str) -> tuple[Principal, HsmCredentials]:
+        match = _API_KEY.match(api_key)
+        if match is None:
+            raise Unauthorized("invalid API key")
+        key_id, secret = match.group(1), match.group(2).encode()
+        # Served only while changes reach this replica: the rows it stands for would be read.
+        cached = self.api_key_cache.get(api_key) if self.rows.listening else None
+        if cached is not None:
+            return cached
+        generation = self.rows.generation
+        row = await self.rows.row("apikey", key_id, _API_KEY_UNLOCK_QUERY)
+        if (
+            row is None
+            or not hmac.compare_digest(row["secret_hash"], hashlib.sha256(secret).digest())
+            or row["revoked_at"] is not None
+            or row["status"] != "active"
+        ):
+            raise Unauthorized("invalid, revoked or disabled API key")
+        principal = Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+        envelope = _envelope(row)
+        aad = associated_data(row["id"], row["organisation_id"], f"apikey:{key_id}",
+                              row["version"])  # fmt: skip
+        try:
+            credentials = open_envelope(envelope_key(envelope, secret), envelope, aad)
+        except EnvelopeError:
+            raise Unauthorized("invalid, revoked or disabled API key") from None
+        if self.rows.listening and generation == self.rows.generation:
+            self.api_key_cache.put(api_key, key_id, principal, credentials)
+        return principal, credentials

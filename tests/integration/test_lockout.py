@@ -1,0 +1,71 @@
+"""Lockout under concurrency (issue 13, item 3): guesses racing through two replicas on one
+database are counted atomically, so the limit holds however many arrive at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.errors import LockedOut, Unauthorized
+from proxy.identity import Identity
+from proxy.settings import Settings
+from tests.conftest import SoftHsmToken
+from tests.support.identity import acme, two_pools
+
+LIMIT = 5
+SETTINGS = Settings(pbkdf2_iterations=100_000, lockout_attempts=LIMIT, lockout_seconds=3)
+
+
+@pytest.fixture
+async def replicas(database_url: str, hsm_token: SoftHsmToken
+                   ) -> AsyncIterator[tuple[Identity, Identity]]:  # fmt: skip
+    async with two_pools(database_url) as pools:
+        first, second = (Identity(pool, SETTINGS) for pool in pools)
+        await acme(first, hsm_token, {"alice": "right"})
+        for replica in (first, second):
+            await replica.listen(database_url)
+        try:
+            yield first, second
+        finally:
+            for replica in (first, second):
+                await replica.close()
+
+
+async def test_concurrent_guesses_through_two_replicas_count_at_most_the_limit(
+    replicas: tuple[Identity, Identity],
+) -> None:
+    first, second = replicas
+
+    async def guess(replica: Identity, n: int) -> type[Exception]:
+        try:
+            await replica.unlock_with_password("alice", f"guess-{n}")
+        except Unauthorized as exc:  # LockedOut included
+            return type(exc)
+        raise AssertionError("a wrong password unlocked")
+
+    outcomes = await asyncio.gather(*(guess(replicas[n % 2], n) for n in range(50)))
+    events = [r["kind"] for r in await first.pool.fetch(
+        "SELECT kind FROM security_events WHERE user_id = 'alice' ORDER BY id")]  # fmt: skip
+    assert events.count("wrong_password") <= LIMIT
+    assert events.count("locked_out") == 1
+    assert outcomes.count(LockedOut) >= 50 - LIMIT
+
+    # The right password is refused on both replicas until the lock expires, then accepted.
+    locked_at = time.monotonic()
+    for replica in (first, second):
+        with pytest.raises(LockedOut):
+            await replica.unlock_with_password("alice", "right")
+    deadline = locked_at + SETTINGS.lockout_seconds + 2
+    while True:
+        try:
+            principal, _ = await second.unlock_with_password("alice", "right")
+            break
+        except LockedOut:
+            assert time.monotonic() < deadline, "still locked well after the lock expired"
+            await asyncio.sleep(0.1)
+    assert principal.user_id == "alice"
+    assert time.monotonic() - locked_at > 1  # it was the lock's expiry that let it through
+    await first.unlock_with_password("alice", "right")
