@@ -20,8 +20,9 @@ from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
-from signer.errors import SignerError
+from signer.errors import InvalidTransaction, SignerError
 from signer.pkcs11 import Hsm
+from signer.transactions import parse_address
 
 T = TypeVar("T")
 
@@ -50,6 +51,14 @@ def _read_secret(path: str | None, prompt: str) -> str:
 def _check_one_stdin(*paths: str | None) -> None:
     if sum(1 for p in paths if p == "-") > 1:
         raise BadInput("at most one secret may be read from standard input (-)")
+
+
+def _address(text: str) -> bytes:
+    try:
+        address = parse_address("--account", text)
+    except InvalidTransaction as exc:
+        raise BadInput(str(exc)) from None
+    return address or b""  # parse_address answers None only for None
 
 
 def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
@@ -112,7 +121,15 @@ def _account_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _account_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(identity: Identity) -> list[Any]:
-        return await identity.accounts(await identity.organisation_id(args.org))
+        org_id = await identity.organisation_id(args.org)
+        if args.user is None:
+            return await identity.accounts(org_id)
+        user_org = await identity.pool.fetchval(
+            "SELECT organisation_id FROM users WHERE id = $1", args.user
+        )
+        if user_org != org_id:
+            raise BadInput(f"no user {args.user!r} in organisation {args.org!r}")
+        return await identity.granted_accounts(args.user)
 
     for account in _with_identity(settings, work):
         print(f"{checksum(account.address)}\t{account.name or ''}")
@@ -121,18 +138,17 @@ def _account_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> int:
     _check_one_stdin(args.pin_file, args.password_file)
+    accounts = None if args.account is None else [_address(a) for a in args.account]
     pin = _read_secret(args.pin_file, "Token PIN")
     password = _read_secret(args.password_file, "Password")
     if args.password_file is None:
         if _read_secret(None, "Password again") != password:
             raise BadInput("the two passwords differ")
     with _hsm(settings) as hsm:
-        _with_identity(
-            settings,
-            lambda identity: identity.add_user(
-                args.org, args.user, args.role, hsm, pin, password, token_label=args.token_label
-            ),
-        )
+        _with_identity(settings, lambda identity: identity.add_user(
+            args.org, args.user, args.role, hsm, pin, password, token_label=args.token_label,
+            accounts=accounts,
+        ))  # fmt: skip
     print(args.user)
     return 0
 
@@ -151,6 +167,21 @@ def _user_passwd(args: argparse.Namespace, settings: Settings) -> int:
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
     _with_identity(settings, lambda identity: identity.disable_user(args.user))
     print(args.user)
+    return 0
+
+
+def _user_grant(args: argparse.Namespace, settings: Settings) -> int:
+    address = _address(args.account)
+    if not _with_identity(settings, lambda identity: identity.grant_account(args.user, address)):
+        _progress(f"{args.user} was already granted {checksum(address)}")
+    print(checksum(address))
+    return 0
+
+
+def _user_revoke_account(args: argparse.Namespace, settings: Settings) -> int:
+    address = _address(args.account)
+    _with_identity(settings, lambda identity: identity.revoke_account(args.user, address))
+    print(checksum(address))
     return 0
 
 
@@ -283,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = account.add_parser("list", help="the organisation's accounts",
                                  description="Print address and name of each account.")  # fmt: skip
     listing.add_argument("--org", required=True)
+    listing.add_argument("--user", help="only the accounts this user was granted")
     listing.set_defaults(handler=_account_list)
 
     user = commands.add_parser("user", help="users").add_subparsers(
@@ -298,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--token-label", help="the token (default: that of the org's accounts)")
     add.add_argument("--pin-file", help="file holding the token PIN (- for stdin)")
     add.add_argument("--password-file", help="file holding the user's password (- for stdin)")
+    add.add_argument("--account", action="append", metavar="ADDRESS",
+                     help="grant only this account (repeatable; default: all the organisation's "
+                     "current accounts on the token)")  # fmt: skip
     add.set_defaults(handler=_user_add)
     passwd = user.add_parser(
         "passwd",
@@ -315,6 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disable.add_argument("--user", required=True)
     disable.set_defaults(handler=_user_disable)
+    grant = user.add_parser(
+        "grant", help="let a user sign with one more account of the organisation",
+        description="Grant the user an account of their organisation; holds on every replica "
+        "within a second.",
+    )  # fmt: skip
+    grant.add_argument("--user", required=True)
+    grant.add_argument("--account", required=True, metavar="ADDRESS")
+    grant.set_defaults(handler=_user_grant)
+    revoke_account = user.add_parser(
+        "revoke-account", help="the user may no longer sign with that account",
+        description="Take an account away from the user; holds on every replica within a "
+        "second.",
+    )  # fmt: skip
+    revoke_account.add_argument("--user", required=True)
+    revoke_account.add_argument("--account", required=True, metavar="ADDRESS")
+    revoke_account.set_defaults(handler=_user_revoke_account)
 
     apikey = commands.add_parser("apikey", help="API keys").add_subparsers(
         dest="apikey_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

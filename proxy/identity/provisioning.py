@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -26,6 +27,18 @@ from proxy.identity.unlock import Unlocker
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm
+
+# One row for a user's grants (an aggregate answers one row even when there is none), its `id`
+# the user's, so that dropping the user's rows from the cache drops these too.
+_GRANTS_QUERY = """
+    SELECT $1::text AS id,
+           coalesce(array_agg(a.address ORDER BY a.id), '{}') AS addresses,
+           coalesce(array_agg(a.name ORDER BY a.id), '{}') AS names,
+           coalesce(array_agg(a.token_label ORDER BY a.id), '{}') AS token_labels,
+           coalesce(array_agg(a.token_serial ORDER BY a.id), '{}') AS token_serials,
+           coalesce(array_agg(a.key_id ORDER BY a.id), '{}') AS key_ids
+    FROM user_accounts g JOIN accounts a ON a.id = g.account_id
+    WHERE g.user_id = $1"""
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 
@@ -89,24 +102,85 @@ class Provisioning:
         return [Account(r["address"], r["name"], r["token_label"], r["token_serial"],
                         r["key_id"]) for r in rows]  # fmt: skip
 
+    async def granted_accounts(self, user_id: str) -> list[Account]:
+        """The accounts the user may sign with, from the row cache (NOTIFY `grants:<user>`)."""
+        row = await self.rows.row("grants", user_id, _GRANTS_QUERY)
+        if row is None:  # pragma: no cover (an aggregate always answers one row)
+            return []
+        columns = ("addresses", "names", "token_labels", "token_serials", "key_ids")
+        return [Account(*fields) for fields in zip(*(row[c] for c in columns), strict=True)]
+
     async def account_for(self, principal: Principal, address: bytes) -> Account:
-        """The organisation's account at `address`; refused (4100) for any other address."""
-        row = await self.pool.fetchrow(
-            """SELECT address, name, token_label, token_serial, key_id FROM accounts
-               WHERE address = $1 AND organisation_id = $2""",
-            address, principal.organisation_id,
-        )  # fmt: skip
+        """The account at `address` if the caller was granted it; refused (4100) otherwise."""
+        for account in await self.granted_accounts(principal.user_id):
+            if account.address == address:
+                return account
+        raise Forbidden(f"{checksum(address)} is not an account this caller may use")
+
+    async def grant_account(self, user_id: str, address: bytes) -> bool:
+        """Let the user sign with one more account of their organisation; False if they
+        already could."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._user_row(conn, user_id)
+            account_id = await self._account_id(conn, user, address)
+            granted = await conn.fetchval(
+                """INSERT INTO user_accounts (user_id, account_id, organisation_id)
+                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true""",
+                user_id, account_id, user["organisation_id"],
+            )  # fmt: skip
+            if granted:
+                await security_event(conn, user_id, "account_granted",
+                                     {"account": checksum(address)})  # fmt: skip
+                await self.rows.notify(conn, "grants", user_id)
+        self.rows.forget("grants", user_id)
+        return bool(granted)
+
+    async def revoke_account(self, user_id: str, address: bytes) -> None:
+        """The user may no longer sign with that account, at once on every replica."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._user_row(conn, user_id)
+            account_id = await self._account_id(conn, user, address)
+            revoked = await conn.fetchval(
+                """DELETE FROM user_accounts WHERE user_id = $1 AND account_id = $2
+                   RETURNING true""",
+                user_id, account_id,
+            )  # fmt: skip
+            if not revoked:
+                raise BadInput(f"{checksum(address)} is not granted to {user_id!r}")
+            await security_event(conn, user_id, "account_revoked",
+                                 {"account": checksum(address)})  # fmt: skip
+            await self.rows.notify(conn, "grants", user_id)
+        self.rows.forget("grants", user_id)
+
+    async def _user_row(self, conn: asyncpg.Connection, user_id: str) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            """SELECT u.id, u.organisation_id, o.name AS organisation FROM users u
+               JOIN organisations o ON o.id = u.organisation_id WHERE u.id = $1""",
+            user_id,
+        )
         if row is None:
-            raise Forbidden(f"{checksum(address)} is not an account this caller may use")
-        return Account(row["address"], row["name"], row["token_label"], row["token_serial"],
-                       row["key_id"])  # fmt: skip
+            raise BadInput(f"no user {user_id!r}")
+        return row
+
+    @staticmethod
+    async def _account_id(conn: asyncpg.Connection, user: asyncpg.Record, address: bytes) -> int:
+        account_id = await conn.fetchval(
+            "SELECT id FROM accounts WHERE address = $1 AND organisation_id = $2",
+            address, user["organisation_id"],
+        )  # fmt: skip
+        if account_id is None:
+            raise BadInput(f"{checksum(address)} is not an account of organisation "
+                           f"{user['organisation']!r}")  # fmt: skip
+        return int(account_id)
 
     # --- users ------------------------------------------------------------------------------
 
     async def add_user(self, organisation: str, user_id: str, role: str, hsm: Hsm, pin: str,
-                       password: str, token_label: str | None = None) -> None:  # fmt: skip
+                       password: str, token_label: str | None = None,
+                       accounts: Sequence[bytes] | None = None) -> None:  # fmt: skip
         """Register a user; the token PIN is checked against the token, then stored only
-        inside an envelope sealed with the user's password."""
+        inside an envelope sealed with the user's password. The user is granted `accounts`,
+        or every current account of the organisation on that token when none are named."""
         if not _USER_ID.match(user_id):
             raise BadInput("a user id is 1 to 200 letters, digits or . _ @ + : | -")
         if role not in ROLES:
@@ -116,8 +190,15 @@ class Provisioning:
         org_id = await self.organisation_id(organisation)
         if await self.pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id):
             raise BadInput(f"a user {user_id!r} already exists")
-        accounts = await self.accounts(org_id)
-        labels = sorted({a.token_label for a in accounts})
+        granted = await self.accounts(org_id)
+        if accounts is not None:
+            by_address = {a.address: a for a in granted}
+            for address in accounts:
+                if address not in by_address:
+                    raise BadInput(f"{checksum(address)} is not an account of organisation "
+                                   f"{organisation!r}")  # fmt: skip
+            granted = [by_address[address] for address in dict.fromkeys(accounts)]
+        labels = sorted({a.token_label for a in granted})
         if token_label is None:
             if len(labels) != 1:
                 raise BadInput(
@@ -126,10 +207,13 @@ class Provisioning:
                 )
             token_label = labels[0]
         token = await self._blocking(hsm.login, token_label, pin)  # PinIncorrect if wrong
-        credentials = HsmCredentials(
-            token.label, token.serial, pin,
-            tuple(a.key_id.hex() for a in accounts if a.token_serial == token.serial),
-        )  # fmt: skip
+        if accounts is None:  # those the user's token can sign with
+            granted = [a for a in granted if a.token_serial == token.serial]
+        for account in granted:
+            if account.token_serial != token.serial:
+                raise BadInput(f"{checksum(account.address)} is on token {account.token_label!r}"
+                               f", not on the user's token {token.label!r}")  # fmt: skip
+        credentials = HsmCredentials(token.label, token.serial, pin)
         aad = associated_data(user_id, org_id, "password", 1)
         envelope, _ = await self._blocking(
             seal_with_password, password, credentials, aad, self.settings.pbkdf2_iterations
@@ -143,6 +227,11 @@ class Provisioning:
             except asyncpg.UniqueViolationError:
                 raise BadInput(f"a user {user_id!r} already exists") from None
             await self._insert_envelope(conn, user_id, "password", None, 1, envelope)
+            await conn.executemany(
+                """INSERT INTO user_accounts (user_id, account_id, organisation_id)
+                   SELECT $1, id, organisation_id FROM accounts WHERE address = $2""",
+                [(user_id, account.address) for account in granted],
+            )
 
     async def _insert_envelope(self, conn: asyncpg.Connection, user_id: str, kind: str,
                                api_key_id: str | None, version: int,
