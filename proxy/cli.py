@@ -350,22 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disable.add_argument("--user", required=True)
     disable.set_defaults(handler=_user_disable)
-    grant = user.add_parser(
-        "grant", help="let a user sign with one more account of the organisation",
-        description="Grant the user an account of their organisation; holds on every replica "
-        "within a second.",
-    )  # fmt: skip
-    grant.add_argument("--user", required=True)
-    grant.add_argument("--account", required=True, metavar="ADDRESS")
-    grant.set_defaults(handler=_user_grant)
-    revoke_account = user.add_parser(
-        "revoke-account", help="the user may no longer sign with that account",
-        description="Take an account away from the user; holds on every replica within a "
-        "second.",
-    )  # fmt: skip
-    revoke_account.add_argument("--user", required=True)
-    revoke_account.add_argument("--account", required=True, metavar="ADDRESS")
-    revoke_account.set_defaults(handler=_user_revoke_account)
+    for name, handler, summary in (
+        ("grant", _user_grant, "let a user sign with one more account of the organisation"),
+        ("revoke-account", _user_revoke_account, "the user may no longer sign with that account"),
+    ):
+        description = f"{summary[0].upper()}{summary[1:]}; holds on every replica within a second."
+        change = user.add_parser(name, help=summary, description=description)
+        change.add_argument("--user", required=True)
+        change.add_argument("--account", required=True, metavar="ADDRESS")
+        change.set_defaults(handler=handler)
 
     apikey = commands.add_parser("apikey", help="API keys").add_subparsers(
         dest="apikey_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

@@ -5,36 +5,15 @@ granted accounts, lists only those, and sees a change made elsewhere within a se
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from proxy import store
-from proxy.identity import Identity
-from proxy.identity.auth import issue_token
-from proxy.settings import Settings
 from signer.base import checksum
-from signer.pkcs11 import Hsm
-from tests.support.cli import JWT_SECRET, Cli, count, make_cli, make_token, query
-from tests.support.hsm import random_label
-from tests.support.recording_node import RecordingNode, recording_node
-from tests.support.stack import in_process
-
-
-@pytest.fixture
-def token(softhsm_conf: Path, softhsm_module: str) -> tuple[str, str]:
-    return make_token(softhsm_module)
-
-
-@pytest.fixture
-def cli(database_url: str, softhsm_conf: Path, tmp_path: Path) -> Cli:
-    return make_cli(database_url, softhsm_conf, tmp_path)
+from tests.support.cli import Cli, count, query
+from tests.support.tenants import Tenants, tenants, within_a_second
 
 
 def _granted(database_url: str, user: str) -> set[str]:
@@ -126,93 +105,38 @@ async def test_upgrade_grants_existing_users_their_organisations_accounts(
         await pool.close()
 
 
-@dataclass
-class Tenants:
-    url: str
-    session: aiohttp.ClientSession
-    node: RecordingNode
-    settings: Settings
-    treasury: str
-    ops: str
-    password: str = field(repr=False)
-
-    async def call(self, user: str, method: str, params: list[Any]) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {issue_token(self.settings, user, 600)}",
-                   "X-Signer-Password": self.password}  # fmt: skip
-        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-        async with self.session.post(self.url, json=body, headers=headers) as response:
-            return response.status, await response.json()
-
-    async def accounts(self, user: str) -> list[str]:
-        status, answer = await self.call(user, "eth_accounts", [])
-        assert status == 200, answer
-        return list(answer["result"])
-
-    async def sign(self, user: str, address: str) -> dict[str, Any]:
-        _, answer = await self.call(user, "personal_sign", ["0x68656c6c6f", address])
-        return dict(answer)
-
-
 @pytest.fixture
-async def tenants(database_url: str, softhsm_conf: Path,
-                  softhsm_module: str) -> AsyncIterator[Tenants]:  # fmt: skip
-    """Organisation acme with accounts treasury and ops; alice holds both, bob only ops."""
-    label, pin, password = random_label("grants"), os.urandom(8).hex(), "pw-" + os.urandom(6).hex()
-    async with recording_node() as node:
-        settings = Settings(upstreams=(node.url,), database_url=database_url,
-                            pkcs11_module=softhsm_module, jwt_secret=JWT_SECRET,
-                            pbkdf2_iterations=100_000)  # fmt: skip
-        pool = await store.connect(database_url, max_size=2)
-        try:
-            await store.upgrade(pool)
-            identity = Identity(pool, settings)
-            with Hsm(softhsm_module, sessions_per_token=1) as hsm:
-                hsm.initialise_token(label, os.urandom(8).hex(), pin)
-                await identity.create_organisation("acme")
-                treasury = await identity.create_account("acme", hsm, label, pin, "treasury")
-                ops = await identity.create_account("acme", hsm, label, pin, "ops")
-                await identity.add_user("acme", "alice", "signer", hsm, pin, password)
-                await identity.add_user("acme", "bob", "signer", hsm, pin, password,
-                                        accounts=[ops.address])  # fmt: skip
-        finally:
-            await pool.close()
-        async with in_process(settings) as (url, session):
-            yield Tenants(url, session, node, settings, checksum(treasury.address),
-                          checksum(ops.address), password)  # fmt: skip
+async def acme(database_url: str, softhsm_conf: Path,
+               softhsm_module: str) -> AsyncIterator[Tenants]:  # fmt: skip
+    async with tenants(database_url, softhsm_module) as served:
+        yield served
 
 
-async def _within_a_second(check: Any) -> None:
-    deadline = asyncio.get_running_loop().time() + 1.0
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "not seen within 1 s"
-        await asyncio.sleep(0.02)
-
-
-async def test_the_proxy_signs_and_lists_only_granted_accounts(tenants: Tenants,
+async def test_the_proxy_signs_and_lists_only_granted_accounts(acme: Tenants,
                                                                 cli: Cli) -> None:  # fmt: skip
-    assert await tenants.accounts("alice") == [tenants.treasury, tenants.ops]
-    assert await tenants.accounts("bob") == [tenants.ops]
-    assert "result" in await tenants.sign("alice", tenants.treasury)
-    assert "result" in await tenants.sign("bob", tenants.ops)
-    refused = await tenants.sign("bob", tenants.treasury)
+    assert await acme.accounts("alice") == [acme.treasury, acme.ops]
+    assert await acme.accounts("bob") == [acme.ops]
+    assert "result" in await acme.sign("alice", acme.treasury)
+    assert "result" in await acme.sign("bob", acme.ops)
+    refused = await acme.sign("bob", acme.treasury)
     assert refused["error"]["code"] == 4100
     assert "not an account this caller may use" in refused["error"]["message"]
 
     # A grant and a revocation made elsewhere (the command line) hold on the running proxy,
     # whose cache the bob rows are now in.
-    cli.ok("user", "grant", "--user", "bob", "--account", tenants.treasury)
+    cli.ok("user", "grant", "--user", "bob", "--account", acme.treasury)
 
     async def treasury_granted() -> bool:
-        return "result" in await tenants.sign("bob", tenants.treasury)
+        return "result" in await acme.sign("bob", acme.treasury)
 
-    await _within_a_second(treasury_granted)
-    assert await tenants.accounts("bob") == [tenants.treasury, tenants.ops]
+    await within_a_second(treasury_granted)
+    assert await acme.accounts("bob") == [acme.treasury, acme.ops]
 
-    cli.ok("user", "revoke-account", "--user", "bob", "--account", tenants.ops)
+    cli.ok("user", "revoke-account", "--user", "bob", "--account", acme.ops)
 
     async def ops_revoked() -> bool:
-        return "error" in await tenants.sign("bob", tenants.ops)
+        return "error" in await acme.sign("bob", acme.ops)
 
-    await _within_a_second(ops_revoked)
-    assert await tenants.accounts("bob") == [tenants.treasury]
-    assert "result" in await tenants.sign("alice", tenants.ops)  # alice's grants are her own
+    await within_a_second(ops_revoked)
+    assert await acme.accounts("bob") == [acme.treasury]
+    assert "result" in await acme.sign("alice", acme.ops)  # alice's grants are her own

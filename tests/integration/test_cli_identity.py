@@ -7,22 +7,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import jwt
-import pytest
 
-from tests.support.cli import JWT_SECRET, Cli, count, make_cli, make_token
-
-
-@pytest.fixture
-def token(softhsm_conf: Path, softhsm_module: str) -> tuple[str, str]:
-    return make_token(softhsm_module)
-
-
-@pytest.fixture
-def cli(database_url: str, softhsm_conf: Path, tmp_path: Path) -> Cli:
-    return make_cli(database_url, softhsm_conf, tmp_path)
+from tests.support.cli import JWT_SECRET, Cli, count
 
 
 def _count(database_url: str, table: str) -> int:
