@@ -106,6 +106,16 @@ def _org_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _org_set_psi(args: argparse.Namespace, settings: Settings) -> int:
+    psis = _with_identity(
+        settings, lambda identity: identity.set_private_states(args.org, args.psi)
+    )
+    _progress(f"{args.org}: private states {', '.join(psis)}" if psis else
+              f"{args.org}: no private states (a Quorum-PSI header is refused)")  # fmt: skip
+    print(" ".join(psis))
+    return 0
+
+
 def _account_create(args: argparse.Namespace, settings: Settings) -> int:
     pin = _read_secret(args.pin_file, "Token PIN")
     with _hsm(settings) as hsm:
@@ -298,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Create an organisation.")  # fmt: skip
     org_create.add_argument("name")
     org_create.set_defaults(handler=_org_create)
+    set_psi = org.add_parser(
+        "set-psi", help="the GoQuorum private states (PSIs) the organisation may use",
+        description="Replace the organisation's private state identifiers (GoQuorum "
+        "multi-tenancy): a caller's Quorum-PSI header reaches the nodes only when it names one "
+        "of them; with exactly one, it is sent for every call. With none, the header is refused.",
+    )  # fmt: skip
+    set_psi.add_argument("--org", required=True)
+    set_psi.add_argument("psi", nargs="*", metavar="PSI")
+    set_psi.set_defaults(handler=_org_set_psi)
 
     account = commands.add_parser("account", help="HSM accounts").add_subparsers(
         dest="account_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

@@ -44,6 +44,8 @@ class Identity:
         self.granted_accounts = provisioning.granted_accounts
         self.grant_account = provisioning.grant_account
         self.revoke_account = provisioning.revoke_account
+        self.set_private_states = provisioning.set_private_states
+        self.private_state_for = provisioning.private_state_for
         self.add_user = provisioning.add_user
         self.change_password = provisioning.change_password
         self.disable_user = provisioning.disable_user

@@ -40,6 +40,15 @@ _GRANTS_QUERY = """
     FROM user_accounts g JOIN accounts a ON a.id = g.account_id
     WHERE g.user_id = $1"""
 
+# An organisation's PSIs in one row, cached by organisation id (NOTIFY `psis:<id>`). `id` is
+# NULL so that dropping a user's rows (matched on `id`) never drops these.
+_PRIVATE_STATES_QUERY = """
+    SELECT NULL::text AS id, coalesce(array_agg(psi ORDER BY psi), '{}') AS psis
+    FROM organisation_private_states WHERE organisation_id = $1::text::bigint"""
+
+# What a GoQuorum PSI may be here: letters, digits and . _ : - (it travels as an HTTP header).
+_PSI = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
 _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 
 
@@ -172,6 +181,52 @@ class Provisioning:
             raise BadInput(f"{checksum(address)} is not an account of organisation "
                            f"{user['organisation']!r}")  # fmt: skip
         return int(account_id)
+
+    # --- private states (GoQuorum multi-tenancy) --------------------------------------------
+
+    async def set_private_states(self, organisation: str, psis: Sequence[str]) -> list[str]:
+        """Replace the organisation's PSIs (none: it may use no private state); the sorted set."""
+        wanted = sorted(set(psis))
+        for psi in wanted:
+            if not _PSI.match(psi):
+                raise BadInput(f"{psi!r}: a PSI is 1 to 100 letters, digits or . _ : -")
+        async with self.pool.acquire() as conn, conn.transaction():
+            org_id = await conn.fetchval(
+                "SELECT id FROM organisations WHERE name = $1 FOR UPDATE", organisation
+            )
+            if org_id is None:
+                raise BadInput(f"no organisation named {organisation!r} (create it with `org "
+                               "create`)")  # fmt: skip
+            await conn.execute(
+                "DELETE FROM organisation_private_states WHERE organisation_id = $1", org_id
+            )
+            await conn.executemany(
+                "INSERT INTO organisation_private_states (organisation_id, psi) VALUES ($1, $2)",
+                [(org_id, psi) for psi in wanted],
+            )
+            await self.rows.notify(conn, "psis", str(org_id))
+        self.rows.forget("psis", str(org_id))
+        return wanted
+
+    async def private_states(self, organisation_id: int) -> tuple[str, ...]:
+        row = await self.rows.row("psis", str(organisation_id), _PRIVATE_STATES_QUERY)
+        return tuple(row["psis"]) if row is not None else ()
+
+    async def private_state_for(self, principal: Principal, asked: Sequence[str]) -> str | None:
+        """The `Quorum-PSI` to send for this caller: the one asked for if the organisation
+        holds it (else 4100), or the organisation's only PSI when none was asked for."""
+        held = await self.private_states(principal.organisation_id)
+        if not asked:
+            return held[0] if len(held) == 1 else None
+        if len(asked) > 1:
+            raise Forbidden("give at most one Quorum-PSI header")
+        if asked[0] not in held:
+            if not held:
+                raise Forbidden(f"organisation {principal.organisation!r} may use no private "
+                                "state: the Quorum-PSI header is refused")  # fmt: skip
+            raise Forbidden(f"organisation {principal.organisation!r} does not hold that "
+                            "private state (Quorum-PSI)")  # fmt: skip
+        return asked[0]
 
     # --- users ------------------------------------------------------------------------------
 

@@ -20,3 +20,11 @@ CREATE TABLE user_accounts (
 INSERT INTO user_accounts (user_id, account_id, organisation_id)
 SELECT u.id, a.id, u.organisation_id
 FROM users u JOIN accounts a ON a.organisation_id = u.organisation_id;
+
+-- The GoQuorum private states (multi-tenancy PSIs) each organisation may use (issue 13, item 9):
+-- the Quorum-PSI header reaches a node only with one of its organisation's PSIs.
+CREATE TABLE organisation_private_states (
+    organisation_id  bigint NOT NULL REFERENCES organisations(id),
+    psi              text NOT NULL CHECK (psi ~ '^[A-Za-z0-9._:-]{1,100}$'),
+    PRIMARY KEY (organisation_id, psi)
+);
