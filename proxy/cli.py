@@ -1,7 +1,8 @@
 """The `quorum-signer` command line: thin shells over the same services the server uses.
 
-Machine-readable results go alone on the last line of stdout; progress goes to stderr; bad input
-exits 2 with one line on stderr saying what to fix.
+Machine-readable results go alone on the last line of stdout; progress goes to stderr. Every
+failure is one line on stderr: exit 2 for input to fix, 1 for a failure of the system (database
+or HSM unreachable or failing).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import asyncpg
+
 from proxy import store
-from proxy.errors import BadInput, ProxyError, SettingsError
+from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
-from signer.errors import InvalidTransaction, SignerError
+from signer.errors import HsmError, InvalidTransaction, PinIncorrect, SignerError
 from signer.pkcs11 import Hsm
 from signer.transactions import parse_address
 
@@ -61,9 +64,17 @@ def _address(text: str) -> bytes:
     return address or b""  # parse_address answers None only for None
 
 
+async def _connect(settings: Settings, max_size: int) -> asyncpg.Pool:
+    dsn = settings.require_database()  # unset: a setting to fix (exit 2)
+    try:
+        return await store.connect(dsn, max_size=max_size)
+    except SettingsError as exc:  # set but unreachable: the system fails (exit 1)
+        raise SystemFailure(str(exc)) from None
+
+
 def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
     async def run() -> T:
-        pool = await store.connect(settings.require_database(), max_size=2)
+        pool = await _connect(settings, max_size=2)
         try:
             return await work(Identity(pool, settings))
         finally:
@@ -88,7 +99,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> list[str]:
-        pool = await store.connect(settings.require_database(), max_size=1)
+        pool = await _connect(settings, max_size=1)
         try:
             return await store.upgrade(pool)
         finally:
@@ -405,17 +416,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(exc: Exception) -> tuple[int, str]:
+    """Exit code and message: 2 for input to fix, 1 for a failure of the system."""
+    if isinstance(exc, PinIncorrect):  # the PIN given is wrong: input to fix
+        return 2, str(exc)
+    if isinstance(exc, SystemFailure | HsmError):  # HSM or its token unusable
+        return 1, str(exc)
+    if isinstance(exc, ProxyError | SettingsError | SignerError):
+        return 2, str(exc)
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+        # A database failure after connecting; its text may quote rows, so only the kind.
+        return 1, f"the database failed ({type(exc).__name__})"
+    return 1, f"unexpected failure ({type(exc).__name__})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(config_file=args.config)
         return int(args.handler(args, settings))
-    except (ProxyError, SettingsError, SignerError) as exc:
-        print(f"quorum-signer: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code, message = _failure(exc)
+        print(f"quorum-signer: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

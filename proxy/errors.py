@@ -17,6 +17,8 @@
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     BadInput                                command line: exit 2 with one line (also -32602)
     SettingsError                           a setting to fix, named (startup, command line)
+    SystemFailure                           command line: exit 1 with one line (database or
+                                            HSM unreachable or failing)
 
 Handlers and services raise; one place turns them into responses or exit codes. Messages are
 shown to callers: they name what to fix and never carry a password, PIN, key or token.
@@ -113,3 +115,8 @@ class SendOutcomeUnknown(NoNodeAvailable):
 
 class SettingsError(Exception):
     """A configuration value that must be fixed; the message names the setting."""
+
+
+class SystemFailure(Exception):
+    """A command failed because the system did (database or HSM unreachable, an HSM error),
+    not because of its input: exit 1 with one line."""

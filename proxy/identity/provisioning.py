@@ -83,23 +83,54 @@ class Provisioning:
             raise BadInput(f"no organisation named {name!r} (create it with `org create`)")
         return int(org_id)
 
+    @staticmethod
+    async def _lock_organisation(conn: asyncpg.Connection, organisation: str) -> int:
+        """The organisation's id, its row locked until the transaction ends. NO KEY UPDATE:
+        changes to one organisation take turns without blocking the rows that merely
+        reference it (a `user add` meanwhile)."""
+        org_id = await conn.fetchval(
+            "SELECT id FROM organisations WHERE name = $1 FOR NO KEY UPDATE", organisation
+        )
+        if org_id is None:
+            raise BadInput(f"no organisation named {organisation!r} (create it with `org create`)")
+        return int(org_id)
+
     async def create_account(self, organisation: str, hsm: Hsm, token_label: str, pin: str,
                              name: str | None = None) -> Account:  # fmt: skip
-        """A new key pair inside the token, registered for the organisation."""
-        org_id = await self.organisation_id(organisation)
-        if name is not None and await self.pool.fetchval(
-            "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
-        ):
-            raise BadInput(f"organisation {organisation!r} already has an account named {name!r}")
-        token = await self._blocking(hsm.login, token_label, pin)
-        key_id = secrets.token_bytes(16)
-        key = await self._blocking(token.generate_key, key_id, name or f"qsigner-{key_id.hex()}")
-        account = Account(key.address, name, token.label, token.serial, key_id)
-        await self.pool.execute(
-            """INSERT INTO accounts (organisation_id, address, name, token_label, token_serial,
-                                     key_id) VALUES ($1, $2, $3, $4, $5, $6)""",
-            org_id, account.address, name, account.token_label, account.token_serial, key_id,
-        )  # fmt: skip
+        """A new key pair inside the token, registered for the organisation.
+
+        The name is checked and the row inserted in one transaction that holds the
+        organisation's row across the key generation, so two administrators cannot both take a
+        name; a key whose registration fails anyway is destroyed, never left behind.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            org_id = await self._lock_organisation(conn, organisation)
+            taken = BadInput(f"organisation {organisation!r} already has an account named {name!r}")
+            if name is not None and await conn.fetchval(
+                "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
+            ):
+                raise taken
+            token = await self._blocking(hsm.login, token_label, pin)
+            key_id = secrets.token_bytes(16)
+            key = await self._blocking(
+                token.generate_key, key_id, name or f"qsigner-{key_id.hex()}"
+            )
+            account = Account(key.address, name, token.label, token.serial, key_id)
+            try:
+                await conn.execute(
+                    """INSERT INTO accounts (organisation_id, address, name, token_label,
+                                             token_serial, key_id)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    org_id, account.address, name, account.token_label, account.token_serial,
+                    key_id,
+                )  # fmt: skip
+            except BaseException as exc:
+                # The row is not written (the transaction cannot commit now): the key would be
+                # an orphan that no account names.
+                await self._blocking(token.destroy_key, key_id)
+                if isinstance(exc, asyncpg.UniqueViolationError):
+                    raise taken from None
+                raise
         return account
 
     async def accounts(self, organisation_id: int) -> list[Account]:
@@ -191,12 +222,7 @@ class Provisioning:
             if not _PSI.match(psi):
                 raise BadInput(f"{psi!r}: a PSI is 1 to 100 letters, digits or . _ : -")
         async with self.pool.acquire() as conn, conn.transaction():
-            org_id = await conn.fetchval(
-                "SELECT id FROM organisations WHERE name = $1 FOR UPDATE", organisation
-            )
-            if org_id is None:
-                raise BadInput(f"no organisation named {organisation!r} (create it with `org "
-                               "create`)")  # fmt: skip
+            org_id = await self._lock_organisation(conn, organisation)
             await conn.execute(
                 "DELETE FROM organisation_private_states WHERE organisation_id = $1", org_id
             )
@@ -281,6 +307,9 @@ class Provisioning:
                 )  # fmt: skip
             except asyncpg.UniqueViolationError:
                 raise BadInput(f"a user {user_id!r} already exists") from None
+            except asyncpg.ForeignKeyViolationError:
+                raise BadInput(f"no organisation named {organisation!r} (deleted while this "
+                               "command ran)") from None  # fmt: skip
             await self._insert_envelope(conn, user_id, "password", None, 1, envelope)
             await conn.executemany(
                 """INSERT INTO user_accounts (user_id, account_id, organisation_id)
@@ -300,27 +329,36 @@ class Provisioning:
         )  # fmt: skip
 
     async def change_password(self, user_id: str, old: str, new: str) -> None:
+        """A new envelope under `new`. PBKDF2 runs before any row is locked; the write is
+        guarded by the envelope version read first, so a change made meanwhile (another
+        `user passwd`) is reported instead of being overwritten."""
         if not new:
             raise BadInput("the new password must not be empty")
+        current = await self.pool.fetchrow(
+            "SELECT id, version FROM credential_envelopes WHERE user_id = $1 AND kind = 'password'",
+            user_id,
+        )
+        if current is None:
+            raise BadInput(f"no user {user_id!r}")
         principal, credentials = await self.unlocker.unlock_with_password(user_id, old)
+        version = int(current["version"]) + 1
+        aad = associated_data(user_id, principal.organisation_id, "password", version)
+        envelope, _ = await self._blocking(
+            seal_with_password, new, credentials, aad, self.settings.pbkdf2_iterations
+        )
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """SELECT id, version FROM credential_envelopes
-                   WHERE user_id = $1 AND kind = 'password' FOR UPDATE""",
-                user_id,
-            )
-            version = int(row["version"]) + 1
-            aad = associated_data(user_id, principal.organisation_id, "password", version)
-            envelope, _ = await self._blocking(
-                seal_with_password, new, credentials, aad, self.settings.pbkdf2_iterations
-            )
-            await conn.execute(
+            updated = await conn.fetchval(
                 """UPDATE credential_envelopes SET version = $2, kdf = $3, iterations = $4,
                           salt = $5, nonce = $6, ciphertext = $7, created_at = now()
-                   WHERE id = $1""",
-                row["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
-                envelope.nonce, envelope.ciphertext,
+                   WHERE id = $1 AND version = $8 RETURNING id""",
+                current["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
+                envelope.nonce, envelope.ciphertext, current["version"],
             )  # fmt: skip
+            if updated is None:
+                if await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
+                    raise BadInput(f"no user {user_id!r} (deleted while this command ran)")
+                raise BadInput(f"the password of {user_id!r} changed while this command ran: "
+                               "run it again")  # fmt: skip
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 
@@ -345,10 +383,13 @@ class Provisioning:
         aad = associated_data(user_id, principal.organisation_id, f"apikey:{key_id}", 1)
         envelope = seal_with_secret(secret.encode(), credentials, aad)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO api_keys (id, user_id, secret_hash) VALUES ($1, $2, $3)",
-                key_id, user_id, hashlib.sha256(secret.encode()).digest(),
-            )  # fmt: skip
+            try:
+                await conn.execute(
+                    "INSERT INTO api_keys (id, user_id, secret_hash) VALUES ($1, $2, $3)",
+                    key_id, user_id, hashlib.sha256(secret.encode()).digest(),
+                )  # fmt: skip
+            except asyncpg.ForeignKeyViolationError:
+                raise BadInput(f"no user {user_id!r} (deleted while this command ran)") from None
             await self._insert_envelope(conn, user_id, "apikey", key_id, 1, envelope)
             await security_event(conn, user_id, "apikey_created", {"key_id": key_id})
         return NewApiKey(key_id, f"qsk_{key_id}_{secret}")

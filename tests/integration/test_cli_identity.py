@@ -99,7 +99,7 @@ def test_bad_usage_is_one_line_and_exit_2(cli: Cli) -> None:
 
 def test_unreachable_database_names_the_setting(cli: Cli) -> None:
     cli.env["QSIGNER_DATABASE_URL"] = "postgresql://nobody:hunter2@127.0.0.1:1/none"
-    line = cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL")
+    line = cli.broken("org", "create", "x", match="QSIGNER_DATABASE_URL")  # the system: 1
     assert "hunter2" not in line
     del cli.env["QSIGNER_DATABASE_URL"]
     cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL is not set")

@@ -54,34 +54,57 @@ class Tenants:
         return dict(answer)
 
 
+@dataclass
+class Enrolled:
+    """The organisations as enrolled, with the identity service and the HSM still open."""
+
+    identity: Identity
+    hsm: Hsm
+    settings: Settings
+    label: str
+    pin: str = field(repr=False)
+    password: str = field(repr=False)  # every user's
+    accounts: dict[str, bytes] = field(default_factory=dict)  # by name
+
+
+@contextlib.asynccontextmanager
+async def enrolled(database_url: str, softhsm_module: str,
+                   upstreams: tuple[str, ...] = ()) -> AsyncIterator[Enrolled]:  # fmt: skip
+    label, pin, password = random_label("tenants"), os.urandom(8).hex(), "pw-" + os.urandom(6).hex()
+    settings = Settings(upstreams=upstreams, database_url=database_url,
+                        pkcs11_module=softhsm_module, jwt_secret=JWT_SECRET,
+                        pbkdf2_iterations=100_000)  # fmt: skip
+    pool = await store.connect(database_url, max_size=4)
+    try:
+        await store.upgrade(pool)
+        identity = Identity(pool, settings)
+        with Hsm(softhsm_module, sessions_per_token=1) as hsm:
+            hsm.initialise_token(label, os.urandom(8).hex(), pin)
+            done = Enrolled(identity, hsm, settings, label, pin, password)
+            for org in ("acme", "globex"):
+                await identity.create_organisation(org)
+            for org, name in (("acme", "treasury"), ("acme", "ops"), ("globex", "other")):
+                account = await identity.create_account(org, hsm, label, pin, name)
+                done.accounts[name] = account.address
+            for org, user, accounts in (("acme", "alice", None),
+                                        ("acme", "bob", [done.accounts["ops"]]),
+                                        ("globex", "gina", None)):  # fmt: skip
+                await identity.add_user(org, user, "signer", hsm, pin, password,
+                                        accounts=accounts)  # fmt: skip
+            yield done
+    finally:
+        await pool.close()
+
+
 @contextlib.asynccontextmanager
 async def tenants(database_url: str, softhsm_module: str) -> AsyncIterator[Tenants]:
-    label, pin, password = random_label("tenants"), os.urandom(8).hex(), "pw-" + os.urandom(6).hex()
     async with recording_node() as node:
-        settings = Settings(upstreams=(node.url,), database_url=database_url,
-                            pkcs11_module=softhsm_module, jwt_secret=JWT_SECRET,
-                            pbkdf2_iterations=100_000)  # fmt: skip
-        pool = await store.connect(database_url, max_size=2)
-        try:
-            await store.upgrade(pool)
-            identity = Identity(pool, settings)
-            with Hsm(softhsm_module, sessions_per_token=1) as hsm:
-                hsm.initialise_token(label, os.urandom(8).hex(), pin)
-                for org in ("acme", "globex"):
-                    await identity.create_organisation(org)
-                treasury = await identity.create_account("acme", hsm, label, pin, "treasury")
-                ops = await identity.create_account("acme", hsm, label, pin, "ops")
-                other = await identity.create_account("globex", hsm, label, pin, "other")
-                for org, user, accounts in (("acme", "alice", None),
-                                            ("acme", "bob", [ops.address]),
-                                            ("globex", "gina", None)):  # fmt: skip
-                    await identity.add_user(org, user, "signer", hsm, pin, password,
-                                            accounts=accounts)  # fmt: skip
-        finally:
-            await pool.close()
+        async with enrolled(database_url, softhsm_module, (node.url,)) as done:
+            settings, accounts, password = done.settings, done.accounts, done.password
         async with in_process(settings) as (url, session):
-            yield Tenants(url, session, node, settings, checksum(treasury.address),
-                          checksum(ops.address), checksum(other.address), password)  # fmt: skip
+            yield Tenants(url, session, node, settings, checksum(accounts["treasury"]),
+                          checksum(accounts["ops"]), checksum(accounts["other"]),
+                          password)  # fmt: skip
 
 
 async def within_a_second(check: Callable[[], Awaitable[bool]]) -> None:
