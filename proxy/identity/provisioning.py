@@ -1,4 +1,6 @@
-"""Organisations, accounts, users and API keys: creating, changing and retiring them.
+"""Organisations (and their GoQuorum private states), accounts, users (and the accounts each
+may use) and API keys: creating, changing and retiring them, and the two lookups the server
+makes per request from the row cache (account grants, private states).
 
 Used alike by the command line and the server. Every write that belongs together happens in one
 transaction, so bad input leaves no half-written rows.
@@ -230,6 +232,8 @@ class Provisioning:
                 "INSERT INTO organisation_private_states (organisation_id, psi) VALUES ($1, $2)",
                 [(org_id, psi) for psi in wanted],
             )
+            await security_event(conn, None, "private_states_set",
+                                 {"organisation": organisation, "psis": wanted})  # fmt: skip
             await self.rows.notify(conn, "psis", str(org_id))
         self.rows.forget("psis", str(org_id))
         return wanted
