@@ -130,7 +130,7 @@ class Provisioning:
                 # The row is not written (the transaction cannot commit now): the key would be
                 # an orphan that no account names.
                 await self._blocking(token.destroy_key, key_id)
-                if isinstance(exc, asyncpg.UniqueViolationError):
+                if isinstance(exc, asyncpg.UniqueViolationError) and name is not None:
                     raise taken from None
                 raise
         return account
