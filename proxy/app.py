@@ -48,7 +48,7 @@ SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 1024 * 1024
 CORS_HEADERS = "Authorization, Content-Type, X-Signer-Password, Idempotency-Key, Quorum-PSI"
-FORWARDED_HEADERS = ("Quorum-PSI",)
+PSI = "Quorum-PSI"
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -128,13 +128,18 @@ async def _identify(services: Services, request: web.Request) -> Caller:
     credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
     if not credential:
         raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
-    forward = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     if is_api_key(credential):
         principal, credentials = await services.identity.unlock_with_api_key(credential)
-        return Caller(principal, credentials, forward_headers=forward)
-    user_id = await services.verifier.verify(credential)
-    principal = await services.identity.principal(user_id)
-    return Caller(principal, None, request.headers.get("X-Signer-Password"), forward)
+        caller = Caller(principal, credentials)
+    else:
+        user_id = await services.verifier.verify(credential)
+        principal = await services.identity.principal(user_id)
+        caller = Caller(principal, None, request.headers.get("X-Signer-Password"))
+    # GoQuorum multi-tenancy: only a private state of the caller's organisation reaches a node.
+    psi = await services.identity.private_state_for(principal, request.headers.getall(PSI, []))
+    if psi is not None:
+        caller.forward_headers[PSI] = psi
+    return caller
 
 
 async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,

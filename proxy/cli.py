@@ -1,7 +1,8 @@
 """The `quorum-signer` command line: thin shells over the same services the server uses.
 
-Machine-readable results go alone on the last line of stdout; progress goes to stderr; bad input
-exits 2 with one line on stderr saying what to fix.
+Machine-readable results go alone on the last line of stdout; progress goes to stderr. Every
+failure is one line on stderr: exit 2 for input to fix, 1 for a failure of the system (database
+or HSM unreachable or failing).
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import asyncpg
+
 from proxy import store
-from proxy.errors import BadInput, ProxyError, SettingsError
+from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
 from proxy.settings import Settings
 from signer.base import checksum
-from signer.errors import SignerError
+from signer.errors import HsmError, InvalidTransaction, PinIncorrect, SignerError
 from signer.pkcs11 import Hsm
+from signer.transactions import parse_address
 
 T = TypeVar("T")
 
@@ -52,9 +56,25 @@ def _check_one_stdin(*paths: str | None) -> None:
         raise BadInput("at most one secret may be read from standard input (-)")
 
 
+def _address(text: str) -> bytes:
+    try:
+        address = parse_address("--account", text)
+    except InvalidTransaction as exc:
+        raise BadInput(str(exc)) from None
+    return address or b""  # parse_address answers None only for None
+
+
+async def _connect(settings: Settings, max_size: int) -> asyncpg.Pool:
+    dsn = settings.require_database()  # unset: a setting to fix (exit 2)
+    try:
+        return await store.connect(dsn, max_size=max_size)
+    except SettingsError as exc:  # set but unreachable: the system fails (exit 1)
+        raise SystemFailure(str(exc)) from None
+
+
 def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
     async def run() -> T:
-        pool = await store.connect(settings.require_database(), max_size=2)
+        pool = await _connect(settings, max_size=2)
         try:
             return await work(Identity(pool, settings))
         finally:
@@ -79,7 +99,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> list[str]:
-        pool = await store.connect(settings.require_database(), max_size=1)
+        pool = await _connect(settings, max_size=1)
         try:
             return await store.upgrade(pool)
         finally:
@@ -94,6 +114,16 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def _org_create(args: argparse.Namespace, settings: Settings) -> int:
     _with_identity(settings, lambda identity: identity.create_organisation(args.name))
     print(args.name.strip())
+    return 0
+
+
+def _org_set_psi(args: argparse.Namespace, settings: Settings) -> int:
+    psis = _with_identity(
+        settings, lambda identity: identity.set_private_states(args.org, args.psi)
+    )
+    _progress(f"{args.org}: private states {', '.join(psis)}" if psis else
+              f"{args.org}: no private states (a Quorum-PSI header is refused)")  # fmt: skip
+    print(" ".join(psis))
     return 0
 
 
@@ -112,7 +142,15 @@ def _account_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _account_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(identity: Identity) -> list[Any]:
-        return await identity.accounts(await identity.organisation_id(args.org))
+        org_id = await identity.organisation_id(args.org)
+        if args.user is None:
+            return await identity.accounts(org_id)
+        user_org = await identity.pool.fetchval(
+            "SELECT organisation_id FROM users WHERE id = $1", args.user
+        )
+        if user_org != org_id:
+            raise BadInput(f"no user {args.user!r} in organisation {args.org!r}")
+        return await identity.granted_accounts(args.user)
 
     for account in _with_identity(settings, work):
         print(f"{checksum(account.address)}\t{account.name or ''}")
@@ -121,18 +159,17 @@ def _account_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> int:
     _check_one_stdin(args.pin_file, args.password_file)
+    accounts = None if args.account is None else [_address(a) for a in args.account]
     pin = _read_secret(args.pin_file, "Token PIN")
     password = _read_secret(args.password_file, "Password")
     if args.password_file is None:
         if _read_secret(None, "Password again") != password:
             raise BadInput("the two passwords differ")
     with _hsm(settings) as hsm:
-        _with_identity(
-            settings,
-            lambda identity: identity.add_user(
-                args.org, args.user, args.role, hsm, pin, password, token_label=args.token_label
-            ),
-        )
+        _with_identity(settings, lambda identity: identity.add_user(
+            args.org, args.user, args.role, hsm, pin, password, token_label=args.token_label,
+            accounts=accounts,
+        ))  # fmt: skip
     print(args.user)
     return 0
 
@@ -151,6 +188,21 @@ def _user_passwd(args: argparse.Namespace, settings: Settings) -> int:
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
     _with_identity(settings, lambda identity: identity.disable_user(args.user))
     print(args.user)
+    return 0
+
+
+def _user_grant(args: argparse.Namespace, settings: Settings) -> int:
+    address = _address(args.account)
+    if not _with_identity(settings, lambda identity: identity.grant_account(args.user, address)):
+        _progress(f"{args.user} was already granted {checksum(address)}")
+    print(checksum(address))
+    return 0
+
+
+def _user_revoke_account(args: argparse.Namespace, settings: Settings) -> int:
+    address = _address(args.account)
+    _with_identity(settings, lambda identity: identity.revoke_account(args.user, address))
+    print(checksum(address))
     return 0
 
 
@@ -231,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Create an organisation.")  # fmt: skip
     org_create.add_argument("name")
     org_create.set_defaults(handler=_org_create)
+    set_psi = org.add_parser(
+        "set-psi", help="the GoQuorum private states (PSIs) the organisation may use",
+        description="Replace the organisation's private state identifiers (GoQuorum "
+        "multi-tenancy): a caller's Quorum-PSI header reaches the nodes only when it names one "
+        "of them; with exactly one, it is sent for every call. With none, the header is refused.",
+    )  # fmt: skip
+    set_psi.add_argument("--org", required=True)
+    set_psi.add_argument("psi", nargs="*", metavar="PSI")
+    set_psi.set_defaults(handler=_org_set_psi)
 
     account = commands.add_parser("account", help="HSM accounts").add_subparsers(
         dest="account_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
@@ -247,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = account.add_parser("list", help="the organisation's accounts",
                                  description="Print address and name of each account.")  # fmt: skip
     listing.add_argument("--org", required=True)
+    listing.add_argument("--user", help="only the accounts this user was granted")
     listing.set_defaults(handler=_account_list)
 
     user = commands.add_parser("user", help="users").add_subparsers(
@@ -262,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--token-label", help="the token (default: that of the org's accounts)")
     add.add_argument("--pin-file", help="file holding the token PIN (- for stdin)")
     add.add_argument("--password-file", help="file holding the user's password (- for stdin)")
+    add.add_argument("--account", action="append", metavar="ADDRESS",
+                     help="grant only this account (repeatable; default: all the organisation's "
+                     "current accounts on the token)")  # fmt: skip
     add.set_defaults(handler=_user_add)
     passwd = user.add_parser(
         "passwd",
@@ -279,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disable.add_argument("--user", required=True)
     disable.set_defaults(handler=_user_disable)
+    for name, handler, summary in (
+        ("grant", _user_grant, "let a user sign with one more account of the organisation"),
+        ("revoke-account", _user_revoke_account, "the user may no longer sign with that account"),
+    ):
+        description = f"{summary[0].upper()}{summary[1:]}; holds on every replica within a second."
+        change = user.add_parser(name, help=summary, description=description)
+        change.add_argument("--user", required=True)
+        change.add_argument("--account", required=True, metavar="ADDRESS")
+        change.set_defaults(handler=handler)
 
     apikey = commands.add_parser("apikey", help="API keys").add_subparsers(
         dest="apikey_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
@@ -306,17 +380,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(exc: Exception) -> tuple[int, str]:
+    """Exit code and message: 2 for input to fix, 1 for a failure of the system."""
+    if isinstance(exc, PinIncorrect):  # the PIN given is wrong: input to fix
+        return 2, str(exc)
+    if isinstance(exc, SystemFailure | HsmError):  # HSM or its token unusable
+        return 1, str(exc)
+    if isinstance(exc, ProxyError | SettingsError | SignerError):
+        return 2, str(exc)
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+        # A database failure after connecting; its text may quote rows, so only the kind.
+        return 1, f"the database failed ({type(exc).__name__})"
+    return 1, f"unexpected failure ({type(exc).__name__})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(config_file=args.config)
         return int(args.handler(args, settings))
-    except (ProxyError, SettingsError, SignerError) as exc:
-        print(f"quorum-signer: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code, message = _failure(exc)
+        print(f"quorum-signer: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@
     │                                       (or the PKCS#11 module cannot be loaded)
     └── NodeError                   (node's)  a node's own JSON-RPC error, passed on unchanged
     SettingsError                           a setting to fix, named (startup, command line)
+    SystemFailure                           command line: exit 1 with one line (database or
+                                            HSM unreachable or failing)
     EnvelopeError                           a credential envelope does not open (identity)
     ChainError                              the dev chain (anvil) is missing or failed
 
@@ -228,6 +230,11 @@ class EnvelopeError(Exception):
 
 class ChainError(RuntimeError):
     """anvil is missing, did not start, or refused a call."""
+
+
+class SystemFailure(Exception):
+    """A command failed because the system did (database or HSM unreachable, an HSM error),
+    not because of its input: exit 1 with one line."""
 
 
 _UNAVAILABLE: dict[type[Exception], str] = {

@@ -1,4 +1,4 @@
-"""Accounts and chains as wallets answer them: the caller's organisation's accounts, and
+"""Accounts and chains as wallets answer them: the accounts the caller was granted, and
 `wallet_switchEthereumChain` / `wallet_addEthereumChain` against the nodes' chain id."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from signer.transactions import parse_quantity
 
 
 async def accounts(services: Services, caller: Caller, request: RpcRequest) -> Any:
-    listed = await services.identity.accounts(caller.principal.organisation_id)
+    listed = await services.identity.granted_accounts(caller.principal.user_id)
     return [checksum(account.address) for account in listed]
 
 

@@ -41,6 +41,11 @@ class Identity:
         self.create_account = provisioning.create_account
         self.accounts = provisioning.accounts
         self.account_for = provisioning.account_for
+        self.granted_accounts = provisioning.granted_accounts
+        self.grant_account = provisioning.grant_account
+        self.revoke_account = provisioning.revoke_account
+        self.set_private_states = provisioning.set_private_states
+        self.private_state_for = provisioning.private_state_for
         self.add_user = provisioning.add_user
         self.change_password = provisioning.change_password
         self.disable_user = provisioning.disable_user

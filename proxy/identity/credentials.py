@@ -27,12 +27,12 @@ ENVELOPE_FORMAT = "qsigner-envelope-v1"
 
 @dataclass(frozen=True)
 class HsmCredentials:
-    """What unlocks a user's signing: token, its PIN, and the key ids granted at enrolment."""
+    """What unlocks a user's signing: the token and its PIN. (Which accounts a user may sign
+    with is a database grant, not part of the envelope.)"""
 
     token_label: str
     token_serial: str
     pin: str = field(repr=False)
-    key_ids: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -40,7 +40,6 @@ class HsmCredentials:
                 "token_label": self.token_label,
                 "token_serial": self.token_serial,
                 "pin": self.pin,
-                "key_ids": list(self.key_ids),
             },
             sort_keys=True,
         ).encode()
@@ -48,7 +47,8 @@ class HsmCredentials:
     @classmethod
     def from_bytes(cls, data: bytes) -> HsmCredentials:
         raw = json.loads(data)
-        return cls(raw["token_label"], raw["token_serial"], raw["pin"], tuple(raw["key_ids"]))
+        # Envelopes sealed before grants moved to the database carry `key_ids`: ignored.
+        return cls(raw["token_label"], raw["token_serial"], raw["pin"])
 
 
 @dataclass(frozen=True)

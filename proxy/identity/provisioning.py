@@ -1,4 +1,6 @@
-"""Organisations, accounts, users and API keys: creating, changing and retiring them.
+"""Organisations (and their GoQuorum private states), accounts, users (and the accounts each
+may use) and API keys: creating, changing and retiring them, and the two lookups the server
+makes per request from the row cache (account grants, private states).
 
 Used alike by the command line and the server. Every write that belongs together happens in one
 transaction, so bad input leaves no half-written rows.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -26,6 +29,27 @@ from proxy.identity.unlock import Unlocker
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm
+
+# One row for a user's grants (an aggregate answers one row even when there is none), its `id`
+# the user's, so that dropping the user's rows from the cache drops these too.
+_GRANTS_QUERY = """
+    SELECT $1::text AS id,
+           coalesce(array_agg(a.address ORDER BY a.id), '{}') AS addresses,
+           coalesce(array_agg(a.name ORDER BY a.id), '{}') AS names,
+           coalesce(array_agg(a.token_label ORDER BY a.id), '{}') AS token_labels,
+           coalesce(array_agg(a.token_serial ORDER BY a.id), '{}') AS token_serials,
+           coalesce(array_agg(a.key_id ORDER BY a.id), '{}') AS key_ids
+    FROM user_accounts g JOIN accounts a ON a.id = g.account_id
+    WHERE g.user_id = $1"""
+
+# An organisation's PSIs in one row, cached by organisation id (NOTIFY `psis:<id>`). `id` is
+# NULL so that dropping a user's rows (matched on `id`) never drops these.
+_PRIVATE_STATES_QUERY = """
+    SELECT NULL::text AS id, coalesce(array_agg(psi ORDER BY psi), '{}') AS psis
+    FROM organisation_private_states WHERE organisation_id = $1::text::bigint"""
+
+# What a GoQuorum PSI may be here: letters, digits and . _ : - (it travels as an HTTP header).
+_PSI = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 
@@ -61,23 +85,54 @@ class Provisioning:
             raise BadInput(f"no organisation named {name!r} (create it with `org create`)")
         return int(org_id)
 
+    @staticmethod
+    async def _lock_organisation(conn: asyncpg.Connection, organisation: str) -> int:
+        """The organisation's id, its row locked until the transaction ends. NO KEY UPDATE:
+        changes to one organisation take turns without blocking the rows that merely
+        reference it (a `user add` meanwhile)."""
+        org_id = await conn.fetchval(
+            "SELECT id FROM organisations WHERE name = $1 FOR NO KEY UPDATE", organisation
+        )
+        if org_id is None:
+            raise BadInput(f"no organisation named {organisation!r} (create it with `org create`)")
+        return int(org_id)
+
     async def create_account(self, organisation: str, hsm: Hsm, token_label: str, pin: str,
                              name: str | None = None) -> Account:  # fmt: skip
-        """A new key pair inside the token, registered for the organisation."""
-        org_id = await self.organisation_id(organisation)
-        if name is not None and await self.pool.fetchval(
-            "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
-        ):
-            raise BadInput(f"organisation {organisation!r} already has an account named {name!r}")
-        token = await self._blocking(hsm.login, token_label, pin)
-        key_id = secrets.token_bytes(16)
-        key = await self._blocking(token.generate_key, key_id, name or f"qsigner-{key_id.hex()}")
-        account = Account(key.address, name, token.label, token.serial, key_id)
-        await self.pool.execute(
-            """INSERT INTO accounts (organisation_id, address, name, token_label, token_serial,
-                                     key_id) VALUES ($1, $2, $3, $4, $5, $6)""",
-            org_id, account.address, name, account.token_label, account.token_serial, key_id,
-        )  # fmt: skip
+        """A new key pair inside the token, registered for the organisation.
+
+        The name is checked and the row inserted in one transaction that holds the
+        organisation's row across the key generation, so two administrators cannot both take a
+        name; a key whose registration fails anyway is destroyed, never left behind.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            org_id = await self._lock_organisation(conn, organisation)
+            taken = BadInput(f"organisation {organisation!r} already has an account named {name!r}")
+            if name is not None and await conn.fetchval(
+                "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
+            ):
+                raise taken
+            token = await self._blocking(hsm.login, token_label, pin)
+            key_id = secrets.token_bytes(16)
+            key = await self._blocking(
+                token.generate_key, key_id, name or f"qsigner-{key_id.hex()}"
+            )
+            account = Account(key.address, name, token.label, token.serial, key_id)
+            try:
+                await conn.execute(
+                    """INSERT INTO accounts (organisation_id, address, name, token_label,
+                                             token_serial, key_id)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    org_id, account.address, name, account.token_label, account.token_serial,
+                    key_id,
+                )  # fmt: skip
+            except BaseException as exc:
+                # The row is not written (the transaction cannot commit now): the key would be
+                # an orphan that no account names.
+                await self._blocking(token.destroy_key, key_id)
+                if isinstance(exc, asyncpg.UniqueViolationError) and name is not None:
+                    raise taken from None
+                raise
         return account
 
     async def accounts(self, organisation_id: int) -> list[Account]:
@@ -89,24 +144,128 @@ class Provisioning:
         return [Account(r["address"], r["name"], r["token_label"], r["token_serial"],
                         r["key_id"]) for r in rows]  # fmt: skip
 
+    async def granted_accounts(self, user_id: str) -> list[Account]:
+        """The accounts the user may sign with, from the row cache (NOTIFY `grants:<user>`)."""
+        row = await self.rows.row("grants", user_id, _GRANTS_QUERY)
+        if row is None:  # pragma: no cover (an aggregate always answers one row)
+            return []
+        columns = ("addresses", "names", "token_labels", "token_serials", "key_ids")
+        return [Account(*fields) for fields in zip(*(row[c] for c in columns), strict=True)]
+
     async def account_for(self, principal: Principal, address: bytes) -> Account:
-        """The organisation's account at `address`; refused (4100) for any other address."""
-        row = await self.pool.fetchrow(
-            """SELECT address, name, token_label, token_serial, key_id FROM accounts
-               WHERE address = $1 AND organisation_id = $2""",
-            address, principal.organisation_id,
-        )  # fmt: skip
+        """The account at `address` if the caller was granted it; refused (4100) otherwise."""
+        for account in await self.granted_accounts(principal.user_id):
+            if account.address == address:
+                return account
+        raise Forbidden(f"{checksum(address)} is not an account this caller may use")
+
+    async def grant_account(self, user_id: str, address: bytes) -> bool:
+        """Let the user sign with one more account of their organisation; False if they
+        already could."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._user_row(conn, user_id)
+            account_id = await self._account_id(conn, user, address)
+            granted = await conn.fetchval(
+                """INSERT INTO user_accounts (user_id, account_id, organisation_id)
+                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true""",
+                user_id, account_id, user["organisation_id"],
+            )  # fmt: skip
+            if granted:
+                await security_event(conn, user_id, "account_granted",
+                                     {"account": checksum(address)})  # fmt: skip
+                await self.rows.notify(conn, "grants", user_id)
+        self.rows.forget("grants", user_id)
+        return bool(granted)
+
+    async def revoke_account(self, user_id: str, address: bytes) -> None:
+        """The user may no longer sign with that account, at once on every replica."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._user_row(conn, user_id)
+            account_id = await self._account_id(conn, user, address)
+            revoked = await conn.fetchval(
+                """DELETE FROM user_accounts WHERE user_id = $1 AND account_id = $2
+                   RETURNING true""",
+                user_id, account_id,
+            )  # fmt: skip
+            if not revoked:
+                raise BadInput(f"{checksum(address)} is not granted to {user_id!r}")
+            await security_event(conn, user_id, "account_revoked",
+                                 {"account": checksum(address)})  # fmt: skip
+            await self.rows.notify(conn, "grants", user_id)
+        self.rows.forget("grants", user_id)
+
+    async def _user_row(self, conn: asyncpg.Connection, user_id: str) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            """SELECT u.id, u.organisation_id, o.name AS organisation FROM users u
+               JOIN organisations o ON o.id = u.organisation_id WHERE u.id = $1""",
+            user_id,
+        )
         if row is None:
-            raise Forbidden(f"{checksum(address)} is not an account this caller may use")
-        return Account(row["address"], row["name"], row["token_label"], row["token_serial"],
-                       row["key_id"])  # fmt: skip
+            raise BadInput(f"no user {user_id!r}")
+        return row
+
+    @staticmethod
+    async def _account_id(conn: asyncpg.Connection, user: asyncpg.Record, address: bytes) -> int:
+        account_id = await conn.fetchval(
+            "SELECT id FROM accounts WHERE address = $1 AND organisation_id = $2",
+            address, user["organisation_id"],
+        )  # fmt: skip
+        if account_id is None:
+            raise BadInput(f"{checksum(address)} is not an account of organisation "
+                           f"{user['organisation']!r}")  # fmt: skip
+        return int(account_id)
+
+    # --- private states (GoQuorum multi-tenancy) --------------------------------------------
+
+    async def set_private_states(self, organisation: str, psis: Sequence[str]) -> list[str]:
+        """Replace the organisation's PSIs (none: it may use no private state); the sorted set."""
+        wanted = sorted(set(psis))
+        for psi in wanted:
+            if not _PSI.match(psi):
+                raise BadInput(f"{psi!r}: a PSI is 1 to 100 letters, digits or . _ : -")
+        async with self.pool.acquire() as conn, conn.transaction():
+            org_id = await self._lock_organisation(conn, organisation)
+            await conn.execute(
+                "DELETE FROM organisation_private_states WHERE organisation_id = $1", org_id
+            )
+            await conn.executemany(
+                "INSERT INTO organisation_private_states (organisation_id, psi) VALUES ($1, $2)",
+                [(org_id, psi) for psi in wanted],
+            )
+            await security_event(conn, None, "private_states_set",
+                                 {"organisation": organisation, "psis": wanted})  # fmt: skip
+            await self.rows.notify(conn, "psis", str(org_id))
+        self.rows.forget("psis", str(org_id))
+        return wanted
+
+    async def private_states(self, organisation_id: int) -> tuple[str, ...]:
+        row = await self.rows.row("psis", str(organisation_id), _PRIVATE_STATES_QUERY)
+        return tuple(row["psis"]) if row is not None else ()
+
+    async def private_state_for(self, principal: Principal, asked: Sequence[str]) -> str | None:
+        """The `Quorum-PSI` to send for this caller: the one asked for if the organisation
+        holds it (else 4100), or the organisation's only PSI when none was asked for."""
+        held = await self.private_states(principal.organisation_id)
+        if not asked:
+            return held[0] if len(held) == 1 else None
+        if len(asked) > 1:
+            raise Forbidden("give at most one Quorum-PSI header")
+        if asked[0] not in held:
+            if not held:
+                raise Forbidden(f"organisation {principal.organisation!r} may use no private "
+                                "state: the Quorum-PSI header is refused")  # fmt: skip
+            raise Forbidden(f"organisation {principal.organisation!r} does not hold that "
+                            "private state (Quorum-PSI)")  # fmt: skip
+        return asked[0]
 
     # --- users ------------------------------------------------------------------------------
 
     async def add_user(self, organisation: str, user_id: str, role: str, hsm: Hsm, pin: str,
-                       password: str, token_label: str | None = None) -> None:  # fmt: skip
+                       password: str, token_label: str | None = None,
+                       accounts: Sequence[bytes] | None = None) -> None:  # fmt: skip
         """Register a user; the token PIN is checked against the token, then stored only
-        inside an envelope sealed with the user's password."""
+        inside an envelope sealed with the user's password. The user is granted `accounts`,
+        or every current account of the organisation on that token when none are named."""
         if not _USER_ID.match(user_id):
             raise BadInput("a user id is 1 to 200 letters, digits or . _ @ + : | -")
         if role not in ROLES:
@@ -116,8 +275,15 @@ class Provisioning:
         org_id = await self.organisation_id(organisation)
         if await self.pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id):
             raise BadInput(f"a user {user_id!r} already exists")
-        accounts = await self.accounts(org_id)
-        labels = sorted({a.token_label for a in accounts})
+        granted = await self.accounts(org_id)
+        if accounts is not None:
+            by_address = {a.address: a for a in granted}
+            for address in accounts:
+                if address not in by_address:
+                    raise BadInput(f"{checksum(address)} is not an account of organisation "
+                                   f"{organisation!r}")  # fmt: skip
+            granted = [by_address[address] for address in dict.fromkeys(accounts)]
+        labels = sorted({a.token_label for a in granted})
         if token_label is None:
             if len(labels) != 1:
                 raise BadInput(
@@ -126,10 +292,13 @@ class Provisioning:
                 )
             token_label = labels[0]
         token = await self._blocking(hsm.login, token_label, pin)  # PinIncorrect if wrong
-        credentials = HsmCredentials(
-            token.label, token.serial, pin,
-            tuple(a.key_id.hex() for a in accounts if a.token_serial == token.serial),
-        )  # fmt: skip
+        if accounts is None:  # those the user's token can sign with
+            granted = [a for a in granted if a.token_serial == token.serial]
+        for account in granted:
+            if account.token_serial != token.serial:
+                raise BadInput(f"{checksum(account.address)} is on token {account.token_label!r}"
+                               f", not on the user's token {token.label!r}")  # fmt: skip
+        credentials = HsmCredentials(token.label, token.serial, pin)
         aad = associated_data(user_id, org_id, "password", 1)
         envelope, _ = await self._blocking(
             seal_with_password, password, credentials, aad, self.settings.pbkdf2_iterations
@@ -142,7 +311,15 @@ class Provisioning:
                 )  # fmt: skip
             except asyncpg.UniqueViolationError:
                 raise BadInput(f"a user {user_id!r} already exists") from None
+            except asyncpg.ForeignKeyViolationError:
+                raise BadInput(f"no organisation named {organisation!r} (deleted while this "
+                               "command ran)") from None  # fmt: skip
             await self._insert_envelope(conn, user_id, "password", None, 1, envelope)
+            await conn.executemany(
+                """INSERT INTO user_accounts (user_id, account_id, organisation_id)
+                   SELECT $1, id, organisation_id FROM accounts WHERE address = $2""",
+                [(user_id, account.address) for account in granted],
+            )
             await self.rows.notify(conn, "user", user_id)  # a remembered miss ends here
         self.rows.forget("user", user_id)
 
@@ -158,27 +335,36 @@ class Provisioning:
         )  # fmt: skip
 
     async def change_password(self, user_id: str, old: str, new: str) -> None:
+        """A new envelope under `new`. PBKDF2 runs before any row is locked; the write is
+        guarded by the envelope version read first, so a change made meanwhile (another
+        `user passwd`) is reported instead of being overwritten."""
         if not new:
             raise BadInput("the new password must not be empty")
+        current = await self.pool.fetchrow(
+            "SELECT id, version FROM credential_envelopes WHERE user_id = $1 AND kind = 'password'",
+            user_id,
+        )
+        if current is None:
+            raise BadInput(f"no user {user_id!r}")
         principal, credentials = await self.unlocker.unlock_with_password(user_id, old)
+        version = int(current["version"]) + 1
+        aad = associated_data(user_id, principal.organisation_id, "password", version)
+        envelope, _ = await self._blocking(
+            seal_with_password, new, credentials, aad, self.settings.pbkdf2_iterations
+        )
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """SELECT id, version FROM credential_envelopes
-                   WHERE user_id = $1 AND kind = 'password' FOR UPDATE""",
-                user_id,
-            )
-            version = int(row["version"]) + 1
-            aad = associated_data(user_id, principal.organisation_id, "password", version)
-            envelope, _ = await self._blocking(
-                seal_with_password, new, credentials, aad, self.settings.pbkdf2_iterations
-            )
-            await conn.execute(
+            updated = await conn.fetchval(
                 """UPDATE credential_envelopes SET version = $2, kdf = $3, iterations = $4,
                           salt = $5, nonce = $6, ciphertext = $7, created_at = now()
-                   WHERE id = $1""",
-                row["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
-                envelope.nonce, envelope.ciphertext,
+                   WHERE id = $1 AND version = $8 RETURNING id""",
+                current["id"], version, envelope.kdf, envelope.iterations, envelope.salt,
+                envelope.nonce, envelope.ciphertext, current["version"],
             )  # fmt: skip
+            if updated is None:
+                if await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
+                    raise BadInput(f"no user {user_id!r} (deleted while this command ran)")
+                raise BadInput(f"the password of {user_id!r} changed while this command ran: "
+                               "run it again")  # fmt: skip
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 
@@ -203,10 +389,13 @@ class Provisioning:
         aad = associated_data(user_id, principal.organisation_id, f"apikey:{key_id}", 1)
         envelope = seal_with_secret(secret.encode(), credentials, aad)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO api_keys (id, user_id, secret_hash) VALUES ($1, $2, $3)",
-                key_id, user_id, hashlib.sha256(secret.encode()).digest(),
-            )  # fmt: skip
+            try:
+                await conn.execute(
+                    "INSERT INTO api_keys (id, user_id, secret_hash) VALUES ($1, $2, $3)",
+                    key_id, user_id, hashlib.sha256(secret.encode()).digest(),
+                )  # fmt: skip
+            except asyncpg.ForeignKeyViolationError:
+                raise BadInput(f"no user {user_id!r} (deleted while this command ran)") from None
             await self._insert_envelope(conn, user_id, "apikey", key_id, 1, envelope)
             await security_event(conn, user_id, "apikey_created", {"key_id": key_id})
             await self.rows.notify(conn, "apikey", key_id)  # a remembered miss ends here

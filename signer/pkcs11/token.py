@@ -323,6 +323,17 @@ class Token:
                 raise _translate(exc, "generating a key pair") from None
         return HsmKey(self, key_id, label, _unwrap_ec_point(point))
 
+    def destroy_key(self, key_id: bytes) -> None:
+        """Destroy both halves of the key pair with that CKA_ID (a key made for an account
+        whose registration then failed: nothing else may ever use it)."""
+        with self.session() as borrowed:
+            try:
+                for obj in list(borrowed.session.get_objects({Attribute.ID: key_id})):
+                    obj.destroy()
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "destroying a key pair") from None
+            borrowed.private_keys.pop(key_id, None)
+
     def key(self, *, key_id: bytes | None = None, label: str | None = None) -> HsmKey:
         """The key with that CKA_ID or label (exactly one must match)."""
         if (key_id is None) == (label is None):

@@ -4,84 +4,17 @@ a pg_dump that holds no secret."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import asyncpg
 import jwt
-import pytest
 
-from signer.pkcs11 import Hsm
-from tests.support.hsm import random_label
-
-BIN = Path(sys.executable).parent / "quorum-signer"
-JWT_SECRET = "test-secret-" + "x" * 40
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-    tmp: Path
-
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN), *args], env=self.env, cwd=self.tmp, input=stdin, capture_output=True,
-            text=True, timeout=120, check=False,
-        )  # fmt: skip
-
-    def ok(self, *args: str, stdin: str | None = None) -> str:
-        result = self.run(*args, stdin=stdin)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-
-    def bad(self, *args: str, stdin: str | None = None, match: str = "") -> str:
-        result = self.run(*args, stdin=stdin)
-        assert result.returncode == 2, (result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert re.search(match, lines[0]), lines[0]
-        return lines[0]
-
-    def secret_file(self, name: str, value: str) -> str:
-        path = self.tmp / name
-        path.write_text(value + "\n")
-        return str(path)
-
-
-@pytest.fixture
-def token(softhsm_conf: Path, softhsm_module: str) -> tuple[str, str]:
-    label, pin = random_label("cli"), os.urandom(10).hex()
-    with Hsm(softhsm_module) as hsm:
-        hsm.initialise_token(label, os.urandom(10).hex(), pin)
-    return label, pin
-
-
-@pytest.fixture
-def cli(database_url: str, softhsm_conf: Path, tmp_path: Path) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QSIGNER_")}
-    env.update(
-        QSIGNER_DATABASE_URL=database_url,
-        SOFTHSM2_CONF=str(softhsm_conf),
-        QSIGNER_JWT_SECRET=JWT_SECRET,
-        QSIGNER_PBKDF2_ITERATIONS="100000",
-    )
-    return Cli(env, tmp_path)
+from tests.support.cli import JWT_SECRET, Cli, count
 
 
 def _count(database_url: str, table: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
+    return count(database_url, table)
 
 
 def test_the_whole_identity_flow(cli: Cli, token: tuple[str, str], database_url: str) -> None:
@@ -92,8 +25,8 @@ def test_the_whole_identity_flow(cli: Cli, token: tuple[str, str], database_url:
         "battery staple " + os.urandom(4).hex(),
     )
 
-    assert cli.ok("db", "upgrade") == "1"
-    assert cli.ok("db", "upgrade") == "1"  # safe to run again
+    assert cli.ok("db", "upgrade") == "2"
+    assert cli.ok("db", "upgrade") == "2"  # safe to run again
     assert cli.ok("org", "create", "acme") == "acme"
     cli.bad("org", "create", "acme", match="already exists")
 
@@ -166,7 +99,7 @@ def test_bad_usage_is_one_line_and_exit_2(cli: Cli) -> None:
 
 def test_unreachable_database_names_the_setting(cli: Cli) -> None:
     cli.env["QSIGNER_DATABASE_URL"] = "postgresql://nobody:hunter2@127.0.0.1:1/none"
-    line = cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL")
+    line = cli.broken("org", "create", "x", match="QSIGNER_DATABASE_URL")  # the system: 1
     assert "hunter2" not in line
     del cli.env["QSIGNER_DATABASE_URL"]
     cli.bad("org", "create", "x", match="QSIGNER_DATABASE_URL is not set")

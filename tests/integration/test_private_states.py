@@ -1,0 +1,94 @@
+"""GoQuorum multi-tenancy (issue 13, item 9): the `Quorum-PSI` header reaches the node only when
+the caller's organisation holds that private state (`org set-psi`), else the call is refused
+with 4100; an organisation with exactly one PSI has it sent when the caller gives none; without
+PSIs the header is refused. Checked on what a recording node actually received."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.cli import Cli, query
+from tests.support.tenants import Tenants, tenants, within_a_second
+
+
+def _psis(database_url: str, org: str) -> list[str]:
+    rows = query(database_url, """SELECT p.psi FROM organisation_private_states p
+                                  JOIN organisations o ON o.id = p.organisation_id
+                                  WHERE o.name = $1 ORDER BY p.psi""", org)  # fmt: skip
+    return [r["psi"] for r in rows]
+
+
+def test_set_psi_from_the_command_line(cli: Cli, database_url: str) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("org", "create", "acme")
+    assert cli.ok("org", "set-psi", "--org", "acme", "PS1", "PS2", "PS1") == "PS1 PS2"
+    assert _psis(database_url, "acme") == ["PS1", "PS2"]
+    assert cli.ok("org", "set-psi", "--org", "acme", "PS3") == "PS3"  # replaces the set
+    assert _psis(database_url, "acme") == ["PS3"]
+    cli.bad("org", "set-psi", "--org", "nope", "PS1", match="no organisation named 'nope'")
+    for wrong in ("bad psi", "", "x" * 200, "ps\u00e9"):
+        cli.bad("org", "set-psi", "--org", "acme", "PS4", wrong, match="a PSI is")
+    assert _psis(database_url, "acme") == ["PS3"]  # a refused command changes nothing
+    result = cli.run("org", "set-psi", "--org", "acme")  # none: cleared
+    assert result.returncode == 0 and result.stdout == "\n", result
+    assert "no private states" in result.stderr
+    assert _psis(database_url, "acme") == []
+
+
+async def _read(tenancy: Tenants, user: str, psi: str | None = None) -> tuple[int, object]:
+    """eth_getBalance as `user`, with `psi` in Quorum-PSI; (JSON-RPC error code or 0, the
+    Quorum-PSI the node got, None if none or if nothing reached it)."""
+    tenancy.node.clear()
+    headers = {} if psi is None else {"Quorum-PSI": psi}
+    _, answer = await tenancy.call(user, "eth_getBalance", [tenancy.ops, "latest"], headers)
+    received = tenancy.node.calls("eth_getBalance")
+    sent = {k.lower(): v for k, v in received[0].headers.items()} if received else {}
+    return (answer["error"]["code"] if "error" in answer else 0), sent.get("quorum-psi")
+
+
+@pytest.fixture
+async def tenancy(database_url: str, softhsm_conf: Path,
+                  softhsm_module: str) -> AsyncIterator[Tenants]:  # fmt: skip
+    async with tenants(database_url, softhsm_module) as served:
+        yield served
+
+
+async def test_the_header_reaches_the_node_only_for_the_organisations_psis(
+    tenancy: Tenants, cli: Cli, database_url: str
+) -> None:
+    # No PSI configured: a caller's header is refused, nothing is sent without one.
+    assert await _read(tenancy, "alice", "PS-ACME") == (4100, None)
+    assert await _read(tenancy, "alice") == (0, None)
+
+    cli.ok("org", "set-psi", "--org", "acme", "PS-ACME", "PS-ACME-2")
+    cli.ok("org", "set-psi", "--org", "globex", "PS-GLOBEX")
+
+    async def acme_holds_its_psi() -> bool:
+        return await _read(tenancy, "alice", "PS-ACME") == (0, "PS-ACME")
+
+    await within_a_second(acme_holds_its_psi)  # the running proxy saw the change
+    assert await _read(tenancy, "bob", "PS-ACME-2") == (0, "PS-ACME-2")
+    assert await _read(tenancy, "alice", "PS-GLOBEX") == (4100, None)  # another org's state
+    assert await _read(tenancy, "alice", "ps-acme") == (4100, None)  # PSIs are exact
+    assert await _read(tenancy, "alice") == (0, None)  # two PSIs: the node's default
+    assert await _read(tenancy, "gina") == (0, "PS-GLOBEX")  # exactly one: always sent
+    assert await _read(tenancy, "gina", "PS-GLOBEX") == (0, "PS-GLOBEX")
+    assert await _read(tenancy, "gina", "PS-ACME") == (4100, None)
+
+    # The check is served from memory: a change behind the proxy's back (no NOTIFY) is not
+    # seen, while `org set-psi` (which notifies) is, within a second.
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("DELETE FROM organisation_private_states WHERE psi = 'PS-ACME'")
+    await conn.close()
+    assert await _read(tenancy, "alice", "PS-ACME") == (0, "PS-ACME")
+    cli.ok("org", "set-psi", "--org", "acme")
+
+    async def acme_psis_cleared() -> bool:
+        return await _read(tenancy, "alice", "PS-ACME-2") == (4100, None)
+
+    await within_a_second(acme_psis_cleared)
+    assert await _read(tenancy, "gina") == (0, "PS-GLOBEX")
