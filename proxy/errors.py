@@ -44,7 +44,7 @@ Lower layers' exceptions, as `translate()` maps them (the first matching line wi
     Overloaded                                                  -> RateLimited
     TokenNotFound, KeyNotFound, NotLoggedIn, ModuleNotFound     -> HsmUnavailable
     SignatureInvalid, HsmError, SignerError                     -> HsmFailure
-    SettingsError, ChainError, anything else                    -> InternalError
+    SettingsError, ChainError, SystemFailure, anything else     -> InternalError
 
 Handlers and services raise; `translate()` is the one place that turns them into responses
 (the command line turns them into exit codes). Messages are shown to callers: they name what to
