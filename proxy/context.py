@@ -19,9 +19,10 @@ from proxy.settings import Settings
 from signer.pkcs11 import Hsm
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    """Opened in the app's cleanup_ctx, closed with it; one per process."""
+    """The app's long-lived services, wired once in its cleanup_ctx and closed with it; one per
+    process. Immutable: what changes at run time (caches, counters) belongs to a service."""
 
     settings: Settings
     pool: NodePool
