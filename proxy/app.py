@@ -31,13 +31,12 @@ from proxy.errors import (
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity
 from proxy.identity.auth import bearer, build_verifier, is_api_key
-from proxy.identity.throttle import AuthFailureThrottle
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nonces import PendingCountNonces
 from proxy.probes import HsmProbe
-from proxy.ratelimit import RateLimiter
+from proxy.ratelimit import AuthFailureThrottle, RateLimiter
 from proxy.settings import Settings
 from signer.errors import ModuleNotFound
 from signer.executors import BoundedExecutor

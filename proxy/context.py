@@ -8,13 +8,12 @@ from proxy.forwarding import Forwarding
 from proxy.identity import Identity, Principal
 from proxy.identity.auth import JwtVerifier
 from proxy.identity.credentials import HsmCredentials
-from proxy.identity.throttle import AuthFailureThrottle
 from proxy.keyring import Keyring
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nonces import NonceSource
 from proxy.probes import HsmProbe
-from proxy.ratelimit import RateLimiter
+from proxy.ratelimit import AuthFailureThrottle, RateLimiter
 from proxy.settings import Settings
 from signer.pkcs11 import Hsm
 
