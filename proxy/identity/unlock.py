@@ -212,6 +212,12 @@ class Unlocker:
             aad = associated_data(user_id, row["organisation_id"], "password", row["version"])
             try:
                 key = await self._blocking(envelope_key, envelope, password)
+            except BaseException:
+                # No verdict (PBKDF2 refused as overloaded, the request cancelled): the caller
+                # learnt nothing about the password, so the attempt is given back.
+                await self._release_attempt(user_id)
+                raise
+            try:
                 credentials = open_envelope(key, envelope, aad)
             except EnvelopeError:
                 await self._wrong_password(user_id, attempt)
@@ -243,17 +249,32 @@ class Unlocker:
 
     async def _reserve_attempt(self, user_id: str) -> int:
         """Count one attempt as wrong until proven right; refused while the user is locked or
-        as many attempts as the limit are already counted (some still being judged)."""
+        as many attempts as the limit are already counted (some still being judged).
+
+        Attempts count "in a row" within QSIGNER_LOCKOUT_SECONDS of each other: a count that
+        reached the limit without a lock (its attempts were never judged, e.g. their replica
+        died) ends after that long instead of locking the user for good."""
         attempt = await self.pool.fetchval(
-            """UPDATE users SET failed_attempts = failed_attempts + 1
-               WHERE id = $1 AND failed_attempts < $2
-                 AND (locked_until IS NULL OR locked_until <= now())
+            """UPDATE users SET
+                   failed_attempts = CASE WHEN attempt_at < now() - make_interval(secs => $3)
+                                          THEN 1 ELSE failed_attempts + 1 END,
+                   attempt_at = now()
+               WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
+                 AND (failed_attempts < $2 OR attempt_at < now() - make_interval(secs => $3))
                RETURNING failed_attempts""",
-            user_id, self.settings.lockout_attempts,
+            user_id, self.settings.lockout_attempts, float(self.settings.lockout_seconds),
         )  # fmt: skip
         if attempt is None:
             raise LockedOut(LOCKED)
         return int(attempt)
+
+    async def _release_attempt(self, user_id: str) -> None:
+        """Give back an attempt counted by `_reserve_attempt` that was never judged."""
+        await self.pool.execute(
+            """UPDATE users SET failed_attempts = greatest(failed_attempts - 1, 0)
+               WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())""",
+            user_id,
+        )
 
     async def _right_password(self, user_id: str) -> None:
         """Clear the count (ours included); refused if a lock was set while we judged."""

@@ -4,14 +4,18 @@ database are counted atomically, so the limit holds however many arrive at once.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from proxy.errors import LockedOut, Unauthorized
 from proxy.identity import Identity
 from proxy.settings import Settings
+from signer.errors import Overloaded
+from signer.executors import BoundedExecutor
 from tests.conftest import SoftHsmToken
 from tests.support.identity import acme, two_pools
 
@@ -69,3 +73,48 @@ async def test_concurrent_guesses_through_two_replicas_count_at_most_the_limit(
     assert principal.user_id == "alice"
     assert time.monotonic() - locked_at > 1  # it was the lock's expiry that let it through
     await first.unlock_with_password("alice", "right")
+
+
+async def test_an_attempt_never_judged_is_given_back(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """A right password refused before PBKDF2 could judge it (every unlock thread busy: 429) does
+    not count toward the lockout: a client retrying through a burst is not locked out for good."""
+    executor = BoundedExecutor(1, 0, thread_name_prefix="pbkdf2-test")
+    gate = threading.Event()
+    try:
+        async with two_pools(database_url) as (pool, _):
+            identity = Identity(pool, SETTINGS, run_blocking=executor.run)
+            await acme(identity, hsm_token, {"alice": "right"})
+            busy = executor.submit(gate.wait)  # the only unlock thread, taken
+            try:
+                for _ in range(2 * LIMIT):
+                    with pytest.raises(Overloaded):
+                        await identity.unlock_with_password("alice", "right")
+            finally:
+                gate.set()
+                busy.result()
+            principal, _ = await identity.unlock_with_password("alice", "right")
+            assert principal.user_id == "alice"
+            assert await pool.fetchval("SELECT failed_attempts FROM users WHERE id = 'alice'") == 0
+    finally:
+        gate.set()
+        executor.shutdown()
+
+
+async def test_a_count_left_at_the_limit_without_a_lock_ends(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """Attempts counted by a replica that died before judging them leave the count at the limit
+    with no lock: they stop counting once QSIGNER_LOCKOUT_SECONDS have passed, as a lock would."""
+    settings = replace(SETTINGS, lockout_seconds=1)
+    async with two_pools(database_url) as (pool, _):
+        identity = Identity(pool, settings)
+        await acme(identity, hsm_token, {"alice": "right"})
+        await pool.execute("UPDATE users SET failed_attempts = $1, attempt_at = now() "
+                           "WHERE id = 'alice'", LIMIT)  # fmt: skip
+        with pytest.raises(LockedOut):
+            await identity.unlock_with_password("alice", "right")
+        await asyncio.sleep(settings.lockout_seconds + 0.2)
+        principal, _ = await identity.unlock_with_password("alice", "right")
+        assert principal.user_id == "alice"
