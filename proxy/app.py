@@ -8,6 +8,7 @@ naming the setting to fix. Handlers raise; errors become JSON-RPC responses here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import sys
@@ -54,36 +55,46 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[SETTINGS]
     if not settings.upstreams:
         raise SettingsError("QSIGNER_UPSTREAMS is not set (comma-separated node URLs)")
-    verifier = build_verifier(settings)
     module = settings.require_pkcs11_module()
-    try:
-        hsm = Hsm(module, queue_per_token=settings.hsm_queue_limit)
-    except ModuleNotFound as exc:
-        raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
-    # Each node caps its own connections (QSIGNER_NODE_CONNECTIONS, plus its two health
-    # probes); a limit shared by all nodes would let one slow node take every connection.
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-        timeout=aiohttp.ClientTimeout(total=30),
-    )
-    db = None
-    identity = None
-    # PBKDF2 gets threads of its own: a burst of first unlocks never delays signing or readiness.
-    unlock_executor = BoundedExecutor(settings.unlock_threads, settings.unlock_queue_limit,
-                                      thread_name_prefix="pbkdf2")  # fmt: skip
-    hsm_probe = HsmProbe(hsm)
-    pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
-                    read_timeout=settings.read_timeout,
-                    node_connections=settings.node_connections,
-                    max_response_bytes=settings.max_response_bytes)  # fmt: skip
-    try:
+    # Every resource is handed to the exit stack as soon as it exists, so that a startup
+    # failure (a bad node URL, no database) closes exactly what was opened, in reverse order.
+    async with contextlib.AsyncExitStack() as opened:
+        verifier = build_verifier(settings)
+        opened.push_async_callback(verifier.close)
+        try:
+            hsm = Hsm(module, queue_per_token=settings.hsm_queue_limit)
+        except ModuleNotFound as exc:
+            raise SettingsError(f"QSIGNER_PKCS11_MODULE: {exc}") from None
+        loop = asyncio.get_running_loop()
+        opened.push_async_callback(loop.run_in_executor, None, hsm.close)
+        # Each node caps its own connections (QSIGNER_NODE_CONNECTIONS, plus its two health
+        # probes); a limit shared by all nodes would let one slow node take every connection.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        opened.push_async_callback(session.close)
+        # PBKDF2 gets threads of its own: a burst of first unlocks never delays signing or
+        # readiness.
+        unlock_executor = BoundedExecutor(settings.unlock_threads, settings.unlock_queue_limit,
+                                          thread_name_prefix="pbkdf2")  # fmt: skip
+        opened.callback(unlock_executor.shutdown, wait=False, cancel_futures=True)
+        hsm_probe = HsmProbe(hsm)
+        opened.push_async_callback(hsm_probe.close)
+        pool = NodePool(settings.upstreams, session, expected_chain_id=settings.chain_id,
+                        read_timeout=settings.read_timeout,
+                        node_connections=settings.node_connections,
+                        max_response_bytes=settings.max_response_bytes)  # fmt: skip
+        opened.push_async_callback(pool.close)
         db = await store.connect(settings.require_database(),
                                  command_timeout=settings.database_timeout)  # fmt: skip
+        opened.push_async_callback(db.close)
         identity = Identity(
             store.BoundedPool(db, settings.database_timeout),
             settings,
             run_blocking=unlock_executor.run,
         )
+        opened.push_async_callback(identity.close)
         await identity.listen(settings.require_database())
         await pool.start()
         app[SERVICES] = Services(
@@ -98,17 +109,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
-    finally:
-        await pool.close()
-        await session.close()
-        await verifier.close()
-        if identity is not None:
-            await identity.close()
-        if db is not None:
-            await db.close()
-        unlock_executor.shutdown(wait=False, cancel_futures=True)
-        hsm_probe.close()
-        await asyncio.get_running_loop().run_in_executor(None, hsm.close)
 
 
 async def _authenticate(services: Services, request: web.Request) -> Caller:

@@ -4,6 +4,7 @@ unlocking work, with a timeout, one look at a time and the last answer reused fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,5 +43,10 @@ class HsmProbe:
         self._last = (time.monotonic(), answer)
         return answer
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the probe thread; a look still under way gets up to `timeout` to end first, so
+        that the module is not finalised under it (a stuck one is left behind)."""
+        if self._look is not None and not self._look.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._look), self.timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -7,10 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from proxy.errors import SettingsError
+from proxy.settings import Settings
+from signer.pkcs11 import open_module_users
 from tests.support.anvil import free_port, run_anvil
+from tests.support.stack import in_process
 
 BIN = Path(sys.executable).parent / "quorum-signer"
 
@@ -53,3 +58,27 @@ def test_startup_problems_name_the_setting(base_env: dict[str, str]) -> None:
         assert "QSIGNER_JWT_SECRET" in error_line(start(no_jwt))
         no_upstreams = {k: v for k, v in ok.items() if k != "QSIGNER_UPSTREAMS"}
         assert "QSIGNER_UPSTREAMS" in error_line(start(no_upstreams))
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"upstreams": ("ftp://127.0.0.1:1",)},  # refused by the node pool
+        {"database_url": "postgresql://postgres@127.0.0.1:1/none"},  # no database there
+        {"upstreams": (f"http://127.0.0.1:{free_port()}",)},  # no node answers
+    ],
+    ids=["bad-node-url", "no-database", "no-node"],
+)
+async def test_a_failed_start_closes_what_it_opened(
+    broken: dict[str, Any], database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    """Whatever stops the start, what was opened before it is closed again: the HSM module
+    (counted here) and the nodes' HTTP session (an unclosed one fails the test as a warning)."""
+    before = open_module_users()
+    settings = Settings(**{"database_url": database_url, "pkcs11_module": softhsm_module,
+                           "jwt_secret": "s" * 40, "upstreams": ("http://127.0.0.1:1",),
+                           **broken})  # fmt: skip
+    with pytest.raises(SettingsError):
+        async with in_process(settings):
+            pass
+    assert open_module_users() == before
