@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 import asyncpg
 
@@ -29,6 +30,7 @@ from proxy.identity.model import BlockingWork, Principal, security_event
 from proxy.identity.rowcache import RowCache
 from proxy.settings import Settings
 
+V = TypeVar("V")
 _API_KEY = re.compile(r"^qsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 LOCKED = "too many wrong passwords: the user is locked for a while"
@@ -56,98 +58,51 @@ def _envelope(row: asyncpg.Record) -> Envelope:
     return Envelope(row["kdf"], row["iterations"], row["salt"], row["nonce"], row["ciphertext"])
 
 
-class UnlockCache:
-    """Recently unlocked credentials, so that PBKDF2 runs once per user and password.
+class SecretCache(Generic[V]):
+    """Values opened with a secret (a password, an API key), so that the slow or costly opening
+    runs once: PBKDF2 per user and password, HKDF + AES-GCM + JSON per API key.
 
-    Keyed by HMAC-SHA256 under a per-process random key of (user, envelope id and version,
-    password): the password itself is never stored, a guess cannot be tested offline against
-    the cache, and a new envelope (`user passwd`) makes old entries unreachable. Bounded in size
-    (least recently used goes first) and in time.
+    Keyed by HMAC-SHA256 under a per-process random key of the secret and what it opens (user,
+    envelope id and version): the secret itself is never stored, a guess cannot be tested
+    offline against the cache, and a new envelope (`user passwd`) makes old entries
+    unreachable. Each entry names its owners ("user:<id>", "apikey:<id>") so that a change to
+    one of them drops it. Bounded in size (least recently used goes first) and in time.
     """
 
     def __init__(self, ttl_seconds: float, max_entries: int) -> None:
         self._key = secrets.token_bytes(32)
         self._ttl = ttl_seconds
         self._max = max_entries
-        self._entries: OrderedDict[bytes, tuple[float, str, HsmCredentials]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, tuple[str, ...], V]] = OrderedDict()
 
-    def _slot(self, user_id: str, envelope_id: int, version: int, password: str) -> bytes:
-        message = json.dumps([user_id, envelope_id, version, password]).encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+    def _slot(self, parts: tuple[object, ...]) -> bytes:
+        return hmac.new(self._key, json.dumps(parts).encode(), hashlib.sha256).digest()
 
-    def get(self, user_id: str, envelope_id: int, version: int, password: str
-            ) -> HsmCredentials | None:  # fmt: skip
-        slot = self._slot(user_id, envelope_id, version, password)
+    def get(self, *parts: object) -> V | None:
+        slot = self._slot(parts)
         entry = self._entries.get(slot)
         if entry is None:
             return None
-        expires, _, credentials = entry
+        expires, _, value = entry
         if expires < time.monotonic():
             del self._entries[slot]
             return None
         self._entries.move_to_end(slot)
-        return credentials
+        return value
 
-    def put(self, user_id: str, envelope_id: int, version: int, password: str,
-            credentials: HsmCredentials) -> None:  # fmt: skip
-        slot = self._slot(user_id, envelope_id, version, password)
-        self._entries[slot] = (time.monotonic() + self._ttl, user_id, credentials)
+    def put(self, parts: tuple[object, ...], value: V, owners: tuple[str, ...]) -> None:
+        slot = self._slot(parts)
+        self._entries[slot] = (time.monotonic() + self._ttl, owners, value)
         self._entries.move_to_end(slot)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def forget_user(self, user_id: str) -> None:
-        for slot in [s for s, (_, uid, _) in self._entries.items() if uid == user_id]:
-            del self._entries[slot]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class ApiKeyCache:
-    """Recently unlocked API keys, so that a key pays HKDF, AES-GCM and JSON once, not on every
-    request. Keyed by HMAC-SHA256 of the whole key under a per-process random key (the key is
-    never stored); dropped when the key is revoked or its user changes (NOTIFY), when the
-    listener is lost, and after the row cache's TTL, since a hit stands in for a row read."""
-
-    def __init__(self, ttl_seconds: float, max_entries: int) -> None:
-        self._key = secrets.token_bytes(32)
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._entries: OrderedDict[bytes, tuple[float, str, Principal, HsmCredentials]] = (
-            OrderedDict()
-        )
-
-    def _slot(self, api_key: str) -> bytes:
-        return hmac.new(self._key, api_key.encode(), hashlib.sha256).digest()
-
-    def get(self, api_key: str) -> tuple[Principal, HsmCredentials] | None:
-        slot = self._slot(api_key)
-        entry = self._entries.get(slot)
-        if entry is None:
-            return None
-        expires, _, principal, credentials = entry
-        if expires < time.monotonic():
-            del self._entries[slot]
-            return None
-        self._entries.move_to_end(slot)
-        return principal, credentials
-
-    def put(self, api_key: str, key_id: str, principal: Principal,
-            credentials: HsmCredentials) -> None:  # fmt: skip
-        slot = self._slot(api_key)
-        self._entries[slot] = (time.monotonic() + self._ttl, key_id, principal, credentials)
-        self._entries.move_to_end(slot)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-
-    def forget(self, kind: str, key: str | None) -> None:
-        if key is None:
+    def forget(self, owner: str | None) -> None:
+        """Drop the entries `owner` ("kind:key") owns; everything when None."""
+        if owner is None:
             self._entries.clear()
             return
-        for slot in [s for s, (_, key_id, principal, _) in self._entries.items()
-                     if (kind == "apikey" and key_id == key)
-                     or (kind == "user" and principal.user_id == key)]:  # fmt: skip
+        for slot in [s for s, (_, owners, _) in self._entries.items() if owner in owners]:
             del self._entries[slot]
 
     def __len__(self) -> int:
@@ -170,16 +125,23 @@ class Unlocker:
         self.pool = pool
         self.settings = settings
         self.rows = rows
-        self.unlock_cache = UnlockCache(settings.unlock_cache_seconds, settings.unlock_cache_size)
-        self.api_key_cache = ApiKeyCache(settings.row_cache_seconds, settings.unlock_cache_size)
+        self.unlock_cache: SecretCache[HsmCredentials] = SecretCache(
+            settings.unlock_cache_seconds, settings.unlock_cache_size
+        )
+        # A hit stands in for a row read: it lives no longer than a cached row.
+        self.api_key_cache: SecretCache[tuple[Principal, HsmCredentials]] = SecretCache(
+            settings.row_cache_seconds, settings.unlock_cache_size
+        )
         self._blocking = blocking
         self._flights: dict[str, _Flight] = {}
         rows.on_forget(self._forget)
 
     def _forget(self, kind: str, key: str | None) -> None:
-        self.api_key_cache.forget(kind, key)
+        # Listener lost (key None): API-key hits would answer for rows nobody re-reads. Password
+        # hits still pass the user's row (status, lock) before they are served.
+        self.api_key_cache.forget(None if key is None else f"{kind}:{key}")
         if kind == "user" and key is not None:
-            self.unlock_cache.forget_user(key)
+            self.unlock_cache.forget(f"user:{key}")
 
     async def principal(self, user_id: str) -> Principal:
         """The active user behind a verified JWT; read from the database on every request, so
@@ -223,8 +185,8 @@ class Unlocker:
                 await self._wrong_password(user_id, attempt)
                 raise Unauthorized("unknown or disabled user, or wrong password") from None
             await self._right_password(user_id)
-            self.unlock_cache.put(user_id, row["envelope_id"], row["version"], password,
-                                  credentials)  # fmt: skip
+            self.unlock_cache.put((user_id, row["envelope_id"], row["version"], password),
+                                  credentials, owners=(f"user:{user_id}",))  # fmt: skip
             return principal, credentials
 
     async def _unlockable(self, user_id: str) -> tuple[Principal, asyncpg.Record]:
@@ -342,5 +304,9 @@ class Unlocker:
         except EnvelopeError:
             raise Unauthorized("invalid, revoked or disabled API key") from None
         if self.rows.listening and generation == self.rows.generation:
-            self.api_key_cache.put(api_key, key_id, principal, credentials)
+            self.api_key_cache.put(
+                (api_key,),
+                (principal, credentials),
+                owners=(f"apikey:{key_id}", f"user:{principal.user_id}"),
+            )
         return principal, credentials
