@@ -2,7 +2,7 @@
 session pools (`token`), and the key (`key`).
 """
 
-from signer.pkcs11.key import SECP256K1_OID, SECP256K1_PARAMS, HsmKey
+from signer.pkcs11.key import SECP256K1_OID, SECP256K1_PARAMS, HsmKey, private_key_template
 from signer.pkcs11.module import SOFTHSM_MODULE_PATHS, find_softhsm_module, open_module_users
 from signer.pkcs11.token import Hsm, Token
 
@@ -15,4 +15,5 @@ __all__ = [
     "Token",
     "find_softhsm_module",
     "open_module_users",
+    "private_key_template",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pkcs11 import Attribute
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from signer.base import Signature, checksum
@@ -15,6 +16,20 @@ if TYPE_CHECKING:
 
 SECP256K1_OID = "1.3.132.0.10"
 SECP256K1_PARAMS: bytes = encode_named_curve_parameters(SECP256K1_OID)
+
+
+def private_key_template(key_id: bytes, label: str) -> dict[Attribute, Any]:
+    """The attributes of a secp256k1 private key on a token: sensitive, never extractable,
+    for signing only (generated there, or imported for known-answer tests)."""
+    return {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SIGN: True,
+        Attribute.ID: key_id,
+        Attribute.LABEL: label,
+    }
 
 
 def _unwrap_ec_point(value: bytes) -> bytes:

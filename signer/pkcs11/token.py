@@ -27,7 +27,12 @@ from signer.errors import (
     TokenNotFound,
 )
 from signer.executors import BoundedExecutor
-from signer.pkcs11.key import SECP256K1_PARAMS, HsmKey, _unwrap_ec_point
+from signer.pkcs11.key import (
+    SECP256K1_PARAMS,
+    HsmKey,
+    _unwrap_ec_point,
+    private_key_template,
+)
 from signer.pkcs11.module import (
     _CKR_OK,
     _CKU_SO,
@@ -298,15 +303,7 @@ class Token:
             Attribute.LABEL: label,
             Attribute.EC_PARAMS: SECP256K1_PARAMS,
         }
-        private_template = {
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True,
-            Attribute.ID: key_id,
-            Attribute.LABEL: label,
-        }
+        private_template = private_key_template(key_id, label)
         with self.session() as borrowed:
             try:
                 existing = list(borrowed.session.get_objects({Attribute.ID: key_id}))

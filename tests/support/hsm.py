@@ -11,7 +11,7 @@ from typing import Any
 
 from pkcs11 import Attribute, KeyType, ObjectClass
 
-from signer.pkcs11 import SECP256K1_PARAMS, HsmKey, Token
+from signer.pkcs11 import SECP256K1_PARAMS, HsmKey, Token, private_key_template
 
 
 def random_label(prefix: str = "t") -> str:
@@ -31,13 +31,7 @@ def import_private_key(token: Token, private_key: bytes, label: str | None = Non
             {
                 Attribute.CLASS: ObjectClass.PRIVATE_KEY,
                 Attribute.KEY_TYPE: KeyType.EC,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.SIGN: True,
-                Attribute.ID: key_id,
-                Attribute.LABEL: label,
+                **private_key_template(key_id, label),
                 Attribute.EC_PARAMS: SECP256K1_PARAMS,
                 Attribute.VALUE: private_key,
             }
