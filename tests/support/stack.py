@@ -42,24 +42,32 @@ class Stack:
         return [self.jwt, self.password, self.api_key, self.viewer_jwt, self.pin]
 
 
-async def _populate(database_url: str, settings: Settings, module: str, label: str,
-                    pin: str, password: str) -> tuple[str, str, str]:  # fmt: skip
-    pool = await store.connect(database_url, max_size=2)
+@contextlib.asynccontextmanager
+async def provisioning(database_url: str, settings: Settings, module: str, label: str,
+                       pin: str) -> AsyncIterator[tuple[Identity, Hsm]]:  # fmt: skip
+    """A migrated database and a fresh token (`label`, user PIN `pin`), to provision a test's
+    organisations, accounts and users through the same service as the command line."""
+    pool = await store.connect(database_url, max_size=4)
     try:
         await store.upgrade(pool)
-        identity = Identity(pool, settings)
         with Hsm(module, sessions_per_token=1) as hsm:
             hsm.initialise_token(label, os.urandom(8).hex(), pin)
-            await identity.create_organisation("acme")
-            account = await identity.create_account("acme", hsm, label, pin, name="treasury")
-            await identity.add_user("acme", "alice", "signer", hsm, pin, password)
-            await identity.add_user("acme", "victor", "viewer", hsm, pin, password)
-            await identity.create_organisation("globex")
-            other = await identity.create_account("globex", hsm, label, pin, name="other")
-        key = await identity.create_api_key("alice", password)
-        return checksum(account.address), checksum(other.address), key.key
+            yield Identity(pool, settings), hsm
     finally:
         await pool.close()
+
+
+async def _populate(database_url: str, settings: Settings, module: str, label: str,
+                    pin: str, password: str) -> tuple[str, str, str]:  # fmt: skip
+    async with provisioning(database_url, settings, module, label, pin) as (identity, hsm):
+        await identity.create_organisation("acme")
+        account = await identity.create_account("acme", hsm, label, pin, name="treasury")
+        await identity.add_user("acme", "alice", "signer", hsm, pin, password)
+        await identity.add_user("acme", "victor", "viewer", hsm, pin, password)
+        await identity.create_organisation("globex")
+        other = await identity.create_account("globex", hsm, label, pin, name="other")
+        key = await identity.create_api_key("alice", password)
+    return checksum(account.address), checksum(other.address), key.key
 
 
 async def build_stack(anvil_url: str, database_url: str, softhsm_module: str,

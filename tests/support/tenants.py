@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 
-from proxy import store
 from proxy.identity import Identity
 from proxy.identity.auth import issue_token
 from proxy.settings import Settings
@@ -22,7 +21,7 @@ from signer.pkcs11 import Hsm
 from tests.support.cli import JWT_SECRET
 from tests.support.hsm import random_label
 from tests.support.recording_node import RecordingNode, recording_node
-from tests.support.stack import in_process
+from tests.support.stack import in_process, provisioning
 
 
 @dataclass
@@ -74,26 +73,20 @@ async def enrolled(database_url: str, softhsm_module: str,
     settings = Settings(upstreams=upstreams, database_url=database_url,
                         pkcs11_module=softhsm_module, jwt_secret=JWT_SECRET,
                         pbkdf2_iterations=100_000)  # fmt: skip
-    pool = await store.connect(database_url, max_size=4)
-    try:
-        await store.upgrade(pool)
-        identity = Identity(pool, settings)
-        with Hsm(softhsm_module, sessions_per_token=1) as hsm:
-            hsm.initialise_token(label, os.urandom(8).hex(), pin)
-            done = Enrolled(identity, hsm, settings, label, pin, password)
-            for org in ("acme", "globex"):
-                await identity.create_organisation(org)
-            for org, name in (("acme", "treasury"), ("acme", "ops"), ("globex", "other")):
-                account = await identity.create_account(org, hsm, label, pin, name)
-                done.accounts[name] = account.address
-            for org, user, accounts in (("acme", "alice", None),
-                                        ("acme", "bob", [done.accounts["ops"]]),
-                                        ("globex", "gina", None)):  # fmt: skip
-                await identity.add_user(org, user, "signer", hsm, pin, password,
-                                        accounts=accounts)  # fmt: skip
-            yield done
-    finally:
-        await pool.close()
+    async with provisioning(database_url, settings, softhsm_module, label,
+                            pin) as (identity, hsm):  # fmt: skip
+        done = Enrolled(identity, hsm, settings, label, pin, password)
+        for org in ("acme", "globex"):
+            await identity.create_organisation(org)
+        for org, name in (("acme", "treasury"), ("acme", "ops"), ("globex", "other")):
+            account = await identity.create_account(org, hsm, label, pin, name)
+            done.accounts[name] = account.address
+        for org, user, accounts in (("acme", "alice", None),
+                                    ("acme", "bob", [done.accounts["ops"]]),
+                                    ("globex", "gina", None)):  # fmt: skip
+            await identity.add_user(org, user, "signer", hsm, pin, password,
+                                    accounts=accounts)  # fmt: skip
+        yield done
 
 
 @contextlib.asynccontextmanager
