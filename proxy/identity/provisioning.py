@@ -48,6 +48,13 @@ _PRIVATE_STATES_QUERY = """
     SELECT NULL::text AS id, coalesce(array_agg(psi ORDER BY psi), '{}') AS psis
     FROM organisation_private_states WHERE organisation_id = $1::text::bigint"""
 
+# Whether any organisation holds a PSI (the deployment runs GoQuorum multi-tenancy), cached
+# under `psis:any` (NOTIFY `psis:any` from every `org set-psi`). `$1` is that key, unused.
+_ANY_PRIVATE_STATES_KEY = "any"
+_ANY_PRIVATE_STATES_QUERY = """
+    SELECT NULL::text AS id, $1::text AS key,
+           EXISTS (SELECT 1 FROM organisation_private_states) AS held"""
+
 # What a GoQuorum PSI may be here: letters, digits and . _ : - (it travels as an HTTP header).
 _PSI = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
@@ -235,19 +242,41 @@ class Provisioning:
             await security_event(conn, None, "private_states_set",
                                  {"organisation": organisation, "psis": wanted})  # fmt: skip
             await self.rows.notify(conn, "psis", str(org_id))
+            await self.rows.notify(conn, "psis", _ANY_PRIVATE_STATES_KEY)
         self.rows.forget("psis", str(org_id))
+        self.rows.forget("psis", _ANY_PRIVATE_STATES_KEY)
         return wanted
 
     async def private_states(self, organisation_id: int) -> tuple[str, ...]:
         row = await self.rows.row("psis", str(organisation_id), _PRIVATE_STATES_QUERY)
         return tuple(row["psis"]) if row is not None else ()
 
+    async def _multi_tenant(self) -> bool:
+        """Whether any organisation holds a PSI: the operator opted into multi-tenancy."""
+        row = await self.rows.row("psis", _ANY_PRIVATE_STATES_KEY, _ANY_PRIVATE_STATES_QUERY)
+        return bool(row is not None and row["held"])
+
     async def private_state_for(self, principal: Principal, asked: Sequence[str]) -> str | None:
         """The `Quorum-PSI` to send for this caller: the one asked for if the organisation
-        holds it (else 4100), or the organisation's only PSI when none was asked for."""
+        holds it (else 4100), or the organisation's only PSI when none was asked for.
+
+        Fails closed: a node in multi-tenancy mode serves its default PSI to a call without the
+        header, and that state may be another organisation's. So an organisation with several
+        PSIs must name one, and once any organisation holds PSIs, one that holds none is refused.
+        """
         held = await self.private_states(principal.organisation_id)
         if not asked:
-            return held[0] if len(held) == 1 else None
+            if len(held) == 1:
+                return held[0]
+            if held:
+                raise Forbidden(f"organisation {principal.organisation!r} holds several private "
+                                f"states ({', '.join(held)}): name one with the Quorum-PSI "
+                                "header")  # fmt: skip
+            if await self._multi_tenant():
+                raise Forbidden(f"organisation {principal.organisation!r} holds no private state"
+                                " on these multi-tenant nodes: an operator must bind one "
+                                "(quorum-signer org set-psi)")  # fmt: skip
+            return None
         if len(asked) > 1:
             raise Forbidden("give at most one Quorum-PSI header")
         if asked[0] not in held:
