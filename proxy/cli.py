@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "set-psi", help="the GoQuorum private states (PSIs) the organisation may use",
         description="Replace the organisation's private state identifiers (GoQuorum "
         "multi-tenancy): a caller's Quorum-PSI header reaches the nodes only when it names one "
-        "of them; with exactly one, it is sent for every call. With none, the header is refused.",
+        "of them; with exactly one, it is sent for every call, with several a caller must name "
+        "one. With none, the header is refused, and so is every call while another "
+        "organisation holds PSIs.",
     )  # fmt: skip
     set_psi.add_argument("--org", required=True)
     set_psi.add_argument("psi", nargs="*", metavar="PSI")

@@ -8,13 +8,16 @@ transaction, so bad input leaves no half-written rows.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Sequence
 
 import asyncpg
 
+from proxy import logs
 from proxy.errors import BadInput, Forbidden
 from proxy.identity.credentials import (
     Envelope,
@@ -28,7 +31,7 @@ from proxy.identity.rowcache import RowCache
 from proxy.identity.unlock import Unlocker
 from proxy.settings import Settings
 from signer.base import checksum
-from signer.pkcs11 import Hsm
+from signer.pkcs11 import Hsm, Token
 
 # One row for a user's grants (an aggregate answers one row even when there is none), its `id`
 # the user's, so that dropping the user's rows from the cache drops these too.
@@ -48,8 +51,18 @@ _PRIVATE_STATES_QUERY = """
     SELECT NULL::text AS id, coalesce(array_agg(psi ORDER BY psi), '{}') AS psis
     FROM organisation_private_states WHERE organisation_id = $1::text::bigint"""
 
+# Whether any organisation holds a PSI (the deployment runs GoQuorum multi-tenancy), cached
+# under `psis:any` (NOTIFY `psis:any` from every `org set-psi`). `$1` is that key, unused.
+_ANY_PRIVATE_STATES_KEY = "any"
+_ANY_PRIVATE_STATES_QUERY = """
+    SELECT NULL::text AS id, $1::text AS key,
+           EXISTS (SELECT 1 FROM organisation_private_states) AS held"""
+
 # What a GoQuorum PSI may be here: letters, digits and . _ : - (it travels as an HTTP header).
 _PSI = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+# How long a check whether a commit that failed went through may take (the database may be gone).
+_COMMIT_CHECK_SECONDS = 10.0
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 
@@ -103,22 +116,27 @@ class Provisioning:
 
         The name is checked and the row inserted in one transaction that holds the
         organisation's row across the key generation, so two administrators cannot both take a
-        name; a key whose registration fails anyway is destroyed, never left behind.
+        name; a key whose registration fails anyway (at the insert or at the commit) is
+        destroyed, never left behind.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            org_id = await self._lock_organisation(conn, organisation)
-            taken = BadInput(f"organisation {organisation!r} already has an account named {name!r}")
-            if name is not None and await conn.fetchval(
-                "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2", org_id, name
-            ):
-                raise taken
-            token = await self._blocking(hsm.login, token_label, pin)
-            key_id = secrets.token_bytes(16)
-            key = await self._blocking(
-                token.generate_key, key_id, name or f"qsigner-{key_id.hex()}"
-            )
-            account = Account(key.address, name, token.label, token.serial, key_id)
-            try:
+        taken = BadInput(f"organisation {organisation!r} already has an account named {name!r}")
+        made: tuple[Token, Account] | None = None
+        committing = False
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                org_id = await self._lock_organisation(conn, organisation)
+                if name is not None and await conn.fetchval(
+                    "SELECT 1 FROM accounts WHERE organisation_id = $1 AND name = $2",
+                    org_id, name,
+                ):  # fmt: skip
+                    raise taken
+                token = await self._blocking(hsm.login, token_label, pin)
+                key_id = secrets.token_bytes(16)
+                key = await self._blocking(
+                    token.generate_key, key_id, name or f"qsigner-{key_id.hex()}"
+                )
+                account = Account(key.address, name, token.label, token.serial, key_id)
+                made = token, account
                 await conn.execute(
                     """INSERT INTO accounts (organisation_id, address, name, token_label,
                                              token_serial, key_id)
@@ -126,14 +144,40 @@ class Provisioning:
                     org_id, account.address, name, account.token_label, account.token_serial,
                     key_id,
                 )  # fmt: skip
-            except BaseException as exc:
-                # The row is not written (the transaction cannot commit now): the key would be
-                # an orphan that no account names.
-                await self._blocking(token.destroy_key, key_id)
-                if isinstance(exc, asyncpg.UniqueViolationError) and name is not None:
-                    raise taken from None
+                committing = True  # leaving the block commits
+        except BaseException as exc:
+            if made is None:
                 raise
+            token, account = made
+            registered = await self._registered_anyway(account) if committing else False
+            if registered and isinstance(exc, Exception):
+                return account  # committed; only the answer to COMMIT was lost
+            if registered is not False:  # committed, or nobody can tell: the key stays
+                raise
+            # The row is not written: the key would be an orphan that no account names.
+            await self._blocking(token.destroy_key, account.key_id)
+            if isinstance(exc, asyncpg.UniqueViolationError) and name is not None:
+                raise taken from None
+            raise
         return account
+
+    async def _registered_anyway(self, account: Account) -> bool | None:
+        """After a failed COMMIT, whether the account's row was committed all the same (the
+        connection may have been lost after the server committed, before it answered); None
+        when the database cannot tell. Then the key is kept: a key kept for nothing is only
+        clutter, while a key destroyed behind a registered account strands whatever is sent
+        to its address."""
+        try:
+            found = await asyncio.wait_for(self.pool.fetchval(
+                "SELECT 1 FROM accounts WHERE key_id = $1 AND token_serial = $2",
+                account.key_id, account.token_serial,
+            ), _COMMIT_CHECK_SECONDS)  # fmt: skip
+        except Exception as exc:
+            logs.event("account create: cannot tell whether the account was registered; its "
+                       "key is kept", logging.WARNING, error=type(exc).__name__,
+                       key_id=account.key_id.hex(), token=account.token_label)  # fmt: skip
+            return None
+        return found is not None
 
     async def accounts(self, organisation_id: int) -> list[Account]:
         rows = await self.pool.fetch(
@@ -235,19 +279,41 @@ class Provisioning:
             await security_event(conn, None, "private_states_set",
                                  {"organisation": organisation, "psis": wanted})  # fmt: skip
             await self.rows.notify(conn, "psis", str(org_id))
+            await self.rows.notify(conn, "psis", _ANY_PRIVATE_STATES_KEY)
         self.rows.forget("psis", str(org_id))
+        self.rows.forget("psis", _ANY_PRIVATE_STATES_KEY)
         return wanted
 
     async def private_states(self, organisation_id: int) -> tuple[str, ...]:
         row = await self.rows.row("psis", str(organisation_id), _PRIVATE_STATES_QUERY)
         return tuple(row["psis"]) if row is not None else ()
 
+    async def _multi_tenant(self) -> bool:
+        """Whether any organisation holds a PSI: the operator opted into multi-tenancy."""
+        row = await self.rows.row("psis", _ANY_PRIVATE_STATES_KEY, _ANY_PRIVATE_STATES_QUERY)
+        return bool(row is not None and row["held"])
+
     async def private_state_for(self, principal: Principal, asked: Sequence[str]) -> str | None:
         """The `Quorum-PSI` to send for this caller: the one asked for if the organisation
-        holds it (else 4100), or the organisation's only PSI when none was asked for."""
+        holds it (else 4100), or the organisation's only PSI when none was asked for.
+
+        Fails closed: a node in multi-tenancy mode serves its default PSI to a call without the
+        header, and that state may be another organisation's. So an organisation with several
+        PSIs must name one, and once any organisation holds PSIs, one that holds none is refused.
+        """
         held = await self.private_states(principal.organisation_id)
         if not asked:
-            return held[0] if len(held) == 1 else None
+            if len(held) == 1:
+                return held[0]
+            if held:
+                raise Forbidden(f"organisation {principal.organisation!r} holds several private "
+                                f"states ({', '.join(held)}): name one with the Quorum-PSI "
+                                "header")  # fmt: skip
+            if await self._multi_tenant():
+                raise Forbidden(f"organisation {principal.organisation!r} holds no private state"
+                                " on these multi-tenant nodes: an operator must bind one "
+                                "(quorum-signer org set-psi)")  # fmt: skip
+            return None
         if len(asked) > 1:
             raise Forbidden("give at most one Quorum-PSI header")
         if asked[0] not in held:

@@ -1,20 +1,24 @@
 """Half-written state and failure reporting of the administration commands (issue 13, item 13):
-an account name taken while a key was being made leaves no key behind; `user passwd` holds no
-row lock while PBKDF2 runs and reports a concurrent change or a vanished user clearly; every
-failure is one line, exit 2 for bad input and 1 for a failure of the system."""
+an account name taken while a key was being made, or a registration whose commit fails, leaves
+no key behind (one whose commit went through though its answer was lost keeps it); `user passwd`
+holds no row lock while PBKDF2 runs and reports a concurrent change or a vanished user clearly;
+every failure is one line, exit 2 for bad input and 1 for a failure of the system."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from proxy import store
 from proxy.errors import BadInput
 from proxy.identity import Identity
 from signer.pkcs11 import Hsm
@@ -89,6 +93,105 @@ async def test_an_insert_that_fails_anyway_destroys_the_new_key(
     with pytest.raises(BadInput, match="already has an account named 'ops'"):
         await admin.identity.create_account("acme", admin.hsm, admin.label, admin.pin, "ops")
     assert len(token.keys()) == keys_before  # the key made for nothing is gone
+
+
+# A deferred constraint trigger runs at COMMIT: what it does there is what the commit does.
+_AT_COMMIT = """
+    CREATE FUNCTION at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {body}; RETURN NULL; END $$;
+    CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON accounts DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION at_commit()"""
+
+
+@pytest.mark.parametrize(
+    ("body", "failure"),
+    [("RAISE EXCEPTION 'refused at commit'", asyncpg.RaiseError),
+     # The connection is lost at commit (the server ends it): the transaction did not commit.
+     ("PERFORM pg_terminate_backend(pg_backend_pid())", asyncpg.PostgresConnectionError)],
+    ids=["refused", "connection-lost"],
+)  # fmt: skip
+async def test_a_commit_that_fails_destroys_the_new_key(
+    admin: Enrolled, database_url: str, body: str, failure: type[Exception]
+) -> None:
+    await _elsewhere(database_url, _AT_COMMIT.format(body=body))
+    token = admin.hsm.login(admin.label, admin.pin)
+    keys_before = len(token.keys())
+    with pytest.raises(failure):
+        await admin.identity.create_account("acme", admin.hsm, admin.label, admin.pin, "late")
+    assert len(token.keys()) == keys_before  # the key made for nothing is gone
+    assert await admin.identity.pool.fetchval("SELECT count(*) FROM accounts") == 3  # no more
+
+
+@contextlib.asynccontextmanager
+async def _commit_answer_lost(database_url: str, then_down: bool) -> AsyncIterator[str]:
+    """A DSN through a relay to the database that passes everything, except that the answer to
+    the first COMMIT never arrives: the client's connection is cut once the server has
+    committed (a network that fails at the worst moment); `then_down`: no connection passes
+    after that."""
+    target = urlsplit(database_url)
+    committed = asyncio.Event()
+
+    async def relay(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        if then_down and committed.is_set():
+            client_out.transport.abort()
+            return
+        server_in, server_out = await asyncio.open_connection(target.hostname, target.port)
+        commit_sent = False
+
+        async def to_server() -> None:
+            nonlocal commit_sent
+            while data := await client_in.read(65536):
+                commit_sent = commit_sent or (b"COMMIT" in data and not committed.is_set())
+                server_out.write(data)
+                await server_out.drain()
+
+        async def to_client() -> None:
+            while data := await server_in.read(65536):
+                if commit_sent:  # the server's answer to COMMIT: lost
+                    committed.set()
+                    client_out.transport.abort()
+                    return
+                client_out.write(data)
+                await client_out.drain()
+
+        await asyncio.gather(to_server(), to_client(), return_exceptions=True)
+        for writer in (client_out, server_out):
+            writer.transport.abort()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    netloc = target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
+    try:
+        yield urlunsplit(target._replace(netloc=netloc, query="sslmode=disable"))
+    finally:
+        server.close()
+    assert committed.is_set()
+
+
+@pytest.mark.parametrize("then_down", [False, True], ids=["database-answers", "database-gone"])
+async def test_a_commit_whose_answer_is_lost_but_went_through_keeps_the_key(
+    admin: Enrolled, then_down: bool
+) -> None:
+    token = admin.hsm.login(admin.label, admin.pin)
+    keys_before = len(token.keys())
+    async with _commit_answer_lost(admin.settings.database_url, then_down) as relayed:
+        pool = await store.connect(relayed, max_size=2)
+        try:
+            identity = Identity(pool, admin.settings)
+            create = identity.create_account("acme", admin.hsm, admin.label, admin.pin, "late")
+            if then_down:  # whether it committed cannot be told: the error, and the key is kept
+                with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+                    await create
+            else:  # the database tells that it committed: the account, as if nothing happened
+                account = await create
+                accounts = await admin.identity.accounts(
+                    await admin.identity.organisation_id("acme"))  # fmt: skip
+                assert account in accounts
+        finally:
+            pool.terminate()
+    # The account was registered: its key must stay (destroying it would strand the address).
+    assert len(token.keys()) == keys_before + 1
+    assert await admin.identity.pool.fetchval("SELECT count(*) FROM accounts") == 4
 
 
 async def _passwd_in_background(admin: Enrolled, new: str,

@@ -1,7 +1,9 @@
 """GoQuorum multi-tenancy (issue 13, item 9): the `Quorum-PSI` header reaches the node only when
 the caller's organisation holds that private state (`org set-psi`), else the call is refused
-with 4100; an organisation with exactly one PSI has it sent when the caller gives none; without
-PSIs the header is refused. Checked on what a recording node actually received."""
+with 4100; an organisation with exactly one PSI has it sent when the caller gives none, one with
+several must name one; once any organisation holds PSIs, a caller whose organisation holds none
+is refused (the node's default state may be another organisation's). Checked on what a
+recording node actually received."""
 
 from __future__ import annotations
 
@@ -39,15 +41,31 @@ def test_set_psi_from_the_command_line(cli: Cli, database_url: str) -> None:
     assert _psis(database_url, "acme") == []
 
 
-async def _read(tenancy: Tenants, user: str, psi: str | None = None) -> tuple[int, object]:
-    """eth_getBalance as `user`, with `psi` in Quorum-PSI; (JSON-RPC error code or 0, the
-    Quorum-PSI the node got, None if none or if nothing reached it)."""
+async def _answer(tenancy: Tenants, user: str, psi: str | None = None
+                  ) -> tuple[dict[str, object], object]:  # fmt: skip
+    """eth_getBalance as `user`, with `psi` in Quorum-PSI; (the JSON-RPC answer, the Quorum-PSI
+    the node got, None if none or if nothing reached it)."""
     tenancy.node.clear()
     headers = {} if psi is None else {"Quorum-PSI": psi}
     _, answer = await tenancy.call(user, "eth_getBalance", [tenancy.ops, "latest"], headers)
     received = tenancy.node.calls("eth_getBalance")
     sent = {k.lower(): v for k, v in received[0].headers.items()} if received else {}
-    return (answer["error"]["code"] if "error" in answer else 0), sent.get("quorum-psi")
+    return answer, sent.get("quorum-psi")
+
+
+async def _read(tenancy: Tenants, user: str, psi: str | None = None) -> tuple[int, object]:
+    """(JSON-RPC error code or 0, the Quorum-PSI the node got) for `_answer`."""
+    answer, sent = await _answer(tenancy, user, psi)
+    error = answer.get("error")
+    return (error["code"] if isinstance(error, dict) else 0), sent
+
+
+async def _refusal(tenancy: Tenants, user: str, psi: str | None = None) -> str:
+    """The message of the 4100 refusal of `user`'s read (asserting that nothing was sent)."""
+    answer, sent = await _answer(tenancy, user, psi)
+    error = answer.get("error")
+    assert isinstance(error, dict) and error["code"] == 4100 and sent is None, (answer, sent)
+    return str(error["message"])
 
 
 @pytest.fixture
@@ -74,7 +92,9 @@ async def test_the_header_reaches_the_node_only_for_the_organisations_psis(
     assert await _read(tenancy, "bob", "PS-ACME-2") == (0, "PS-ACME-2")
     assert await _read(tenancy, "alice", "PS-GLOBEX") == (4100, None)  # another org's state
     assert await _read(tenancy, "alice", "ps-acme") == (4100, None)  # PSIs are exact
-    assert await _read(tenancy, "alice") == (0, None)  # two PSIs: the node's default
+    # Two PSIs and none named: refused, since the node's default state may be another's.
+    message = await _refusal(tenancy, "alice")
+    assert "Quorum-PSI" in message and "globex" not in message and "GLOBEX" not in message
     assert await _read(tenancy, "gina") == (0, "PS-GLOBEX")  # exactly one: always sent
     assert await _read(tenancy, "gina", "PS-GLOBEX") == (0, "PS-GLOBEX")
     assert await _read(tenancy, "gina", "PS-ACME") == (4100, None)
@@ -92,3 +112,52 @@ async def test_the_header_reaches_the_node_only_for_the_organisations_psis(
 
     await within_a_second(acme_psis_cleared)
     assert await _read(tenancy, "gina") == (0, "PS-GLOBEX")
+
+
+async def test_once_any_organisation_holds_psis_a_caller_without_one_is_refused(
+    tenancy: Tenants, cli: Cli, database_url: str
+) -> None:
+    # No organisation holds a PSI (no multi-tenancy): nothing is sent, and that is remembered.
+    assert await _read(tenancy, "alice") == (0, None)
+    assert await _read(tenancy, "gina") == (0, None)
+
+    # globex opts the deployment into multi-tenancy: acme holds no PSI, so leaving the header out
+    # would read the node's default state (perhaps globex's): refused, whatever the method.
+    cli.ok("org", "set-psi", "--org", "globex", "PS-GLOBEX")
+
+    async def acme_refused() -> bool:
+        return await _read(tenancy, "alice") == (4100, None)
+
+    await within_a_second(acme_refused)  # the running proxy saw the change
+    message = await _refusal(tenancy, "alice")
+    assert "org set-psi" in message and "acme" in message, message
+    assert "globex" not in message and "GLOBEX" not in message, message
+    assert await _read(tenancy, "bob") == (4100, None)
+    assert await _read(tenancy, "alice", "PS-GLOBEX") == (4100, None)
+    status, answer = await tenancy.call("alice", "eth_accounts", [])
+    assert answer["error"]["code"] == 4100, (status, answer)
+    assert await _read(tenancy, "gina") == (0, "PS-GLOBEX")
+
+    # The check is served from memory: rows removed behind the proxy's back (no NOTIFY) are not
+    # seen, while `org set-psi` (which notifies) is.
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("DELETE FROM organisation_private_states")
+    await conn.close()
+    assert await _read(tenancy, "alice") == (4100, None)
+    cli.ok("org", "set-psi", "--org", "acme", "PS-ACME")
+
+    async def acme_served() -> bool:
+        return await _read(tenancy, "alice") == (0, "PS-ACME")
+
+    await within_a_second(acme_served)
+
+    # Every organisation's PSIs cleared: back to a deployment without multi-tenancy.
+    cli.ok("org", "set-psi", "--org", "globex")
+    cli.ok("org", "set-psi", "--org", "acme")
+
+    async def no_tenancy() -> bool:
+        return await _read(tenancy, "alice") == (0, None)
+
+    await within_a_second(no_tenancy)
+    assert await _read(tenancy, "gina") == (0, None)
+    assert await _read(tenancy, "gina", "PS-GLOBEX") == (4100, None)
