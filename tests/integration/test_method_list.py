@@ -22,8 +22,9 @@ from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 DOC = Path(__file__).resolve().parents[2] / "docs" / "rpc.md"
 _NAME = re.compile(r"`([a-z][A-Za-z0-9]*_(?:[A-Za-z0-9_]+|\*))`")
 # Whatever QSIGNER_PASSTHROUGH says, these are never forwarded.
-PASSTHROUGH = ("personal_*", "account_*", "eth_sendTransactionAsync",
-               "eth_sendUnsignedTransaction", "eth_signTypedData_v1", "eth_sign")  # fmt: skip
+PASSTHROUGH = ("personal_*", "account_*", "quorumPermission_*", "quorumExtension_*",
+               "eth_sendTransactionAsync", "eth_sendUnsignedTransaction", "eth_signTypedData_v1",
+               "eth_sign")  # fmt: skip
 # Example methods for the namespaces the list names.
 NAMESPACE_EXAMPLES = {
     "net_*": ["net_version", "net_listening", "net_peerCount"],
@@ -31,6 +32,11 @@ NAMESPACE_EXAMPLES = {
     "personal_*": ["personal_unlockAccount", "personal_sendTransaction", "personal_newAccount",
                    "personal_signTransaction", "personal_importRawKey"],
     "account_*": ["account_signTransaction", "account_list"],
+    # GoQuorum's permissioning and contract extension: the node signs and sends with `from`.
+    "quorumPermission_*": ["quorumPermission_addOrg", "quorumPermission_approveOrg",
+                           "quorumPermission_assignAccountRole"],
+    "quorumExtension_*": ["quorumExtension_extendContract", "quorumExtension_approveExtension",
+                          "quorumExtension_cancelExtension"],
 }  # fmt: skip
 
 
@@ -59,6 +65,9 @@ def test_the_document_is_the_code() -> None:
     never = set(section("Never forwarded"))
     assert forwarding.NODE_SIGNING <= never
     assert {f"{ns}_*" for ns in forwarding.NODE_SIGNING_NAMESPACES} <= never
+    # GoQuorum's namespaces that send transactions signed with the node's own account.
+    assert {"quorumPermission_*", "quorumExtension_*"} <= never
+    assert not {"quorumPermission_*", "quorumExtension_*"} & set(section("Refused unless"))
 
 
 @pytest.fixture
