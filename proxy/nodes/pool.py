@@ -149,7 +149,7 @@ class NodePool:
     ) -> Any:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
-        Reads only: a retried eth_sendRawTransaction could be one that reached the first node.
+        Reads only: a retried submission could be one that reached the first node (`send`).
         A read that outlasts the read timeout fails for its caller alone (NodeTimeout), as does
         an answer over the size cap (NodeAnswerTooLarge): the node stays in rotation and the
         read is not tried elsewhere, where it would fare the same.
@@ -174,22 +174,32 @@ class NodePool:
                 ) from None
         raise NoNodeAvailable("no node available")
 
-    async def send_raw_transaction(
-        self, raw_hex: str, tx_hash: str, *, headers: Mapping[str, str] | None = None
+    async def send(
+        self,
+        method: str,
+        params: list[Any],
+        tx_hash: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        answers_hash: bool = True,
     ) -> str:
-        """eth_sendRawTransaction; returns the transaction hash.
+        """A submission of a signed transaction (eth_sendRawTransaction, GoQuorum's
+        eth_sendRawPrivateTransaction, eth_distributePrivateTransaction); returns the node's
+        answer, the transaction hash where `answers_hash`.
 
         Tried on the next node only while the previous one surely never got the request
         (connection refused, could not connect); after a timeout or a reset the transaction may
-        be in that node's pool, and SendOutcomeUnknown says so. A node that already holds this
-        very transaction counts as success. A timeout leaves the node in rotation, as for reads.
+        be in that node's pool, and SendOutcomeUnknown says so. Where the node answers with the
+        transaction's hash, a node that already holds this very transaction counts as success
+        (eth_distributePrivateTransaction answers with Tessera's hash of the payload instead, and
+        puts nothing in the node's pool). A timeout leaves the node in rotation, as for reads.
         """
         tried: list[_Node] = []
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
                 result = await node.transport.request(
-                    "eth_sendRawTransaction", [raw_hex], headers, timeout=self._read_timeout
+                    method, params, headers, timeout=self._read_timeout
                 )
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
@@ -199,11 +209,11 @@ class NodePool:
             except (NodeTimeout, NodeAnswerTooLarge):
                 raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
-                if await self._holds_transaction(node, error, tx_hash, headers):
+                if answers_hash and await self._holds_transaction(node, error, tx_hash, headers):
                     return tx_hash
                 raise
             if not isinstance(result, str):
-                self._take_out(node, "eth_sendRawTransaction answered no hash")
+                self._take_out(node, f"{method} answered no hash")
                 raise SendOutcomeUnknown(tx_hash)
             return result
         raise NoNodeAvailable("no node available")

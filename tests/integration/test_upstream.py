@@ -401,13 +401,13 @@ async def test_a_sent_transaction_is_mined_and_sending_it_again_is_success() -> 
     with run_anvil() as url:
         async with node_pool([url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
             # anvil answers "nonce too low" for the mined duplicate: still this very transaction.
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             other_raw, other_hash = signed_transfer(nonce=0, value=2)
             with pytest.raises(NodeError) as taken:  # another transaction on a used nonce
-                await pool.send_raw_transaction(other_raw, other_hash)
+                await pool.send("eth_sendRawTransaction", [other_raw], other_hash)
             assert (taken.value.code, taken.value.message) == (-32003, "nonce too low")
 
 
@@ -415,9 +415,9 @@ async def test_a_duplicate_still_in_the_pool_is_success() -> None:
     with run_anvil(extra=("--no-mining",)) as url:
         async with node_pool([url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             # anvil: -32003 "transaction already imported"
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             rpc(url, "anvil_mine", ["0x1"])
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
 
@@ -427,7 +427,7 @@ async def test_a_send_goes_past_a_dead_upstream() -> None:
     with run_anvil() as url:
         async with node_pool([dead, url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
 
 
@@ -445,7 +445,7 @@ async def test_a_send_goes_to_another_node_when_the_first_surely_never_got_it(
             await front.stop()  # between probes: the pool still counts it healthy
             for nonce in (0, 1):  # round robin: one of the two sends tries the stopped node first
                 raw, tx_hash = signed_transfer(nonce=nonce)
-                assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+                assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
                 assert (await receipt(pool, tx_hash))["status"] == "0x1"
             assert ok_by_url(pool) == {front.url: False, url: True}
 
@@ -460,7 +460,7 @@ async def test_a_send_that_may_have_reached_a_node_is_not_retried() -> None:
             first.mode = second.mode = "hang_sends"  # pass the send on, then never answer
             raw, tx_hash = signed_transfer(nonce=0)
             with pytest.raises(SendOutcomeUnknown) as unknown:
-                await pool.send_raw_transaction(raw, tx_hash)
+                await pool.send("eth_sendRawTransaction", [raw], tx_hash)
             assert isinstance(unknown.value, NoNodeAvailable) and unknown.value.tx_hash == tx_hash
             sends = (first.methods() + second.methods()).count("eth_sendRawTransaction")
             assert sends == 1
