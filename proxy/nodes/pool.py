@@ -129,6 +129,11 @@ class NodePool:
             raise RuntimeError("NodePool.start() has not run")
         return self._chain_id
 
+    @property
+    def read_timeout(self) -> float:
+        """Seconds a caller's request may take at a node (QSIGNER_READ_TIMEOUT)."""
+        return self._read_timeout
+
     def status(self) -> list[NodeStatus]:
         return [
             NodeStatus(

@@ -1,6 +1,7 @@
 """Nonce leases against a real anvil: one account's leases are handed out in turn, and at most
 QSIGNER_MAX_IN_FLIGHT (64) of them hold or wait at once; beyond that a caller is refused at once
-with -32005 (HTTP 429), other accounts unaffected (issue 13, item 10)."""
+with -32005 (HTTP 429), other accounts unaffected (issue 13, item 10); nor does one wait longer
+than QSIGNER_READ_TIMEOUT for its turn."""
 
 from __future__ import annotations
 
@@ -83,5 +84,44 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
                         pass
                 release.set()
                 await asyncio.gather(holder, waiter)
+            finally:
+                await pool.close()
+
+
+async def test_waiting_for_a_nonce_is_bounded_in_time_and_nothing_goes_ahead() -> None:
+    # The wait is bounded by QSIGNER_READ_TIMEOUT, the deadline of the node requests it waits
+    # behind: past it the caller is refused, rather than signed and sent after giving up.
+    with run_anvil() as url:
+        async with aiohttp.ClientSession() as session:
+            pool = NodePool([url], session, probe_interval=3600, read_timeout=0.3)
+            await pool.start()
+            try:
+                nonces = PendingCountNonces(pool, max_in_flight=2)
+                release = asyncio.Event()
+                held = asyncio.Event()
+
+                async def hold() -> None:
+                    async with nonces.lease(BUSY):
+                        held.set()
+                        await release.wait()
+
+                holder = asyncio.create_task(hold())
+                await held.wait()
+                went_ahead = False
+                with pytest.raises(RateLimited) as refused:
+                    async with asyncio.timeout(3), nonces.lease(BUSY):
+                        went_ahead = True  # where the transaction would be signed and sent
+                assert not went_ahead
+                assert (refused.value.code, refused.value.http_status) == (-32005, 429)
+                assert "QSIGNER_READ_TIMEOUT" in refused.value.message
+                assert "0.3 s" in refused.value.message
+                assert "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266" in refused.value.message
+                waiter = asyncio.create_task(hold())  # the refused caller's place is free again
+                await asyncio.sleep(0.05)
+                assert not waiter.done()
+                release.set()
+                await asyncio.gather(holder, waiter)
+                async with asyncio.timeout(1), nonces.lease(BUSY) as lease:  # the lock is free
+                    assert lease.nonce == 0
             finally:
                 await pool.close()
