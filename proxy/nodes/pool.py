@@ -20,6 +20,7 @@ import aiohttp
 
 from proxy.errors import (
     NodeAnswerTooLarge,
+    NodeBusy,
     NodeError,
     NodeTimeout,
     NodeUnreachable,
@@ -160,6 +161,7 @@ class NodePool:
         read is not tried elsewhere, where it would fare the same.
         """
         tried: list[_Node] = []
+        busy = False
         for _attempt in range(2):
             node = self._pick(tried)
             if node is None:
@@ -171,13 +173,15 @@ class NodePool:
                 )
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
+            except NodeBusy:
+                busy = True  # busy, not down: it stays in rotation
             except NodeTimeout:
                 raise NodeTimeout(
                     f"{method}: the node did not answer within {self._read_timeout:g} s "
                     "(QSIGNER_READ_TIMEOUT); ask for less (e.g. a narrower block range) or "
                     "try again"
                 ) from None
-        raise NoNodeAvailable("no node available")
+        raise self._no_node(busy)
 
     async def send(
         self,
@@ -197,15 +201,21 @@ class NodePool:
         be in that node's pool, and SendOutcomeUnknown says so. Where the node answers with the
         transaction's hash, a node that already holds this very transaction counts as success
         (eth_distributePrivateTransaction answers with Tessera's hash of the payload instead, and
-        puts nothing in the node's pool). A timeout leaves the node in rotation, as for reads.
+        puts nothing in the node's pool). A timeout leaves the node in rotation, as for reads, and
+        so does waiting in vain for one of its connections (NodeBusy: nothing was sent, so the
+        next node is tried).
         """
         tried: list[_Node] = []
+        busy = False
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
                 result = await node.transport.request(
                     method, params, headers, timeout=self._read_timeout
                 )
+            except NodeBusy:
+                busy = True  # never sent: the next node may take it
+                continue
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
                 if failure.delivered:
@@ -221,7 +231,16 @@ class NodePool:
                 self._take_out(node, f"{method} answered no hash")
                 raise SendOutcomeUnknown(tx_hash)
             return result
-        raise NoNodeAvailable("no node available")
+        raise self._no_node(busy)
+
+    def _no_node(self, busy: bool) -> NoNodeAvailable:
+        if busy:
+            return NodeBusy(
+                "no node available: every node tried was busy for "
+                f"{self._read_timeout:g} s (QSIGNER_NODE_CONNECTIONS requests under way, "
+                "QSIGNER_READ_TIMEOUT); nothing was sent, try again"
+            )
+        return NoNodeAvailable("no node available")
 
     async def _holds_transaction(
         self, node: _Node, error: NodeError, tx_hash: str, headers: Mapping[str, str] | None
@@ -234,7 +253,7 @@ class NodePool:
             found = await node.transport.request(
                 "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
             )
-        except (NodeError, NodeUnreachable, NodeTimeout, NodeAnswerTooLarge):
+        except (NodeError, NodeUnreachable, NodeBusy, NodeTimeout, NodeAnswerTooLarge):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
