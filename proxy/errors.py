@@ -21,8 +21,10 @@
     ├── RateLimited                 -32005  HTTP 429: over a rate limit, or too much work waits
     ├── NoNodeAvailable             -32002  HTTP 503
     │   ├── SendOutcomeUnknown      -32002  HTTP 503: a send may have reached a node
-    │   └── NodeUnreachable         -32002  HTTP 503: one node failed in transport (the pool
-    │                                       retries elsewhere or answers NoNodeAvailable)
+    │   ├── NodeUnreachable         -32002  HTTP 503: one node failed in transport (the pool
+    │   │                                   retries elsewhere or answers NoNodeAvailable)
+    │   └── NodeBusy                -32002  HTTP 503: no connection to a node came free in time:
+    │                                       nothing was sent (the pool tries the next node)
     ├── NodeTimeout                 -32603  a node did not answer this request in time
     │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
     ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
@@ -204,6 +206,12 @@ class NodeUnreachable(NoNodeAvailable):
         super().__init__(reason)
         self.reason = reason
         self.delivered = delivered
+
+
+class NodeBusy(NoNodeAvailable):
+    """The deadline passed while waiting for one of a node's connections (QSIGNER_NODE_CONNECTIONS
+    requests were under way): the request was never sent, so even a send is safe to try elsewhere,
+    and the node, busy rather than down, stays in rotation."""
 
 
 class NodeTimeout(ProxyError):

@@ -45,7 +45,10 @@ NODE_SIGNING = frozenset({
     "eth_sendPrivateTransaction", "eth_sendTransactionAsync", "eth_signTypedData",
     "eth_signTypedData_v1", "eth_signTypedData_v3", "eth_signTypedData_v4",
 })  # fmt: skip
-NODE_SIGNING_NAMESPACES = ("personal", "account")  # geth's personal_*, clef's account_*
+# geth's personal_* and clef's account_*; GoQuorum's quorumPermission_* (addOrg, approveOrg, ...)
+# and quorumExtension_* (extendContract, approveExtension, ...), which take `from` and send a
+# transaction signed with the node's own account.
+NODE_SIGNING_NAMESPACES = ("personal", "account", "quorumPermission", "quorumExtension")
 
 
 def is_forwarded(method: str, passthrough: tuple[str, ...]) -> bool:

@@ -56,11 +56,26 @@ class PendingCountNonces:
             )
         turns.leases += 1
         try:
-            async with turns.lock:
+            # Bounded in time as well: a caller that has given up must not have its transaction
+            # signed and sent minutes later. The bound is the node requests' own deadline, which
+            # callers already wait out for one transaction ahead.
+            wait = self._pool.read_timeout
+            try:
+                async with asyncio.timeout(wait):
+                    await turns.lock.acquire()
+            except TimeoutError:
+                raise RateLimited(
+                    f"account {checksum(address)}: no nonce free within {wait:g} s "
+                    "(QSIGNER_READ_TIMEOUT), its earlier transactions are still under way; "
+                    "nothing was signed or sent, try again shortly"
+                ) from None
+            try:
                 count = await self._pool.call(
                     "eth_getTransactionCount", [checksum(address), "pending"]
                 )
                 yield NonceLease(int(count, 16))
+            finally:
+                turns.lock.release()
         finally:
             turns.leases -= 1
             if turns.leases == 0:  # nobody holds or waits: forget the account

@@ -31,7 +31,7 @@ LOCAL: dict[str, Handler] = {
 
 
 async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
-    if request.method == "eth_sendRawTransaction":
+    if request.method in signing.SUBMISSIONS:  # never retried where it may have been delivered
         return await signing.forward_raw(services, caller, request)
     return await services.forwarding.call(request.method, request.params, caller.forward_headers)
 

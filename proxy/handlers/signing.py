@@ -127,8 +127,11 @@ async def _sign_and_send(
     services: Services, caller: Caller, key: AsyncSigner, tx: Transaction
 ) -> str:
     signed = await _sign(services, key, tx)
-    return await services.pool.send_raw_transaction(
-        "0x" + signed.raw.hex(), "0x" + signed.hash.hex(), headers=caller.forward_headers
+    return await services.pool.send(
+        "eth_sendRawTransaction",
+        ["0x" + signed.raw.hex()],
+        "0x" + signed.hash.hex(),
+        headers=caller.forward_headers,
     )
 
 
@@ -211,8 +214,17 @@ async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcReq
     return await _sign_digest(services, key, digest)
 
 
+# A caller's own signed transaction, submitted to a node: each method with whether the node
+# answers with the transaction's hash (eth_distributePrivateTransaction answers with Tessera's).
+SUBMISSIONS = {
+    "eth_sendRawTransaction": True,
+    "eth_sendRawPrivateTransaction": True,
+    "eth_distributePrivateTransaction": False,
+}
+
+
 async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -> Any:
-    """A caller's own `eth_sendRawTransaction`, with the pool's safe-retry rules."""
+    """A caller's own signed transaction (SUBMISSIONS), with the pool's safe-retry rules."""
     params = request.positional
     if not params or not isinstance(params[0], str):
         raise InvalidParams("expected [rawTransaction]")
@@ -220,6 +232,10 @@ async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -
         raw = parse_hex("rawTransaction", params[0])
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
-    return await services.pool.send_raw_transaction(
-        params[0], "0x" + keccak256(raw).hex(), headers=caller.forward_headers
+    return await services.pool.send(
+        request.method,
+        list(params),
+        "0x" + keccak256(raw).hex(),
+        headers=caller.forward_headers,
+        answers_hash=SUBMISSIONS[request.method],
     )

@@ -20,6 +20,7 @@ import aiohttp
 
 from proxy.errors import (
     NodeAnswerTooLarge,
+    NodeBusy,
     NodeError,
     NodeTimeout,
     NodeUnreachable,
@@ -129,6 +130,11 @@ class NodePool:
             raise RuntimeError("NodePool.start() has not run")
         return self._chain_id
 
+    @property
+    def read_timeout(self) -> float:
+        """Seconds a caller's request may take at a node (QSIGNER_READ_TIMEOUT)."""
+        return self._read_timeout
+
     def status(self) -> list[NodeStatus]:
         return [
             NodeStatus(
@@ -149,12 +155,13 @@ class NodePool:
     ) -> Any:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
-        Reads only: a retried eth_sendRawTransaction could be one that reached the first node.
+        Reads only: a retried submission could be one that reached the first node (`send`).
         A read that outlasts the read timeout fails for its caller alone (NodeTimeout), as does
         an answer over the size cap (NodeAnswerTooLarge): the node stays in rotation and the
         read is not tried elsewhere, where it would fare the same.
         """
         tried: list[_Node] = []
+        busy = False
         for _attempt in range(2):
             node = self._pick(tried)
             if node is None:
@@ -166,31 +173,49 @@ class NodePool:
                 )
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
+            except NodeBusy:
+                busy = True  # busy, not down: it stays in rotation
             except NodeTimeout:
                 raise NodeTimeout(
                     f"{method}: the node did not answer within {self._read_timeout:g} s "
                     "(QSIGNER_READ_TIMEOUT); ask for less (e.g. a narrower block range) or "
                     "try again"
                 ) from None
-        raise NoNodeAvailable("no node available")
+        raise self._no_node(busy)
 
-    async def send_raw_transaction(
-        self, raw_hex: str, tx_hash: str, *, headers: Mapping[str, str] | None = None
+    async def send(
+        self,
+        method: str,
+        params: list[Any],
+        tx_hash: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        answers_hash: bool = True,
     ) -> str:
-        """eth_sendRawTransaction; returns the transaction hash.
+        """A submission of a signed transaction (eth_sendRawTransaction, GoQuorum's
+        eth_sendRawPrivateTransaction, eth_distributePrivateTransaction); returns the node's
+        answer, the transaction hash where `answers_hash`.
 
         Tried on the next node only while the previous one surely never got the request
         (connection refused, could not connect); after a timeout or a reset the transaction may
-        be in that node's pool, and SendOutcomeUnknown says so. A node that already holds this
-        very transaction counts as success. A timeout leaves the node in rotation, as for reads.
+        be in that node's pool, and SendOutcomeUnknown says so. Where the node answers with the
+        transaction's hash, a node that already holds this very transaction counts as success
+        (eth_distributePrivateTransaction answers with Tessera's hash of the payload instead, and
+        puts nothing in the node's pool). A timeout leaves the node in rotation, as for reads, and
+        so does waiting in vain for one of its connections (NodeBusy: nothing was sent, so the
+        next node is tried).
         """
         tried: list[_Node] = []
+        busy = False
         while (node := self._pick(tried)) is not None:
             tried.append(node)
             try:
                 result = await node.transport.request(
-                    "eth_sendRawTransaction", [raw_hex], headers, timeout=self._read_timeout
+                    method, params, headers, timeout=self._read_timeout
                 )
+            except NodeBusy:
+                busy = True  # never sent: the next node may take it
+                continue
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
                 if failure.delivered:
@@ -199,14 +224,23 @@ class NodePool:
             except (NodeTimeout, NodeAnswerTooLarge):
                 raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
-                if await self._holds_transaction(node, error, tx_hash, headers):
+                if answers_hash and await self._holds_transaction(node, error, tx_hash, headers):
                     return tx_hash
                 raise
             if not isinstance(result, str):
-                self._take_out(node, "eth_sendRawTransaction answered no hash")
+                self._take_out(node, f"{method} answered no hash")
                 raise SendOutcomeUnknown(tx_hash)
             return result
-        raise NoNodeAvailable("no node available")
+        raise self._no_node(busy)
+
+    def _no_node(self, busy: bool) -> NoNodeAvailable:
+        if busy:
+            return NodeBusy(
+                "no node available: every node tried was busy for "
+                f"{self._read_timeout:g} s (QSIGNER_NODE_CONNECTIONS requests under way, "
+                "QSIGNER_READ_TIMEOUT); nothing was sent, try again"
+            )
+        return NoNodeAvailable("no node available")
 
     async def _holds_transaction(
         self, node: _Node, error: NodeError, tx_hash: str, headers: Mapping[str, str] | None
@@ -219,7 +253,7 @@ class NodePool:
             found = await node.transport.request(
                 "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
             )
-        except (NodeError, NodeUnreachable, NodeTimeout, NodeAnswerTooLarge):
+        except (NodeError, NodeUnreachable, NodeBusy, NodeTimeout, NodeAnswerTooLarge):
             return False
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 

@@ -1,6 +1,6 @@
 """One node's JSON-RPC over HTTP: posts one request, returns its `result`, and classifies each
-failure: the node's own error, no answer in time, or a transport failure that surely never left
-or may have been delivered. Deciding what to do about it (retry, take the node out) is the pool's.
+failure: the node's own error, no connection free or no answer in time, or a transport failure
+that surely never left or may have been delivered. What to do about it is the pool's business.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from yarl import URL
 
 from proxy.errors import (
     NodeAnswerTooLarge,
+    NodeBusy,
     NodeError,
     NodeTimeout,
     NodeUnreachable,
@@ -51,8 +52,9 @@ def mask_url(url: str) -> str:
 class NodeTransport:
     """JSON-RPC requests to one node: its URL (credentials moved to a header), its requests in
     flight and its caps on connections and answer size. Raises NodeError for the node's own
-    JSON-RPC error, NodeTimeout when no answer came in time, NodeAnswerTooLarge over the size
-    cap, NodeUnreachable for a transport failure."""
+    JSON-RPC error, NodeBusy when no connection came free in time (nothing sent), NodeTimeout
+    when no answer came in time, NodeAnswerTooLarge over the size cap, NodeUnreachable for a
+    transport failure."""
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class NodeTransport:
         # Requests to this node at once, hence its connections: one slow node holds at most
         # this many, however many callers wait on it.
         self._connections = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
         self._request_ids = itertools.count(1)
 
@@ -112,11 +115,13 @@ class NodeTransport:
         request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
         request_headers.update(self.headers)
         self.in_flight += 1
+        sending = False
         try:
             async with (
                 asyncio.timeout(timeout),
                 self._connections if capped else contextlib.nullcontext(),
             ):
+                sending = True
                 try:
                     async with self._session.post(
                         self.endpoint,
@@ -130,6 +135,11 @@ class NodeTransport:
                     delivered = not _surely_not_sent(exc)
                     raise NodeUnreachable(_describe(exc), delivered=delivered) from None
         except TimeoutError:
+            if not sending:  # still waiting for a connection: not a byte left
+                raise NodeBusy(
+                    f"no connection to the node came free within {timeout:g} s "
+                    f"({self._max_connections} requests under way)"
+                ) from None
             # The node took the request (or has `max_connections` under way) but did not answer
             # in time: a fault of this request, not a sign that the node is down.
             raise NodeTimeout(f"no answer from the node within {timeout:g} s") from None

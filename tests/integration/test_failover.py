@@ -1,6 +1,7 @@
 """Node failover through the proxy: a dead node in the list costs nothing, a node stopped while
-reads are under way fails none of them, a slow read fails for its caller alone, and with no node
-left the answer is 503 / -32002."""
+reads are under way fails none of them, a slow read fails for its caller alone, with no node
+left the answer is 503 / -32002, and GoQuorum's private submissions follow eth_sendRawTransaction's
+safe-send rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import contextlib
 from pathlib import Path
 
 import aiohttp
+import pytest
+from eth_account import Account
 
 from tests.support.anvil import free_port, rpc, run_anvil
 from tests.support.forwarder import forwarder
@@ -107,3 +110,56 @@ async def test_a_slow_read_fails_for_its_caller_alone(database_url: str, softhsm
                 async with session.get(url + "/readyz") as response:
                     assert response.status == 200
                     assert [n["ok"] for n in (await response.json())["nodes"]] == [True, True]
+
+
+# A caller's own signed private transaction (GoQuorum: its data is Tessera's hash of the payload).
+PRIVATE_FOR = {"privateFor": ["ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc="]}
+DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+
+
+def signed_private() -> tuple[str, str]:
+    signed = Account.sign_transaction(
+        {"nonce": 0, "gasPrice": 0, "gas": 90000, "to": None, "value": 0, "data": "0x" + "ab" * 64},
+        DEV_KEY,
+    )  # fmt: skip
+    return "0x" + bytes(signed.raw_transaction).hex(), "0x" + bytes(signed.hash).hex()
+
+
+@pytest.mark.parametrize("method", ["eth_sendRawPrivateTransaction",
+                                    "eth_distributePrivateTransaction"])  # fmt: skip
+async def test_a_private_submission_that_may_have_reached_a_node_is_not_retried(
+    method: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:  # fmt: skip
+    with run_anvil(chain_id=CHAIN_ID) as live:
+        async with forwarder(live) as first, forwarder(live) as second:
+            first.mode = second.mode = "drop_sends"  # read the request, then close the connection
+            stack = await build_stack(live, database_url, softhsm_module,
+                                      upstreams=(first.url, second.url))  # fmt: skip
+            raw, tx_hash = signed_private()
+            async with in_process(stack.settings) as (url, session):
+                status, answer = await _call(session, url, stack, method, [raw, PRIVATE_FOR])
+            assert status == 503, answer
+            error = answer["error"]
+            assert isinstance(error, dict) and error["code"] == -32002, answer
+            assert tx_hash in error["message"] and "may still have reached" in error["message"]
+            seen = [message for _, message in first.seen + second.seen]
+            sent = [message for message in seen if message["method"] == method]
+            assert [message["params"] for message in sent] == [[raw, PRIVATE_FOR]]  # not retried
+
+
+async def test_a_private_transaction_the_node_already_holds_is_success(
+    database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:  # fmt: skip
+    with run_anvil(chain_id=CHAIN_ID) as live:
+        async with forwarder(live) as node:
+            # GoQuorum's txpool, as geth's, on a resend of a transaction it holds.
+            node.errors["eth_sendRawPrivateTransaction"] = {"code": -32000,
+                                                            "message": "already known"}  # fmt: skip
+            stack = await build_stack(live, database_url, softhsm_module, upstreams=(node.url,))
+            raw, tx_hash = signed_private()
+            async with in_process(stack.settings) as (url, session):
+                status, answer = await _call(
+                    session, url, stack, "eth_sendRawPrivateTransaction", [raw, PRIVATE_FOR]
+                )
+            assert (status, answer.get("result")) == (200, tx_hash), answer
+            assert node.methods().count("eth_sendRawPrivateTransaction") == 1

@@ -16,14 +16,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy import forwarding, router
+from proxy.handlers import signing
 from tests.support.anvil import run_anvil
 from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "rpc.md"
 _NAME = re.compile(r"`([a-z][A-Za-z0-9]*_(?:[A-Za-z0-9_]+|\*))`")
 # Whatever QSIGNER_PASSTHROUGH says, these are never forwarded.
-PASSTHROUGH = ("personal_*", "account_*", "eth_sendTransactionAsync",
-               "eth_sendUnsignedTransaction", "eth_signTypedData_v1", "eth_sign")  # fmt: skip
+PASSTHROUGH = ("personal_*", "account_*", "quorumPermission_*", "quorumExtension_*",
+               "eth_sendTransactionAsync", "eth_sendUnsignedTransaction", "eth_signTypedData_v1",
+               "eth_sign")  # fmt: skip
 # Example methods for the namespaces the list names.
 NAMESPACE_EXAMPLES = {
     "net_*": ["net_version", "net_listening", "net_peerCount"],
@@ -31,6 +33,11 @@ NAMESPACE_EXAMPLES = {
     "personal_*": ["personal_unlockAccount", "personal_sendTransaction", "personal_newAccount",
                    "personal_signTransaction", "personal_importRawKey"],
     "account_*": ["account_signTransaction", "account_list"],
+    # GoQuorum's permissioning and contract extension: the node signs and sends with `from`.
+    "quorumPermission_*": ["quorumPermission_addOrg", "quorumPermission_approveOrg",
+                           "quorumPermission_assignAccountRole"],
+    "quorumExtension_*": ["quorumExtension_extendContract", "quorumExtension_approveExtension",
+                          "quorumExtension_cancelExtension"],
 }  # fmt: skip
 
 
@@ -59,6 +66,9 @@ def test_the_document_is_the_code() -> None:
     never = set(section("Never forwarded"))
     assert forwarding.NODE_SIGNING <= never
     assert {f"{ns}_*" for ns in forwarding.NODE_SIGNING_NAMESPACES} <= never
+    # GoQuorum's namespaces that send transactions signed with the node's own account.
+    assert {"quorumPermission_*", "quorumExtension_*"} <= never
+    assert not {"quorumPermission_*", "quorumExtension_*"} & set(section("Refused unless"))
 
 
 @pytest.fixture
@@ -113,7 +123,8 @@ async def test_every_listed_method_is_answered_forwarded_or_refused_as_documente
         auth = {"Authorization": f"Bearer {stack.jwt}", "X-Signer-Password": stack.password}
 
         async def call(method: str) -> dict[str, Any]:
-            params: list[Any] = ["0xc0"] if method == "eth_sendRawTransaction" else []
+            # Submissions need a signed transaction before they are passed on (an empty one here).
+            params: list[Any] = ["0xc0"] if method in signing.SUBMISSIONS else []
             body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
             async with session.post(url + "/", json=body, headers=auth) as response:
                 answer: dict[str, Any] = await response.json()

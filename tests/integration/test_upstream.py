@@ -22,6 +22,7 @@ from eth_account import Account
 
 from proxy.errors import (
     NodeAnswerTooLarge,
+    NodeBusy,
     NodeError,
     NodeTimeout,
     NoNodeAvailable,
@@ -29,7 +30,7 @@ from proxy.errors import (
     SettingsError,
 )
 from proxy.nodes.pool import NodePool
-from proxy.nodes.transport import mask_url
+from proxy.nodes.transport import NodeTransport, mask_url
 from tests.support.anvil import free_port, rpc, run_anvil
 from tests.support.forwarder import forwarder
 
@@ -401,13 +402,13 @@ async def test_a_sent_transaction_is_mined_and_sending_it_again_is_success() -> 
     with run_anvil() as url:
         async with node_pool([url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
             # anvil answers "nonce too low" for the mined duplicate: still this very transaction.
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             other_raw, other_hash = signed_transfer(nonce=0, value=2)
             with pytest.raises(NodeError) as taken:  # another transaction on a used nonce
-                await pool.send_raw_transaction(other_raw, other_hash)
+                await pool.send("eth_sendRawTransaction", [other_raw], other_hash)
             assert (taken.value.code, taken.value.message) == (-32003, "nonce too low")
 
 
@@ -415,9 +416,9 @@ async def test_a_duplicate_still_in_the_pool_is_success() -> None:
     with run_anvil(extra=("--no-mining",)) as url:
         async with node_pool([url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             # anvil: -32003 "transaction already imported"
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             rpc(url, "anvil_mine", ["0x1"])
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
 
@@ -427,7 +428,7 @@ async def test_a_send_goes_past_a_dead_upstream() -> None:
     with run_anvil() as url:
         async with node_pool([dead, url]) as pool:
             raw, tx_hash = signed_transfer(nonce=0)
-            assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+            assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
             assert (await receipt(pool, tx_hash))["status"] == "0x1"
 
 
@@ -445,7 +446,7 @@ async def test_a_send_goes_to_another_node_when_the_first_surely_never_got_it(
             await front.stop()  # between probes: the pool still counts it healthy
             for nonce in (0, 1):  # round robin: one of the two sends tries the stopped node first
                 raw, tx_hash = signed_transfer(nonce=nonce)
-                assert await pool.send_raw_transaction(raw, tx_hash) == tx_hash
+                assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
                 assert (await receipt(pool, tx_hash))["status"] == "0x1"
             assert ok_by_url(pool) == {front.url: False, url: True}
 
@@ -460,9 +461,65 @@ async def test_a_send_that_may_have_reached_a_node_is_not_retried() -> None:
             first.mode = second.mode = "hang_sends"  # pass the send on, then never answer
             raw, tx_hash = signed_transfer(nonce=0)
             with pytest.raises(SendOutcomeUnknown) as unknown:
-                await pool.send_raw_transaction(raw, tx_hash)
+                await pool.send("eth_sendRawTransaction", [raw], tx_hash)
             assert isinstance(unknown.value, NoNodeAvailable) and unknown.value.tx_hash == tx_hash
             sends = (first.methods() + second.methods()).count("eth_sendRawTransaction")
             assert sends == 1
             # It did reach the node: a retry would not have been the pool's decision to make.
             assert rpc(url, "eth_getTransactionReceipt", [tx_hash])["status"] == "0x1"
+
+
+# --- waiting for a connection (QSIGNER_NODE_CONNECTIONS) ends before anything is sent ----------
+
+
+async def test_a_request_that_never_got_a_connection_is_known_not_sent() -> None:
+    with run_anvil() as url:
+        async with forwarder(url) as slow, aiohttp.ClientSession() as session:
+            slow.held = {"eth_getLogs"}
+            transport = NodeTransport(slow.url, session, connect_timeout=1.0, max_connections=1,
+                                      max_response_bytes=1 << 20)  # fmt: skip
+            holder = asyncio.create_task(
+                transport.request("eth_getLogs", [{"fromBlock": "0x0"}], timeout=30)
+            )
+            await eventually(lambda: slow.holding == 1)
+            raw, _ = signed_transfer(nonce=0)
+            with pytest.raises(NodeBusy) as busy:  # not NodeTimeout: it never left
+                await transport.request("eth_sendRawTransaction", [raw], timeout=0.3)
+            assert isinstance(busy.value, NoNodeAvailable)
+            assert "eth_sendRawTransaction" not in slow.methods()
+            slow.release()
+            assert await holder == []
+
+
+async def test_a_send_that_waited_in_vain_for_a_connection_goes_to_the_next_node() -> None:
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as busy,
+            forwarder(url) as free,
+            node_pool([busy.url, free.url], node_connections=1, read_timeout=0.3,
+                      probe_interval=NO_PROBES) as pool,
+        ):  # fmt: skip
+            busy.held = free.held = {"eth_getLogs"}
+            # Reaching into the pool's own transports: only a request with a longer deadline than
+            # the pool's can hold a connection past a send's deadline. Both nodes then count one
+            # request in flight, but only the busy node's one connection is taken.
+            busy_node, free_node = (node.transport for node in pool._nodes)
+            held = [
+                asyncio.create_task(busy_node.request("eth_getLogs", [{}], timeout=30)),
+                asyncio.create_task(free_node.request("eth_getLogs", [{}], timeout=30,
+                                                      capped=False)),
+            ]  # fmt: skip
+            await eventually(lambda: busy.holding + free.holding == 2)
+            sent = []
+            for nonce in (0, 1):  # the first send tries the busy node first (round robin)
+                raw, tx_hash = signed_transfer(nonce=nonce)
+                assert await pool.send("eth_sendRawTransaction", [raw], tx_hash) == tx_hash
+                sent.append(tx_hash)
+            assert "eth_sendRawTransaction" not in busy.methods()
+            assert free.methods().count("eth_sendRawTransaction") == 2
+            assert ok_by_url(pool) == {busy.url: True, free.url: True}  # busy, not down
+            busy.release()
+            free.release()
+            await asyncio.gather(*held)
+            for tx_hash in sent:
+                assert (await receipt(pool, tx_hash))["status"] == "0x1"

@@ -16,6 +16,10 @@ from aiohttp import web
 
 from tests.support.anvil import free_port
 
+# Submissions of a signed transaction: what "hang_sends" and "drop_sends" act on.
+SENDS = frozenset({"eth_sendRawTransaction", "eth_sendRawPrivateTransaction",
+                   "eth_distributePrivateTransaction"})  # fmt: skip
+
 
 class Forwarder:
     """Passes JSON-RPC on to a node and records what it received; can fail on demand."""
@@ -23,7 +27,10 @@ class Forwarder:
     def __init__(self, target: str) -> None:
         self.target = target
         self.port = free_port()
-        self.mode = "forward"  # or "bad_gateway", "hang" (every request), "hang_sends"
+        # or "bad_gateway", "hang" (every request), "hang_sends", "drop_sends" (read the send,
+        # then close the connection without an answer and without passing it on)
+        self.mode = "forward"
+        self.errors: dict[str, dict[str, Any]] = {}  # method -> JSON-RPC error answered for it
         self.held: set[str] = set()  # methods answered only once released (a slow node)
         self.chunked = False  # answers streamed in pieces, with no Content-Length
         self.holding = 0  # requests held right now
@@ -72,6 +79,13 @@ class Forwarder:
         self.paths.add(request.path)
         if self.mode == "bad_gateway":
             return web.Response(status=502, text="<html>502 Bad Gateway</html>")
+        if self.mode == "drop_sends" and message["method"] in SENDS:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # never written: the connection is gone
+        if message["method"] in self.errors:
+            error = {"jsonrpc": "2.0", "id": message["id"], "error": self.errors[message["method"]]}
+            return web.json_response(error)
         if message["method"] in self.held:
             self.holding += 1
             self.most_held = max(self.most_held, self.holding)
@@ -84,9 +98,7 @@ class Forwarder:
             self.target, data=body, headers={"Content-Type": "application/json"}
         ) as answer:
             answered = await answer.read()
-        if self.mode == "hang" or (
-            self.mode == "hang_sends" and message["method"] == "eth_sendRawTransaction"
-        ):
+        if self.mode == "hang" or (self.mode == "hang_sends" and message["method"] in SENDS):
             await self._released.wait()
         if self.chunked:
             streamed = web.StreamResponse(headers={"Content-Type": "application/json"})
