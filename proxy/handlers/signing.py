@@ -47,6 +47,8 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> Asyn
         _, caller.credentials = await services.identity.unlock_with_password(
             principal.user_id, caller.password
         )
+        # A first unlock may have waited seconds for PBKDF2: a grant revoked meanwhile holds.
+        account = await services.identity.account_for(principal, address)
     credentials = caller.credentials
     if credentials.token_serial != account.token_serial:
         raise Forbidden("this caller's credentials do not open the token of that account")

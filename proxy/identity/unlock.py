@@ -109,6 +109,14 @@ class SecretCache(Generic[V]):
         return len(self._entries)
 
 
+def _encodable(secret: str) -> bool:
+    try:
+        secret.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Flight:
     """A user's cold unlock in progress in this replica, and how many requests wait on it."""
 
@@ -153,6 +161,10 @@ class Unlocker:
 
     async def unlock_with_password(self, user_id: str, password: str
                                    ) -> tuple[Principal, HsmCredentials]:  # fmt: skip
+        if not _encodable(password):
+            # Undecodable bytes in X-Signer-Password: no password opens with them, and the
+            # encoding error would otherwise carry the password's characters into the log.
+            raise Unauthorized("unknown or disabled user, or wrong password")
         principal, row = await self._unlockable(user_id)
         cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
         if cached is not None:
@@ -184,7 +196,9 @@ class Unlocker:
             except EnvelopeError:
                 await self._wrong_password(user_id, attempt)
                 raise Unauthorized("unknown or disabled user, or wrong password") from None
-            await self._right_password(user_id)
+            # Checked in the database after PBKDF2: a disable or passwd committed while it ran
+            # wins. (A later hit passes the user's row again before it is served.)
+            await self._right_password(user_id, row["version"])
             self.unlock_cache.put((user_id, row["envelope_id"], row["version"], password),
                                   credentials, owners=(f"user:{user_id}",))  # fmt: skip
             return principal, credentials
@@ -218,11 +232,13 @@ class Unlocker:
         died) ends after that long instead of locking the user for good."""
         attempt = await self.pool.fetchval(
             """UPDATE users SET
-                   failed_attempts = CASE WHEN attempt_at < now() - make_interval(secs => $3)
+                   failed_attempts = CASE WHEN coalesce(attempt_at, '-infinity')
+                                               < now() - make_interval(secs => $3)
                                           THEN 1 ELSE failed_attempts + 1 END,
                    attempt_at = now()
                WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
-                 AND (failed_attempts < $2 OR attempt_at < now() - make_interval(secs => $3))
+                 AND (failed_attempts < $2
+                      OR coalesce(attempt_at, '-infinity') < now() - make_interval(secs => $3))
                RETURNING failed_attempts""",
             user_id, self.settings.lockout_attempts, float(self.settings.lockout_seconds),
         )  # fmt: skip
@@ -238,16 +254,21 @@ class Unlocker:
             user_id,
         )
 
-    async def _right_password(self, user_id: str) -> None:
-        """Clear the count (ours included); refused if a lock was set while we judged."""
+    async def _right_password(self, user_id: str, version: int) -> None:
+        """Clear the count (ours included); refused if, while we judged, a lock was set, the
+        user was disabled, or the password changed (the envelope we opened is no longer theirs)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            cleared = await conn.fetchval(
-                """UPDATE users SET failed_attempts = 0
-                   WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
-                   RETURNING id""",
+            state = await conn.fetchrow(
+                """UPDATE users u SET failed_attempts = 0
+                   FROM credential_envelopes e
+                   WHERE u.id = $1 AND e.user_id = u.id AND e.kind = 'password'
+                   RETURNING u.status, e.version,
+                             u.locked_until IS NOT NULL AND u.locked_until > now() AS locked""",
                 user_id,
             )
-            if cleared is None:
+            if state is None or state["status"] != "active" or state["version"] != version:
+                raise Unauthorized("unknown or disabled user, or wrong password")
+            if state["locked"]:
                 raise LockedOut(LOCKED)
             await self.rows.notify(conn, "attempts", user_id)
         self.rows.forget("attempts", user_id)

@@ -118,3 +118,57 @@ async def test_a_count_left_at_the_limit_without_a_lock_ends(
         await asyncio.sleep(settings.lockout_seconds + 0.2)
         principal, _ = await identity.unlock_with_password("alice", "right")
         assert principal.user_id == "alice"
+
+
+async def test_a_count_from_before_attempt_times_ends_too(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """A user counted at the limit before attempts had times (or under a higher limit since
+    lowered) is not locked for good either."""
+    async with two_pools(database_url) as (pool, _):
+        identity = Identity(pool, SETTINGS)
+        await acme(identity, hsm_token, {"alice": "right"})
+        await pool.execute("UPDATE users SET failed_attempts = $1, attempt_at = NULL "
+                           "WHERE id = 'alice'", LIMIT + 2)  # fmt: skip
+        principal, _ = await identity.unlock_with_password("alice", "right")
+        assert principal.user_id == "alice"
+
+
+async def test_a_user_disabled_while_their_password_is_judged_is_refused(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """`user disable` (or `passwd`) committed while PBKDF2 judges a first unlock wins: the
+    unlock is refused, and nothing is cached for it."""
+    executor = BoundedExecutor(1, 1, thread_name_prefix="pbkdf2-test")
+    gate = threading.Event()
+    try:
+        async with two_pools(database_url) as (pool, other_pool):
+            identity = Identity(pool, SETTINGS, run_blocking=executor.run)
+            admin = Identity(other_pool, SETTINGS)
+            await acme(identity, hsm_token, {"alice": "right"})
+            busy = executor.submit(gate.wait)  # PBKDF2 for alice waits behind this
+            unlock = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
+            while executor.outstanding < 2:  # her attempt is counted and queued
+                await asyncio.sleep(0.01)
+            await admin.disable_user("alice")
+            gate.set()
+            busy.result()
+            with pytest.raises(Unauthorized):
+                await unlock
+            assert len(identity.unlocker.unlock_cache) == 0
+    finally:
+        gate.set()
+        executor.shutdown()
+
+
+async def test_a_password_that_is_not_text_is_refused_quietly(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """Undecodable bytes in X-Signer-Password (surrogates once aiohttp decoded them) are a wrong
+    password, not an encoding error whose traceback would quote the password in the log."""
+    async with two_pools(database_url) as (pool, _):
+        identity = Identity(pool, SETTINGS)
+        await acme(identity, hsm_token, {"alice": "right"})
+        with pytest.raises(Unauthorized):
+            await identity.unlock_with_password("alice", "right\udcff")
+        assert await pool.fetchval("SELECT failed_attempts FROM users WHERE id = 'alice'") == 0
