@@ -46,23 +46,55 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _Dropped:
+    """Records dropped because the queue was full: counted on the loop's thread, reported by
+    the writer's, hence the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._count = self._count, 0
+        return count
+
+
 class _StderrWriter(logging.StreamHandler):  # type: ignore[type-arg]
     """Runs on the listener's thread only. Writes into a block-buffered copy of stderr and
     flushes once the queue is empty: one write(2) per burst, not per line (a line-buffered
     stderr cost a third of the passthrough throughput, bench/passthrough.py)."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: list[int]) -> None:
+    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: _Dropped,
+                 record_formatter: logging.Formatter) -> None:  # fmt: skip
         super().__init__(open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",
                               closefd=False))  # fmt: skip
         self.setFormatter(logging.Formatter("%(message)s"))  # formatted by the QueueHandler
         self._records = records
         self._dropped = dropped
+        self.record_formatter = record_formatter  # for its own notices (records come formatted)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._dropped[0]:
-            count, self._dropped[0] = self._dropped[0], 0
-            self.stream.write(f"{count} log records dropped: stderr was not keeping up\n")
+        self.report_dropped()
         super().emit(record)
+
+    def report_dropped(self) -> None:
+        count = self._dropped.take()
+        if count:
+            # Its own record, formatted like every other line (a JSON object in json mode).
+            notice = logging.LogRecord("proxy.logs", logging.WARNING, __file__, 0,
+                                       "log records dropped: stderr was not keeping up",
+                                       None, None)  # fmt: skip
+            notice.fields = {"dropped": count}
+            super().emit(self._formatted(notice))
+
+    def _formatted(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = self.record_formatter.format(record), None
+        return record
 
     def flush(self) -> None:
         if self._records.empty():
@@ -77,7 +109,7 @@ class _BoundedQueueHandler(QueueHandler):
     """On the caller's thread (the event loop): formats, then hands over without ever waiting.
     When the queue is full (stderr blocked for long), the record is dropped and counted."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: list[int]) -> None:
+    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: _Dropped) -> None:
         super().__init__(records)
         self._dropped = dropped
 
@@ -85,7 +117,7 @@ class _BoundedQueueHandler(QueueHandler):
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self._dropped[0] += 1
+            self._dropped.add()
 
 
 _running: tuple[QueueListener, _StderrWriter] | None = None
@@ -98,10 +130,11 @@ def configure(log_format: str | None) -> None:
     stop()
     chosen = log_format or ("text" if sys.stderr.isatty() else "json")
     records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED)
-    dropped = [0]
-    writer = _StderrWriter(records, dropped)
+    dropped = _Dropped()
+    formatter = JsonFormatter() if chosen == "json" else TextFormatter()
+    writer = _StderrWriter(records, dropped, formatter)
     handler = _BoundedQueueHandler(records, dropped)
-    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    handler.setFormatter(formatter)
     listener = QueueListener(records, writer)
     listener.start()
     _running = (listener, writer)
@@ -123,6 +156,7 @@ def stop(timeout: float = STOP_SECONDS) -> None:
     def drain() -> None:
         with contextlib.suppress(queue.Full):  # full: stderr is blocked, nothing to wait for
             listener.stop()
+        writer.report_dropped()  # drops after the last record written
         writer.flush_now()
 
     stopper = threading.Thread(target=drain, name="log-drain", daemon=True)
