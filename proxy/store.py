@@ -77,11 +77,16 @@ async def upgrade(pool: asyncpg.Pool) -> list[str]:
     return applied_now
 
 
-# What a lost, restarting, frozen or saturated server raises; errors about the data (a unique
-# violation, say) are not among them and pass unchanged.
+# What a lost, restarting, frozen or saturated server raises, and one that cannot serve us now:
+# a primary demoted to a read-only standby by a failover, credentials rotated under a running
+# pool, the database gone. Errors about the data (a unique violation, say) are not among them
+# and pass unchanged.
 UNREACHABLE = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
 )  # fmt: skip
 
 

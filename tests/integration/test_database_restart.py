@@ -203,3 +203,26 @@ async def test_database_frozen_stopped_and_back_under_load(
         while not await _listening_backends(owned_server.dsn, database_name):
             assert time.monotonic() < deadline, "the LISTEN connection did not come back"
             await asyncio.sleep(0.2)
+
+
+async def test_a_database_turned_read_only_fails_closed(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    """A failover that leaves the proxy on a read-only standby: a first unlock, which must count
+    its attempt, answers 503 / -32603 "database unavailable", not an internal error."""
+    stack = await build_stack(anvil, database_url, softhsm_module)
+    admin = await asyncpg.connect(database_url)
+    try:
+        name = urlsplit(database_url).path.lstrip("/")
+        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    finally:
+        await admin.close()
+    async with in_process(stack.settings) as (url, session):
+        body = {"jsonrpc": "2.0", "id": 1, "method": "personal_sign",
+                "params": ["0x68656c6c6f", stack.address]}  # fmt: skip
+        headers = {"Authorization": f"Bearer {stack.jwt}", "X-Signer-Password": stack.password}
+        async with session.post(url + "/", json=body, headers=headers) as response:
+            answer = await response.json()
+        assert response.status == 503, answer
+        assert answer["error"]["code"] == -32603, answer
+        assert "database unavailable" in answer["error"]["message"], answer
