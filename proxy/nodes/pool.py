@@ -224,7 +224,12 @@ class NodePool:
             except (NodeTimeout, NodeAnswerTooLarge):
                 raise SendOutcomeUnknown(tx_hash) from None
             except NodeError as error:
-                if answers_hash and await self._holds_transaction(node, error, tx_hash, headers):
+                if not answers_hash:
+                    raise
+                holds = await self._holds_transaction(node, error, tx_hash, headers)
+                if holds is None:  # the node refused it, but may hold it: nobody can tell yet
+                    raise SendOutcomeUnknown(tx_hash) from None
+                if holds:
                     return tx_hash
                 raise
             if not isinstance(result, str):
@@ -244,7 +249,9 @@ class NodePool:
 
     async def _holds_transaction(
         self, node: _Node, error: NodeError, tx_hash: str, headers: Mapping[str, str] | None
-    ) -> bool:
+    ) -> bool | None:
+        """Whether the node that refused the send holds this very transaction; None when the
+        lookup got no answer (then a refusal such as "nonce too low" may still be ours)."""
         if _ALREADY_KNOWN.search(error.message):
             return True
         # A resent transaction that is already mined gets "nonce too low" (anvil, geth), as does
@@ -253,8 +260,10 @@ class NodePool:
             found = await node.transport.request(
                 "eth_getTransactionByHash", [tx_hash], headers, timeout=self._read_timeout
             )
-        except (NodeError, NodeUnreachable, NodeBusy, NodeTimeout, NodeAnswerTooLarge):
+        except NodeError:
             return False
+        except (NodeUnreachable, NodeBusy, NodeTimeout, NodeAnswerTooLarge):
+            return None
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
     def _pick(self, tried: list[_Node]) -> _Node | None:

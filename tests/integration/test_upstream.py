@@ -523,3 +523,20 @@ async def test_a_send_that_waited_in_vain_for_a_connection_goes_to_the_next_node
             await asyncio.gather(*held)
             for tx_hash in sent:
                 assert (await receipt(pool, tx_hash))["status"] == "0x1"
+
+
+async def test_a_refused_send_whose_lookup_gets_no_answer_is_an_unknown_outcome() -> None:
+    """ "nonce too low" is also what a resent transaction that is already mined gets: when the
+    hash lookup that tells the two apart gets no answer, the outcome is unknown, not failed."""
+    with run_anvil() as url:
+        async with (
+            forwarder(url) as node,
+            node_pool([node.url], read_timeout=0.3, probe_interval=NO_PROBES) as pool,
+        ):
+            raw, tx_hash = signed_transfer(nonce=0)
+            node.errors["eth_sendRawTransaction"] = {"code": -32003, "message": "nonce too low"}
+            node.held = {"eth_getTransactionByHash"}  # the lookup outlasts the deadline
+            with pytest.raises(SendOutcomeUnknown) as unknown:
+                await pool.send("eth_sendRawTransaction", [raw], tx_hash)
+            assert unknown.value.tx_hash == tx_hash
+            node.release()
