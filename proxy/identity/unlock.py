@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from proxy.errors import EnvelopeError, LockedOut, Unauthorized
+from proxy.errors import EnvelopeError, LockedOut, RateLimited, Unauthorized
 from proxy.identity.credentials import (
     Envelope,
     HsmCredentials,
@@ -213,11 +213,21 @@ class Unlocker:
 
     @contextlib.asynccontextmanager
     async def _single_flight(self, user_id: str) -> AsyncIterator[None]:
+        """Wait for this user's cold unlock under way in this replica, at most as long as a
+        request waits for the database (QSIGNER_DATABASE_TIMEOUT): a slow database or a long
+        PBKDF2 queue must not make a user's requests wait for each other without end."""
         flight = self._flights.setdefault(user_id, _Flight())
         flight.waiting += 1
         try:
-            async with flight.lock:
+            try:
+                await asyncio.wait_for(flight.lock.acquire(), self.settings.database_timeout)
+            except TimeoutError:
+                raise RateLimited("this user's first unlock is still under way: try again "
+                                  "shortly") from None  # fmt: skip
+            try:
                 yield
+            finally:
+                flight.lock.release()
         finally:
             flight.waiting -= 1
             if flight.waiting == 0:

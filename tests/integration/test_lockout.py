@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.errors import LockedOut, Unauthorized
+from proxy.errors import LockedOut, RateLimited, Unauthorized
 from proxy.identity import Identity
 from proxy.settings import Settings
 from signer.errors import Overloaded
@@ -172,3 +172,31 @@ async def test_a_password_that_is_not_text_is_refused_quietly(
         with pytest.raises(Unauthorized):
             await identity.unlock_with_password("alice", "right\udcff")
         assert await pool.fetchval("SELECT failed_attempts FROM users WHERE id = 'alice'") == 0
+
+
+async def test_waiting_for_a_users_first_unlock_is_bounded(
+    database_url: str, hsm_token: SoftHsmToken
+) -> None:
+    """A user's cold unlocks in one replica go one at a time; one waiting behind another that is
+    stuck (PBKDF2 queued behind busy threads) gives up after QSIGNER_DATABASE_TIMEOUT with
+    -32005, uncounted, instead of waiting without end."""
+    settings = replace(SETTINGS, database_timeout=1)
+    executor = BoundedExecutor(1, 1, thread_name_prefix="pbkdf2-test")
+    gate = threading.Event()
+    try:
+        async with two_pools(database_url) as (pool, _):
+            identity = Identity(pool, settings, run_blocking=executor.run)
+            await acme(identity, hsm_token, {"alice": "right"})
+            busy = executor.submit(gate.wait)
+            first = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
+            while executor.outstanding < 2:  # the first holds alice's turn, its PBKDF2 queued
+                await asyncio.sleep(0.01)
+            with pytest.raises(RateLimited):
+                await asyncio.wait_for(identity.unlock_with_password("alice", "right"), 5)
+            gate.set()
+            busy.result()
+            principal, _ = await first
+            assert principal.user_id == "alice"
+    finally:
+        gate.set()
+        executor.shutdown()
