@@ -17,7 +17,10 @@ from proxy import logs
 
 CHANNEL = "qsigner_identity"
 LISTENER_NAME = "qsigner-listener"  # application_name, so operators can tell it apart
-KEEPALIVE_SECONDS = 5.0
+# The listener proves it is alive every second; rows are served only while it did so lately
+# (within two periods), so a listener cut off without a word (half-open TCP, a partition) stops
+# the cache within about two seconds, long before its query's own timeout replaces it.
+KEEPALIVE_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 5.0
 # A key or user that does not exist is remembered briefly, so that made-up credentials do not
 # cost a query each; creating one announces it, so a miss never outlives the creation.
@@ -42,6 +45,7 @@ class RowCache:
         self._dsn = ""
         self._listener: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        self._alive_at = 0.0  # when the listener last proved it answers (monotonic)
         self._watcher: asyncio.Task[None] | None = None
         self._rows: OrderedDict[tuple[str, str], tuple[float, asyncpg.Record]] = OrderedDict()
         self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -57,7 +61,8 @@ class RowCache:
     def listening(self) -> bool:
         """Whether changes reach this replica now (else nothing is served from the cache)."""
         listener = self._listener
-        return listener is not None and not listener.is_closed() and not self._lost.is_set()
+        return (listener is not None and not listener.is_closed() and not self._lost.is_set()
+                and time.monotonic() - self._alive_at <= 2 * self._keepalive)  # fmt: skip
 
     @property
     def generation(self) -> int:
@@ -80,11 +85,16 @@ class RowCache:
         listener, self._listener = self._listener, None
         self._forget_rows()
         if listener is not None and not listener.is_closed():
-            await listener.close(timeout=self._keepalive)  # terminated if it does not answer
+            # asyncpg aborts the connection when it does not answer in time, then re-raises:
+            # a half-open listener is gone either way.
+            with contextlib.suppress(TimeoutError, OSError, asyncpg.InterfaceError):
+                await listener.close(timeout=self._keepalive)
 
     async def _connect(self) -> None:
         listener = await asyncpg.connect(
-            self._dsn, timeout=self._keepalive, server_settings={"application_name": LISTENER_NAME}
+            self._dsn,
+            timeout=5 * self._keepalive,
+            server_settings={"application_name": LISTENER_NAME},
         )
         try:
             await listener.add_listener(CHANNEL, self._on_notify)
@@ -95,6 +105,7 @@ class RowCache:
         # Changes made while nobody listened were never announced: start from nothing.
         self._forget_rows()
         self._listener = listener
+        self._alive_at = time.monotonic()
         self._lost.clear()
 
     async def _watch(self) -> None:
@@ -106,7 +117,10 @@ class RowCache:
             listener = self._listener
             if listener is not None and not self._lost.is_set():
                 try:
-                    await listener.fetchval("SELECT 1", timeout=self._keepalive)
+                    # Answered, every NOTIFY sent before it has arrived: fresh again. A slow
+                    # answer only pauses the cache; no answer at all replaces the listener.
+                    await listener.fetchval("SELECT 1", timeout=5 * self._keepalive)
+                    self._alive_at = time.monotonic()
                     continue
                 except Exception:  # noqa: S110 (whatever the failure, the listener is replaced)
                     pass
@@ -116,7 +130,7 @@ class RowCache:
             delay = 0.1
             while True:
                 try:
-                    await asyncio.wait_for(self._connect(), self._keepalive * 2)
+                    await asyncio.wait_for(self._connect(), 10 * self._keepalive)
                     break
                 except Exception as exc:  # the watcher must outlive any failure
                     logs.event("identity listener cannot reconnect", logging.WARNING,

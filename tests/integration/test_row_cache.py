@@ -193,3 +193,27 @@ async def test_a_listener_that_stops_answering_is_replaced(
     finally:
         await rows.close()
         await relay.close()
+
+
+async def test_by_default_a_silent_listener_stops_the_cache_within_seconds(
+    database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
+) -> None:
+    """With the default keepalive, a listener cut off without a word (a partition: no FIN, no
+    RST) stops serving cached rows within about two seconds, not after its query times out."""
+    await provision(Identity(pools[1], SETTINGS), hsm_token)
+    relay = Blackhole(database_url)
+    rows = RowCache(pools[0], 100, 30)
+    query = "SELECT id, role FROM users WHERE id = $1"
+    try:
+        await rows.listen(await relay.start())
+        await rows.row("user", "alice", query)
+        await silent_role(pools[1], "alice", "viewer")
+        assert (await rows.row("user", "alice", query))["role"] == "signer"  # cached
+        relay.silence()
+        silenced = time.monotonic()
+        while (await rows.row("user", "alice", query))["role"] != "viewer":
+            assert time.monotonic() - silenced < 3.0, "a silent listener kept stale rows in use"
+            await asyncio.sleep(0.05)
+    finally:
+        await rows.close()
+        await relay.close()
