@@ -197,7 +197,7 @@ async def test_database_frozen_stopped_and_back_under_load(
         refused = await ask("viewer")
         assert refused.status == 401 and refused.code == 4100, refused
 
-        # The LISTEN connection is back by itself (the row cache checks it every 5 s and
+        # The LISTEN connection is back by itself (the row cache checks it every second and
         # reconnects with backoff). Seen from outside, in pg_stat_activity.
         deadline = time.monotonic() + 15
         while not await _listening_backends(owned_server.dsn, database_name):
