@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import replace
 
 import pytest
@@ -75,31 +76,53 @@ async def test_concurrent_guesses_through_two_replicas_count_at_most_the_limit(
     await first.unlock_with_password("alice", "right")
 
 
+class OneUnlockThread:
+    """PBKDF2's executor cut down to one thread (and `queued` places), which `take()` keeps busy
+    until `free()`: what a burst of first unlocks does to the real one."""
+
+    def __init__(self, queued: int) -> None:
+        self.executor = BoundedExecutor(1, queued, thread_name_prefix="pbkdf2-test")
+        self._gate = threading.Event()
+        self._busy: Future[bool] | None = None
+
+    def take(self) -> None:
+        self._busy = self.executor.submit(self._gate.wait)
+
+    def free(self) -> None:
+        self._gate.set()
+        if self._busy is not None:
+            self._busy.result()
+
+    async def holding(self, jobs: int) -> None:
+        """Until `jobs` are running or queued (the busy one included)."""
+        while self.executor.outstanding < jobs:
+            await asyncio.sleep(0.01)
+
+    def __enter__(self) -> OneUnlockThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+        self.executor.shutdown()
+
+
 async def test_an_attempt_never_judged_is_given_back(
     database_url: str, hsm_token: SoftHsmToken
 ) -> None:
     """A right password refused before PBKDF2 could judge it (every unlock thread busy: 429) does
     not count toward the lockout: a client retrying through a burst is not locked out for good."""
-    executor = BoundedExecutor(1, 0, thread_name_prefix="pbkdf2-test")
-    gate = threading.Event()
-    try:
+    with OneUnlockThread(queued=0) as unlock_thread:
         async with two_pools(database_url) as (pool, _):
-            identity = Identity(pool, SETTINGS, run_blocking=executor.run)
+            identity = Identity(pool, SETTINGS, run_blocking=unlock_thread.executor.run)
             await acme(identity, hsm_token, {"alice": "right"})
-            busy = executor.submit(gate.wait)  # the only unlock thread, taken
-            try:
-                for _ in range(2 * LIMIT):
-                    with pytest.raises(Overloaded):
-                        await identity.unlock_with_password("alice", "right")
-            finally:
-                gate.set()
-                busy.result()
+            unlock_thread.take()
+            for _ in range(2 * LIMIT):
+                with pytest.raises(Overloaded):
+                    await identity.unlock_with_password("alice", "right")
+            unlock_thread.free()
             principal, _ = await identity.unlock_with_password("alice", "right")
             assert principal.user_id == "alice"
             assert await pool.fetchval("SELECT failed_attempts FROM users WHERE id = 'alice'") == 0
-    finally:
-        gate.set()
-        executor.shutdown()
 
 
 async def test_a_count_left_at_the_limit_without_a_lock_ends(
@@ -139,26 +162,18 @@ async def test_a_user_disabled_while_their_password_is_judged_is_refused(
 ) -> None:
     """`user disable` (or `passwd`) committed while PBKDF2 judges a first unlock wins: the
     unlock is refused, and nothing is cached for it."""
-    executor = BoundedExecutor(1, 1, thread_name_prefix="pbkdf2-test")
-    gate = threading.Event()
-    try:
+    with OneUnlockThread(queued=1) as unlock_thread:
         async with two_pools(database_url) as (pool, other_pool):
-            identity = Identity(pool, SETTINGS, run_blocking=executor.run)
-            admin = Identity(other_pool, SETTINGS)
+            identity = Identity(pool, SETTINGS, run_blocking=unlock_thread.executor.run)
             await acme(identity, hsm_token, {"alice": "right"})
-            busy = executor.submit(gate.wait)  # PBKDF2 for alice waits behind this
+            unlock_thread.take()
             unlock = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
-            while executor.outstanding < 2:  # her attempt is counted and queued
-                await asyncio.sleep(0.01)
-            await admin.disable_user("alice")
-            gate.set()
-            busy.result()
+            await unlock_thread.holding(2)  # her attempt is counted, its PBKDF2 queued
+            await Identity(other_pool, SETTINGS).disable_user("alice")
+            unlock_thread.free()
             with pytest.raises(Unauthorized):
                 await unlock
             assert len(identity.unlocker.unlock_cache) == 0
-    finally:
-        gate.set()
-        executor.shutdown()
 
 
 async def test_a_password_that_is_not_text_is_refused_quietly(
@@ -181,22 +196,15 @@ async def test_waiting_for_a_users_first_unlock_is_bounded(
     stuck (PBKDF2 queued behind busy threads) gives up after QSIGNER_DATABASE_TIMEOUT with
     -32005, uncounted, instead of waiting without end."""
     settings = replace(SETTINGS, database_timeout=1)
-    executor = BoundedExecutor(1, 1, thread_name_prefix="pbkdf2-test")
-    gate = threading.Event()
-    try:
+    with OneUnlockThread(queued=1) as unlock_thread:
         async with two_pools(database_url) as (pool, _):
-            identity = Identity(pool, settings, run_blocking=executor.run)
+            identity = Identity(pool, settings, run_blocking=unlock_thread.executor.run)
             await acme(identity, hsm_token, {"alice": "right"})
-            busy = executor.submit(gate.wait)
+            unlock_thread.take()
             first = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
-            while executor.outstanding < 2:  # the first holds alice's turn, its PBKDF2 queued
-                await asyncio.sleep(0.01)
+            await unlock_thread.holding(2)  # the first holds alice's turn, its PBKDF2 queued
             with pytest.raises(RateLimited):
                 await asyncio.wait_for(identity.unlock_with_password("alice", "right"), 5)
-            gate.set()
-            busy.result()
+            unlock_thread.free()
             principal, _ = await first
             assert principal.user_id == "alice"
-    finally:
-        gate.set()
-        executor.shutdown()

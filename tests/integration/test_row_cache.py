@@ -4,6 +4,7 @@ itself, nothing stale is served while it is down, and every cached row expires a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -166,54 +167,58 @@ class Blackhole:
             task.add_done_callback(self._pumps.discard)
 
 
-async def test_a_listener_that_stops_answering_is_replaced(
-    database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
-) -> None:
+@contextlib.asynccontextmanager
+async def silenced_listener(
+    database_url: str,
+    hsm_token: SoftHsmToken,
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+    **cache_options: float,
+) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """A row cache whose listener goes through a relay, with alice's row cached and then changed
+    behind its back, and the relay silenced: the connection stays open and nothing comes
+    through (a partition). Yields a read of alice's role through the cache."""
     await provision(Identity(pools[1], SETTINGS), hsm_token)
     relay = Blackhole(database_url)
-    rows = RowCache(pools[0], 100, 30, keepalive_seconds=0.3)
+    rows = RowCache(pools[0], 100, 30, **cache_options)
     query = "SELECT id, role FROM users WHERE id = $1"
+
+    async def alice_role() -> str:
+        return str((await rows.row("user", "alice", query))["role"])
+
     try:
         await rows.listen(await relay.start())
-        await rows.row("user", "alice", query)
+        await alice_role()
         await silent_role(pools[1], "alice", "viewer")
-        assert (await rows.row("user", "alice", query))["role"] == "signer"  # cached
-        relay.silence()  # the listener's connection: open, but nothing comes through
+        assert await alice_role() == "signer"  # cached
+        relay.silence()
         await pools[1].execute("SELECT pg_notify($1, 'user:alice')", CHANNEL)  # lost
-        deadline = time.monotonic() + 1.0
-        while (await rows.row("user", "alice", query))["role"] != "viewer":
-            assert time.monotonic() < deadline, "a silent listener kept stale rows in use"
-            await asyncio.sleep(0.01)
-
-        # A new listener (a new connection through the relay) caches again.
-        async def alice_role() -> str:
-            return str((await rows.row("user", "alice", query))["role"])
-
-        await wait_for_cache(alice_role, pools[1], "alice")
+        yield alice_role
     finally:
         await rows.close()
         await relay.close()
+
+
+async def stale_rows_end_within(seconds: float, alice_role: Callable[[], Awaitable[str]]) -> None:
+    deadline = time.monotonic() + seconds
+    while await alice_role() != "viewer":
+        assert time.monotonic() < deadline, "a silent listener kept stale rows in use"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_listener_that_stops_answering_is_replaced(
+    database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
+) -> None:
+    async with silenced_listener(database_url, hsm_token, pools,
+                                 keepalive_seconds=0.3) as alice_role:  # fmt: skip
+        await stale_rows_end_within(1.0, alice_role)
+        # A new listener (a new connection through the relay) caches again.
+        await wait_for_cache(alice_role, pools[1], "alice")
 
 
 async def test_by_default_a_silent_listener_stops_the_cache_within_seconds(
     database_url: str, hsm_token: SoftHsmToken, pools: tuple[asyncpg.Pool, asyncpg.Pool]
 ) -> None:
-    """With the default keepalive, a listener cut off without a word (a partition: no FIN, no
-    RST) stops serving cached rows within about two seconds, not after its query times out."""
-    await provision(Identity(pools[1], SETTINGS), hsm_token)
-    relay = Blackhole(database_url)
-    rows = RowCache(pools[0], 100, 30)
-    query = "SELECT id, role FROM users WHERE id = $1"
-    try:
-        await rows.listen(await relay.start())
-        await rows.row("user", "alice", query)
-        await silent_role(pools[1], "alice", "viewer")
-        assert (await rows.row("user", "alice", query))["role"] == "signer"  # cached
-        relay.silence()
-        silenced = time.monotonic()
-        while (await rows.row("user", "alice", query))["role"] != "viewer":
-            assert time.monotonic() - silenced < 3.0, "a silent listener kept stale rows in use"
-            await asyncio.sleep(0.05)
-    finally:
-        await rows.close()
-        await relay.close()
+    """With the default keepalive, a listener cut off without a word (no FIN, no RST) stops
+    serving cached rows within about two seconds, not once its query times out."""
+    async with silenced_listener(database_url, hsm_token, pools) as alice_role:
+        await stale_rows_end_within(3.0, alice_role)
