@@ -9,7 +9,9 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import replace
+from typing import Any
 
+import asyncpg
 import pytest
 
 from proxy.errors import LockedOut, RateLimited, Unauthorized
@@ -93,10 +95,21 @@ class OneUnlockThread:
         if self._busy is not None:
             self._busy.result()
 
-    async def holding(self, jobs: int) -> None:
-        """Until `jobs` are running or queued (the busy one included)."""
-        while self.executor.outstanding < jobs:
+    async def identity(self, pool: asyncpg.Pool, hsm_token: SoftHsmToken,
+                       settings: Settings = SETTINGS) -> Identity:  # fmt: skip
+        """A replica on this thread, with acme and alice (password "right")."""
+        identity = Identity(pool, settings, run_blocking=self.executor.run)
+        await acme(identity, hsm_token, {"alice": "right"})
+        return identity
+
+    async def stuck_unlock(self, identity: Identity) -> asyncio.Future[Any]:
+        """Alice's first unlock, its attempt counted and its PBKDF2 queued behind the busy
+        thread until `free()`."""
+        self.take()
+        unlock = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
+        while self.executor.outstanding < 2:
             await asyncio.sleep(0.01)
+        return unlock
 
     def __enter__(self) -> OneUnlockThread:
         return self
@@ -113,8 +126,7 @@ async def test_an_attempt_never_judged_is_given_back(
     not count toward the lockout: a client retrying through a burst is not locked out for good."""
     with OneUnlockThread(queued=0) as unlock_thread:
         async with two_pools(database_url) as (pool, _):
-            identity = Identity(pool, SETTINGS, run_blocking=unlock_thread.executor.run)
-            await acme(identity, hsm_token, {"alice": "right"})
+            identity = await unlock_thread.identity(pool, hsm_token)
             unlock_thread.take()
             for _ in range(2 * LIMIT):
                 with pytest.raises(Overloaded):
@@ -164,11 +176,8 @@ async def test_a_user_disabled_while_their_password_is_judged_is_refused(
     unlock is refused, and nothing is cached for it."""
     with OneUnlockThread(queued=1) as unlock_thread:
         async with two_pools(database_url) as (pool, other_pool):
-            identity = Identity(pool, SETTINGS, run_blocking=unlock_thread.executor.run)
-            await acme(identity, hsm_token, {"alice": "right"})
-            unlock_thread.take()
-            unlock = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
-            await unlock_thread.holding(2)  # her attempt is counted, its PBKDF2 queued
+            identity = await unlock_thread.identity(pool, hsm_token)
+            unlock = await unlock_thread.stuck_unlock(identity)
             await Identity(other_pool, SETTINGS).disable_user("alice")
             unlock_thread.free()
             with pytest.raises(Unauthorized):
@@ -198,11 +207,8 @@ async def test_waiting_for_a_users_first_unlock_is_bounded(
     settings = replace(SETTINGS, database_timeout=1)
     with OneUnlockThread(queued=1) as unlock_thread:
         async with two_pools(database_url) as (pool, _):
-            identity = Identity(pool, settings, run_blocking=unlock_thread.executor.run)
-            await acme(identity, hsm_token, {"alice": "right"})
-            unlock_thread.take()
-            first = asyncio.ensure_future(identity.unlock_with_password("alice", "right"))
-            await unlock_thread.holding(2)  # the first holds alice's turn, its PBKDF2 queued
+            identity = await unlock_thread.identity(pool, hsm_token, settings)
+            first = await unlock_thread.stuck_unlock(identity)  # holds alice's turn
             with pytest.raises(RateLimited):
                 await asyncio.wait_for(identity.unlock_with_password("alice", "right"), 5)
             unlock_thread.free()
