@@ -37,7 +37,7 @@ from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nonces import PendingCountNonces
 from proxy.probes import HsmProbe
-from proxy.ratelimit import AuthFailureThrottle, RateLimiter
+from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
 from proxy.settings import Settings
 from signer.errors import ModuleNotFound
 from signer.executors import BoundedExecutor
@@ -105,16 +105,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool),
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
-                                              settings.auth_failure_burst),
+                                              settings.auth_failure_burst,
+                                              trusted_networks(settings.trusted_proxies)),
         )  # fmt: skip
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
 
 
 async def _authenticate(services: Services, request: web.Request) -> Caller:
-    # Behind a reverse proxy every caller shares its address: forwarded headers are not
-    # trusted for this, since any caller could set them.
-    address = request.remote or ""
+    # X-Forwarded-For counts only as far as QSIGNER_TRUSTED_PROXIES vouch for it: any caller
+    # could set it.
+    address = services.auth_failures.address_of(
+        request.remote, request.headers.getall("X-Forwarded-For", [])
+    )
     services.auth_failures.check(address)
     try:
         return await _identify(services, request)

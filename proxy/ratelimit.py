@@ -4,10 +4,14 @@ authentications per client address (QSIGNER_AUTH_FAILURE_RATE / _BURST). 0 turns
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
-from proxy.errors import RateLimited
+from proxy.errors import RateLimited, SettingsError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_KEYS = 100_000
 
@@ -54,9 +58,49 @@ class RateLimiter(TokenBuckets):
         self.store(caller, tokens - 1, now)
 
 
+def trusted_networks(proxies: Iterable[str]) -> tuple[Network, ...]:
+    """QSIGNER_TRUSTED_PROXIES: addresses or CIDR blocks of the reverse proxies in front of us."""
+    try:
+        return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+    except ValueError as exc:
+        raise SettingsError(f"QSIGNER_TRUSTED_PROXIES: {exc}") from None
+
+
+def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(remote: str | None, forwarded_for: Iterable[str],
+                   trusted: tuple[Network, ...]) -> str:  # fmt: skip
+    """Who is calling: the peer, unless it is a trusted reverse proxy; then the nearest hop of
+    X-Forwarded-For that is not itself trusted (hops further left are the caller's to invent)."""
+    address = remote or ""
+    if not _trusted(address, trusted):
+        return address
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+        address = hop
+    return address
+
+
 class AuthFailureThrottle(TokenBuckets):
     """Failed authentications per client address: each failure draws from the address's bucket,
-    and an address whose bucket is empty is refused before its credential reaches the database."""
+    and an address whose bucket is empty is refused before its credential reaches the database.
+    Behind trusted reverse proxies the address is the caller's (`client_address`)."""
+
+    def __init__(self, per_second: float, burst: float, trusted: tuple[Network, ...] = ()
+                 ) -> None:  # fmt: skip
+        super().__init__(per_second, burst)
+        self.trusted = trusted
+
+    def address_of(self, remote: str | None, forwarded_for: Iterable[str]) -> str:
+        return client_address(remote, forwarded_for, self.trusted)
 
     def check(self, address: str) -> None:
         """Refuse (`RateLimited`) an address that has used up its failures."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import SettingsError
+from proxy.ratelimit import trusted_networks
 from signer.pkcs11 import find_softhsm_module
 
 PREFIX = "QSIGNER_"
@@ -53,6 +54,7 @@ class Settings:
     row_cache_seconds: int = 30
     auth_failure_rate: int = 20
     auth_failure_burst: int = 40
+    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For counts
 
     @classmethod
     def from_env(
@@ -85,6 +87,7 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        trusted_networks(self.trusted_proxies)  # SettingsError naming the bad entry
         if self.pbkdf2_iterations < 100_000:
             raise SettingsError("QSIGNER_PBKDF2_ITERATIONS must be at least 100000")
         if self.lockout_attempts < 1 or self.lockout_seconds < 1:

@@ -131,3 +131,30 @@ async def test_failed_authentications_are_limited_per_client_address(
             await asyncio.sleep(1.1)  # the bucket refills at one failure a second
             status, _ = await call(session, url, stack.jwt)
             assert status == 200
+
+
+async def test_behind_a_trusted_proxy_failures_count_against_its_clients(
+    database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    """Behind an ingress (QSIGNER_TRUSTED_PROXIES), one client's bad tokens hold back that client
+    alone, not every caller the ingress forwards; a header the caller wrote itself changes
+    nothing."""
+    with run_anvil(chain_id=CHAIN_ID) as anvil:
+        stack = await build_stack(anvil, database_url, softhsm_module, auth_failure_rate=1,
+                                  auth_failure_burst=3, trusted_proxies=("127.0.0.1",))  # fmt: skip
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+
+        async def call(session: aiohttp.ClientSession, url: str, credential: str,
+                       forwarded_for: str) -> int:  # fmt: skip
+            headers = {"Authorization": f"Bearer {credential}", "X-Forwarded-For": forwarded_for}
+            async with session.post(url, json=body, headers=headers) as response:
+                return response.status
+
+        async with in_process(stack.settings) as (url, session):
+            for _ in range(3):
+                assert await call(session, url, MADE_UP_KEY, "198.51.100.1") == 401
+            assert await call(session, url, stack.jwt, "198.51.100.1") == 429
+            # The attacker's own left-most entry does not make it someone else.
+            assert await call(session, url, stack.jwt, "203.0.113.7, 198.51.100.1") == 429
+            # Another client behind the same ingress is served.
+            assert await call(session, url, stack.jwt, "198.51.100.2") == 200
