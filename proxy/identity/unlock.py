@@ -54,6 +54,10 @@ _API_KEY_UNLOCK_QUERY = """
     WHERE k.id = $1"""
 
 
+def _principal(row: asyncpg.Record) -> Principal:
+    return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+
+
 def _envelope(row: asyncpg.Record) -> Envelope:
     return Envelope(row["kdf"], row["iterations"], row["salt"], row["nonce"], row["ciphertext"])
 
@@ -78,7 +82,7 @@ class SecretCache(Generic[V]):
     def _slot(self, parts: tuple[object, ...]) -> bytes:
         return hmac.new(self._key, json.dumps(parts).encode(), hashlib.sha256).digest()
 
-    def get(self, *parts: object) -> V | None:
+    def get(self, parts: tuple[object, ...]) -> V | None:
         slot = self._slot(parts)
         entry = self._entries.get(slot)
         if entry is None:
@@ -152,12 +156,12 @@ class Unlocker:
             self.unlock_cache.forget(f"user:{key}")
 
     async def principal(self, user_id: str) -> Principal:
-        """The active user behind a verified JWT; read from the database on every request, so
-        that `user disable` holds at once on every replica."""
+        """The active user behind a verified JWT, from the row cache, which every replica's
+        `user disable` invalidates at once (NOTIFY)."""
         row = await self.rows.row("user", user_id, _USER_UNLOCK_QUERY)
         if row is None or row["status"] != "active":
             raise Unauthorized("unknown or disabled user")
-        return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+        return _principal(row)
 
     async def unlock_with_password(self, user_id: str, password: str
                                    ) -> tuple[Principal, HsmCredentials]:  # fmt: skip
@@ -166,7 +170,7 @@ class Unlocker:
             # encoding error would otherwise carry the password's characters into the log.
             raise Unauthorized("unknown or disabled user, or wrong password")
         principal, row = await self._unlockable(user_id)
-        cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
+        cached = self.unlock_cache.get((user_id, row["envelope_id"], row["version"], password))
         if cached is not None:
             if row["failed_attempts"]:
                 await self._reset_attempts(user_id)
@@ -175,7 +179,7 @@ class Unlocker:
         # password then finds the cache filled, and guesses queue instead of racing the count.
         async with self._single_flight(user_id):
             principal, row = await self._unlockable(user_id)
-            cached = self.unlock_cache.get(user_id, row["envelope_id"], row["version"], password)
+            cached = self.unlock_cache.get((user_id, row["envelope_id"], row["version"], password))
             if cached is not None:
                 return principal, cached
             # The attempt counts as wrong before PBKDF2 gives its verdict, atomically in the
@@ -209,7 +213,7 @@ class Unlocker:
             raise Unauthorized("unknown or disabled user, or wrong password")
         if row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC):
             raise LockedOut(LOCKED)
-        return Principal(row["id"], row["organisation_id"], row["organisation"], row["role"]), row
+        return _principal(row), row
 
     @contextlib.asynccontextmanager
     async def _single_flight(self, user_id: str) -> AsyncIterator[None]:
@@ -314,7 +318,7 @@ class Unlocker:
             raise Unauthorized("invalid API key")
         key_id, secret = match.group(1), match.group(2).encode()
         # Served only while changes reach this replica: the rows it stands for would be read.
-        cached = self.api_key_cache.get(api_key) if self.rows.listening else None
+        cached = self.api_key_cache.get((api_key,)) if self.rows.listening else None
         if cached is not None:
             return cached
         generation = self.rows.generation
@@ -326,7 +330,7 @@ class Unlocker:
             or row["status"] != "active"
         ):
             raise Unauthorized("invalid, revoked or disabled API key")
-        principal = Principal(row["id"], row["organisation_id"], row["organisation"], row["role"])
+        principal = _principal(row)
         envelope = _envelope(row)
         aad = associated_data(row["id"], row["organisation_id"], f"apikey:{key_id}",
                               row["version"])  # fmt: skip
