@@ -21,6 +21,8 @@ from typing import Any
 LOGGER = logging.getLogger("proxy")  # parent of every proxy.* module logger
 MAX_QUEUED = 100_000  # records waiting for stderr; beyond, they are dropped and counted
 STOP_SECONDS = 5.0
+# Records on their way to stderr, and None: the writer thread's stop marker (QueueListener's).
+_Records = queue.Queue[logging.LogRecord | None]
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,7 +71,7 @@ class _StderrWriter(logging.StreamHandler):  # type: ignore[type-arg]
     flushes once the queue is empty: one write(2) per burst, not per line (a line-buffered
     stderr cost a third of the passthrough throughput, bench/passthrough.py)."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: _Dropped,
+    def __init__(self, records: _Records, dropped: _Dropped,
                  record_formatter: logging.Formatter) -> None:  # fmt: skip
         super().__init__(open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",
                               closefd=False))  # fmt: skip
@@ -109,7 +111,7 @@ class _BoundedQueueHandler(QueueHandler):
     """On the caller's thread (the event loop): formats, then hands over without ever waiting.
     When the queue is full (stderr blocked for long), the record is dropped and counted."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord], dropped: _Dropped) -> None:
+    def __init__(self, records: _Records, dropped: _Dropped) -> None:
         super().__init__(records)
         self._dropped = dropped
 
@@ -120,7 +122,20 @@ class _BoundedQueueHandler(QueueHandler):
             self._dropped.add()
 
 
-_running: tuple[QueueListener, _StderrWriter] | None = None
+class _Listener(QueueListener):
+    """The writer thread. Its stop marker waits for room in the queue (the stock one gives up
+    when the queue is full, and the records still in it were lost); `stop()` bounds the wait."""
+
+    def __init__(self, records: _Records,
+                 writer: logging.Handler) -> None:  # fmt: skip
+        super().__init__(records, writer)
+        self._records = records
+
+    def enqueue_sentinel(self) -> None:
+        self._records.put(None)
+
+
+_running: tuple[_Listener, _StderrWriter] | None = None
 
 
 def configure(log_format: str | None) -> None:
@@ -129,13 +144,13 @@ def configure(log_format: str | None) -> None:
     global _running
     stop()
     chosen = log_format or ("text" if sys.stderr.isatty() else "json")
-    records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED)
+    records: _Records = queue.Queue(MAX_QUEUED)
     dropped = _Dropped()
     formatter = JsonFormatter() if chosen == "json" else TextFormatter()
     writer = _StderrWriter(records, dropped, formatter)
     handler = _BoundedQueueHandler(records, dropped)
     handler.setFormatter(formatter)
-    listener = QueueListener(records, writer)
+    listener = _Listener(records, writer)
     listener.start()
     _running = (listener, writer)
     LOGGER.handlers[:] = [handler]
@@ -154,8 +169,7 @@ def stop(timeout: float = STOP_SECONDS) -> None:
     LOGGER.handlers[:] = []
 
     def drain() -> None:
-        with contextlib.suppress(queue.Full):  # full: stderr is blocked, nothing to wait for
-            listener.stop()
+        listener.stop()  # once stderr has taken every record queued (or `timeout` ends it)
         writer.report_dropped()  # drops after the last record written
         writer.flush_now()
 
