@@ -71,42 +71,36 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> Asyn
     return key
 
 
-async def _chain_facts(services: Services) -> tuple[int | None, int]:
-    block = await services.pool.call("eth_getBlockByNumber", ["latest", False])
-    base_fee = block.get("baseFeePerGas")
-    return (int(base_fee, 16) if base_fee is not None else None), int(block["gasLimit"], 16)
-
-
 async def _prepare(services: Services, request: filling.Request) -> Callable[..., Transaction]:
-    """Read what filling needs from the nodes (concurrently), before any nonce is held; the
-    result builds the transaction once the nonce is known."""
-
-    async def tip() -> int:
-        try:
-            return int(await services.pool.call("eth_maxPriorityFeePerGas"), 16)
-        except NodeError:
-            return 0
-
-    async def gas_price() -> int:
-        return int(await services.pool.call("eth_gasPrice"), 16)
+    """Read what filling needs from the nodes (concurrently, and shared between requests within
+    a block's time: ChainFacts), before any nonce is held; the result builds the transaction
+    once the nonce is known."""
+    facts = services.chain_facts
 
     async def gas() -> int:
         if request.gas is not None:
             return request.gas
+        to = request.fields.get("to")
+        payload = request.fields.get("data") or request.fields.get("input") or "0x"
+        if to and payload in ("0x", "0X") and not request.fields.get("accessList"):
+            # A plain transfer to an account without code costs exactly 21000 everywhere.
+            address = parse_address("to", to)
+            if address is not None and not await facts.has_code(address):
+                return filling.TX_GAS
         estimate_fields = {k: v for k, v in request.fields.items()
                            if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
         estimate_fields["from"] = "0x" + request.sender.hex()
         return int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
 
-    (base_fee, gas_limit), gas_value = await asyncio.gather(_chain_facts(services), gas())
+    (base_fee, gas_limit), gas_value = await asyncio.gather(facts.block(), gas())
     fee_market = filling.uses_fee_market(request, base_fee)
     if fee_market and base_fee is None:
         raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
     tip_value = price = None
     if fee_market and "maxPriorityFeePerGas" not in request.fields:
-        tip_value = await tip()
+        tip_value = await facts.tip()
     if not fee_market and "gasPrice" not in request.fields:
-        price = await gas_price()
+        price = await facts.gas_price()
     return functools.partial(
         filling.build, request, chain_id=services.pool.chain_id, gas=gas_value,
         block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee, gas_price=price,
