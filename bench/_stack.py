@@ -12,6 +12,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -30,6 +32,7 @@ class Running:
     stack: Stack
     module: str
     replicas: list[str] = field(default_factory=list)  # every replica's base URL, proxy first
+    processes: list[psutil.Process] = field(default_factory=list)  # the replicas' processes
 
 
 @contextmanager
@@ -46,8 +49,11 @@ def running_stack(anvil_extra: tuple[str, ...] = (), replicas: int = 1,
         conf = write_config(Path(tmp) / "softhsm")
         os.environ["SOFTHSM2_CONF"] = str(conf)
         stack = asyncio.run(build_stack(anvil, database, module))
-        urls = []
+        urls: list[str] = []
+        children: list[psutil.Process] = []
         for index in range(replicas):
             env = {**environment(stack, conf, f"127.0.0.1:{free_port()}"), **(serve_env or {})}
             urls.append(processes.enter_context(serve(env, Path(tmp) / f"serve-{index}.log")))
-        yield Running(urls[0], anvil, stack, module, urls)
+            children += [child for child in psutil.Process().children()
+                         if child not in children and "serve" in child.cmdline()]  # fmt: skip
+        yield Running(urls[0], anvil, stack, module, urls, children)

@@ -89,6 +89,7 @@ class Phase:
     latencies: list[float]
     failures: list[object] = field(default_factory=list)
     round_trips: float | None = None
+    cpu_ms: float | None = None  # CPU time of the replicas per accepted transaction
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -173,6 +174,10 @@ class Bench:
                     seen = True
         return total if seen else None
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of every replica so far."""
+        return sum(sum(p.cpu_times()[:2]) for p in self.running.processes)
+
     async def settle(self, timeout: float = 60) -> None:
         """Wait until every transaction of both accounts is mined (pending == latest)."""
         deadline = time.monotonic() + timeout
@@ -195,10 +200,14 @@ class Bench:
                     transactions: int, ledger: bool = True) -> Phase:  # fmt: skip
         await self.settle()
         before = await self.round_trips() if ledger else None
+        cpu = self.cpu_seconds()
         result = await drive(targets, transactions)
+        cpu = self.cpu_seconds() - cpu
         after = await self.round_trips() if ledger else None
         if before is not None and after is not None and result.sent:
             result.round_trips = (after - before) / result.sent
+        if ledger and result.sent:
+            result.cpu_ms = cpu / result.sent * 1e3
         return result
 
 
@@ -281,6 +290,10 @@ def main() -> None:
     print(f"1. raw PKCS#11 signs/s (4 sessions):               {raw_rate:.0f}")
     print(f"   eth_sendTransaction tx/s, one replica, c={c}:    {one:.1f}")
     print(f"   ratio: {one / raw_rate:.3f}x (bar >= 0.3x, goal >= 0.6x)")
+    print("   replicas' CPU ms per transaction: "
+          f"one replica c={c}: {figure(median(lambda r: r.cpu_ms, 'one'))}; "
+          f"two replicas: {figure(median(lambda r: r.cpu_ms, 'two'))}; "
+          f"c=1: {figure(median(lambda r: r.cpu_ms, 'proxy1'))}")  # fmt: skip
     print(f"2. eth_sendTransaction tx/s, two replicas, c={c // 2} each: {two:.1f}")
     for name, result in (("one replica", "one"), ("two replicas", "two"), ("c=1", "proxy1")):
         failed = sum(len(r[result].failures) for r in rounds)
