@@ -267,8 +267,9 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             raw.append(raw_signs_per_second(running, args.raw_seconds))
             rounds.append(asyncio.run(one_round(running, args)))
-            print(f"  round {number}: raw {raw[-1]:.0f} signs/s, one replica "
-                  f"{rounds[-1]['one'].rate:.1f} tx/s, two {rounds[-1]['two'].rate:.1f} tx/s",
+            one, two = rounds[-1]["one"].rate, rounds[-1]["two"].rate
+            print(f"  round {number}: raw {raw[-1]:.0f} signs/s, one replica {one:.1f} tx/s "
+                  f"({one / raw[-1]:.3f}x), two {two:.1f} tx/s ({two / one:.2f}x)",
                   flush=True)  # fmt: skip
 
     def median(pick: Callable[[Phase], float | None], name: str) -> float | None:
