@@ -16,12 +16,12 @@ difference against a baseline measured in the same run; medians over rounds:
 Proxy requests carry from/to/value only, as viem sends them (the proxy estimates gas and picks
 the nonce). anvil mines every second (`--block-time 1`: automine stalls under a backlog,
 FIELD-NOTES); before each phase the bench waits until both accounts' transactions are mined, so
-no phase starts behind another's backlog. QSIGNER_MAX_IN_FLIGHT is raised (`--max-in-flight`)
-so that one-second blocks do not cap what is measured at one block's worth of transactions.
+no phase starts behind another's backlog. The replicas run with the product's defaults
+(`--max-in-flight N` sets QSIGNER_MAX_IN_FLIGHT).
 Nothing is asserted: it prints figures. Every process it starts is stopped on the way out.
 
 Usage: .venv/bin/python bench/send.py [--quick] [--transactions 320] [--sequential 200]
-       [--concurrency 32] [--rounds 3] [--max-in-flight 4096]
+       [--concurrency 32] [--rounds 3] [--max-in-flight N]
 """
 
 from __future__ import annotations
@@ -250,15 +250,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--raw-seconds", type=float, default=3.0)
-    parser.add_argument("--max-in-flight", type=int, default=4096,
-                        help="QSIGNER_MAX_IN_FLIGHT of the replicas")  # fmt: skip
+    parser.add_argument("--max-in-flight", type=int,
+                        help="QSIGNER_MAX_IN_FLIGHT of the replicas (default: theirs)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
     if args.quick:
         args.transactions, args.sequential, args.rounds, args.raw_seconds = 64, 30, 1, 1.0
     if args.concurrency % 2:
         parser.error("--concurrency must be even (half of it goes to each replica)")
-    serve_env = {"QSIGNER_MAX_IN_FLIGHT": str(args.max_in_flight)}
+    serve_env = {}
+    if args.max_in_flight is not None:
+        serve_env["QSIGNER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
     raw: list[float] = []
     rounds: list[dict[str, Phase]] = []
     with running_stack(anvil_extra=("--block-time", "1"), replicas=2,
@@ -287,7 +289,7 @@ def main() -> None:
     raw_rate, one, two = statistics.median(raw), rate("one"), rate("two")
     print(f"cores: {os.cpu_count()}; {args.rounds} round(s), medians; {args.transactions} "
           f"transactions per throughput phase, {args.sequential} at c=1; anvil --block-time 1; "
-          f"QSIGNER_MAX_IN_FLIGHT={args.max_in_flight}")  # fmt: skip
+          f"QSIGNER_MAX_IN_FLIGHT={args.max_in_flight or 'default'}")  # fmt: skip
     print(f"1. raw PKCS#11 signs/s (4 sessions):               {raw_rate:.0f}")
     print(f"   eth_sendTransaction tx/s, one replica, c={c}:    {one:.1f}")
     print(f"   ratio: {one / raw_rate:.3f}x (bar >= 0.3x, goal >= 0.6x)")
