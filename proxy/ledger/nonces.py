@@ -320,18 +320,29 @@ class Ledger:
                 self.metrics.nonces.labels("reused" if row["reused"] else "allocated").inc()
         return slots
 
-    async def claim(self, address: bytes, nonce: int, origin: Origin, *,
-                    kind: str = "send") -> Slot:  # fmt: skip
+    async def claim(self, address: bytes, nonce: int, origin: Origin, *, kind: str = "send",
+                    idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
         """The nonce the caller chose (QSIGNER_CALLER_NONCES=respect), if no transaction the
-        proxy made holds it, and if it leaves no gap."""
+        proxy made holds it, and if it leaves no gap. With an Idempotency-Key already used for
+        this very request, that request's row (`existing`) instead of a refusal."""
         mined, pending = await self.chain_counts(address)
         self.metrics.db_round_trips.inc()
-        row = await self.db.fetchrow(
-            "SELECT * FROM ledger_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            self.chain_id, address, mined, pending, nonce, pending,
-            origin.user_id, origin.org_id, origin.request_id, kind,
-        )  # fmt: skip
+        try:
+            row = await self.db.fetchrow(
+                "SELECT * FROM ledger_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                self.chain_id, address, mined, pending, nonce, pending,
+                origin.user_id, origin.org_id, origin.request_id, kind,
+                idempotency.key if idempotency else None,
+                idempotency.digest if idempotency else None,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError:  # the key, taken at this instant for another nonce
+            raise InvalidParams("this Idempotency-Key is in use by another request; use a new "
+                                "key for a different request") from None  # fmt: skip
         if row["outcome"] == "used":
+            if idempotency is not None:
+                earlier = await self._keyed(origin.user_id, idempotency)
+                if earlier is not None:
+                    return earlier
             raise InvalidParams(
                 f"nonce {nonce} of {checksum(address)} is already used by another transaction "
                 f"sent through this proxy; leave the nonce out to get the next free one "
@@ -345,6 +356,37 @@ class Ledger:
             )
         self.metrics.nonces.labels("allocated").inc()
         return Slot(row["row_id"], address, nonce)
+
+    async def expire_keys(self) -> None:
+        """Give up Idempotency-Keys older than QSIGNER_IDEMPOTENCY_TTL (a few thousand a call)."""
+        self.metrics.db_round_trips.inc()
+        await self.db.execute(
+            """UPDATE ledger_transactions SET idem_key = NULL, idem_user = NULL
+                WHERE id IN (SELECT id FROM ledger_transactions
+                              WHERE idem_key IS NOT NULL
+                                AND created_at < now() - make_interval(secs => $1)
+                              LIMIT 5000)""",
+            float(self.idempotency_ttl),
+        )  # fmt: skip
+
+    async def _keyed(self, user_id: str, idempotency: Idempotency) -> Slot | None:
+        """The row an Idempotency-Key of this user holds, if it is not expired."""
+        self.metrics.db_round_trips.inc()
+        row = await self.db.fetchrow(
+            """SELECT id, account, nonce, state, tx_hash, idem_digest FROM ledger_transactions
+                WHERE idem_user = $1 AND idem_key = $2
+                  AND created_at >= now() - make_interval(secs => $3)""",
+            user_id, idempotency.key, float(self.idempotency_ttl),
+        )  # fmt: skip
+        if row is None:
+            return None
+        if row["idem_digest"] != idempotency.digest:
+            raise InvalidParams(
+                "this Idempotency-Key was already used with different parameters; "
+                "use a new key for a different request"
+            )
+        return Slot(row["id"], row["account"], row["nonce"], row["state"], row["tx_hash"],
+                    existing=True, digest=row["idem_digest"])  # fmt: skip
 
     async def next_nonce(self, address: bytes) -> int | None:
         """The ledger's next nonce of `address`, or None when the ledger has never seen it."""
