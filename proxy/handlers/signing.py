@@ -158,23 +158,26 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
     last: Exception = RateLimited("the account's nonces moved under this request three times; "
                                   "nothing was sent, try again")  # fmt: skip
     for _attempt in range(3):
-        if given is not None:
-            slot = await ledger.claim(parsed.sender, given, origin)
-        else:
-            slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
-            if slot.existing:
-                earlier = await ledger.wait_for_hash(slot)
-                if earlier is not None:
-                    return "0x" + earlier.hex()
-                continue  # the first request failed and gave its key up: this one goes ahead
-        try:
-            return await _sign_store_send(services, caller, key, build(nonce=slot.nonce), slot)
-        except _NonceTakenOutside as taken:
+        async with ledger.turn(parsed.sender):
             if given is not None:
-                raise taken.refusal from None
-            # The chain is ahead of the ledger: read it again, and take the next nonce.
-            await ledger.chain_counts(parsed.sender, fresh=True)
-            last = taken.refusal
+                slot = await ledger.claim(parsed.sender, given, origin)
+            else:
+                slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
+            if not slot.existing:
+                try:
+                    tx = build(nonce=slot.nonce)
+                    return await _sign_store_send(services, caller, key, tx, slot)
+                except _NonceTakenOutside as taken:
+                    if given is not None:
+                        raise taken.refusal from None
+                    # The chain is ahead of the ledger: read it again, take the next nonce.
+                    await ledger.chain_counts(parsed.sender, fresh=True)
+                    last = taken.refusal
+                    continue
+        earlier = await ledger.wait_for_hash(slot)  # an Idempotency-Key's first request
+        if earlier is not None:
+            return "0x" + earlier.hex()
+        # That request failed and gave its key up: this one goes ahead.
     raise last
 
 
@@ -272,14 +275,15 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
         return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
     build(nonce=0)  # refused before a nonce is taken
     ledger = services.ledger
-    slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
-    tx = build(nonce=slot.nonce)
-    try:
-        signed = await _sign(services, key, tx)
-    except BaseException:
-        await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
-        raise
-    await ledger.store(slot, signed)
+    async with ledger.turn(parsed.sender):
+        slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
+        tx = build(nonce=slot.nonce)
+        try:
+            signed = await _sign(services, key, tx)
+        except BaseException:
+            await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
+            raise
+        await ledger.store(slot, signed)
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 
