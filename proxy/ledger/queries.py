@@ -59,13 +59,6 @@ async def _fetch(db: Database, sql: str, *args: object) -> list[LedgerTransactio
     return [_row(record) for record in records]
 
 
-_SELECT = """
-        SELECT chain_id, account, nonce, state, kind, tx_hash, user_id, request_id, node,
-               block_number, receipt_status, reason, send_attempts, created_at, signed_at,
-               sent_at, mined_at
-          FROM ledger_transactions"""
-
-
 async def transactions_by_hash(db: Database, tx_hash: bytes) -> list[LedgerTransaction]:
     """Every row holding `tx_hash`: the live one first (there is at most one), then rows that
     gave their nonce up (the same bytes stored again after a refusal), newest first. Empty if
@@ -73,14 +66,17 @@ async def transactions_by_hash(db: Database, tx_hash: bytes) -> list[LedgerTrans
     # Two halves, each answered by its partial index (ledger_hash_once, ledger_released_hash).
     return await _fetch(
         db,
-        _SELECT
-        + """
+        """
+        SELECT chain_id, account, nonce, state, kind, tx_hash, user_id, request_id, node,
+               block_number, receipt_status, reason, send_attempts, created_at, signed_at,
+               sent_at, mined_at
+          FROM ledger_transactions
          WHERE id IN (SELECT id FROM ledger_transactions
                        WHERE tx_hash = $1 AND state <> 'released'
                       UNION ALL
                       SELECT id FROM ledger_transactions
                        WHERE tx_hash = $1 AND state = 'released')
-         ORDER BY state IN ('released', 'replaced'), created_at DESC, id DESC""",  # noqa: S608
+         ORDER BY state IN ('released', 'replaced'), created_at DESC, id DESC""",
         tx_hash,
     )
 
@@ -95,8 +91,11 @@ async def recent_transactions(db: Database, *, account: bytes | None = None,
         raise BadInput("the limit must be a positive number of transactions")
     return await _fetch(
         db,
-        _SELECT
-        + """
+        """
+        SELECT chain_id, account, nonce, state, kind, tx_hash, user_id, request_id, node,
+               block_number, receipt_status, reason, send_attempts, created_at, signed_at,
+               sent_at, mined_at
+          FROM ledger_transactions
          WHERE ($1::bytea IS NULL OR account = $1) AND ($2::text IS NULL OR state = $2)
          ORDER BY created_at DESC, id DESC
          LIMIT $3""",
