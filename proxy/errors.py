@@ -195,9 +195,9 @@ class SendOutcomeUnknown(NoNodeAvailable):
     free to give to another transaction until the hash is looked up.
     """
 
-    def __init__(self, tx_hash: str) -> None:
+    def __init__(self, tx_hash: str, reason: str | None = None) -> None:
         super().__init__(
-            f"no node available; the transaction may still have reached one: {tx_hash}"
+            reason or f"no node available; the transaction may still have reached one: {tx_hash}"
         )
         self.tx_hash = tx_hash
 

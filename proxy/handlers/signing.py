@@ -217,7 +217,10 @@ async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
         # for these bytes alone, and say that the outcome is unknown.
         log.warning("send of %s answered %s (%s): outcome unknown, kept for resending",
                     tx_hash, refusal.code, refusal.message)  # fmt: skip
-        raise SendOutcomeUnknown(tx_hash) from None
+        raise SendOutcomeUnknown(tx_hash, (
+            f"the node answered {refusal.code} ({refusal.message[:200]}), which does not say "
+            f"whether it took the transaction; only these bytes will be sent: {tx_hash}"
+        )) from None  # fmt: skip
     ledger.sent(slot, node)
     return result
 
@@ -236,10 +239,13 @@ async def _sign_and_store(services: Services, caller: Caller, key: AsyncSigner,
         # The store may yet commit at the server: give the nonce back first (a store arriving
         # later then finds the row released and changes nothing). If even that fails, these
         # bytes may be in the ledger, and recovery would send them: say so.
+        tx_hash = "0x" + signed.hash.hex()
         try:
             await services.ledger.release(slot, "the signed bytes could not be stored")
         except DatabaseUnavailable:
-            raise SendOutcomeUnknown("0x" + signed.hash.hex()) from None
+            raise SendOutcomeUnknown(tx_hash, (
+                "database unavailable while this transaction was being stored: it may yet be "
+                f"sent once the database answers again: {tx_hash}")) from None  # fmt: skip
         raise
     return signed
 

@@ -193,10 +193,9 @@ class Ledger:
         task, self._writer = self._writer, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await task
         if self._sent:
             try:
                 await self._write([], list(self._sent))
@@ -580,6 +579,9 @@ class Ledger:
                 # Kept for the next write; until then recovery sees them as signed, and
                 # resending the same bytes is harmless.
                 self._sent = sent + self._sent
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # see recovery._still_cancelled
+                    raise asyncio.CancelledError from None
                 await asyncio.sleep(1)
                 self._wake_writer.set()
 

@@ -91,8 +91,9 @@ class Recovery:
         if task is None:
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(5):
+                await task
         # Hand the leases over at once rather than at their expiry.
         with contextlib.suppress(Exception):
             await self.db.execute(
@@ -121,12 +122,14 @@ class Recovery:
     async def _part(self, what: str, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except _LeaseLost:
-            pass
-        except ProxyError as exc:  # the database or the nodes: try again next time
-            log.warning("ledger %s: %s", what, exc)
-        except Exception:
-            log.exception("ledger %s failed", what)
+        except Exception as exc:
+            _still_cancelled()
+            if isinstance(exc, _LeaseLost):
+                return
+            if isinstance(exc, ProxyError):  # the database or the nodes: try next time
+                log.warning("ledger %s: %s", what, exc)
+            else:
+                log.exception("ledger %s failed", what)
 
     # -- leases ------------------------------------------------------------------------
 
@@ -541,6 +544,15 @@ class Recovery:
             [m[0] for m in mined], [m[1] for m in mined], [m[2] for m in mined],
         )  # fmt: skip
         return rows
+
+
+def _still_cancelled() -> None:
+    """A cancellation that arrived inside a database call can come out as another error (asyncpg
+    interrupted mid-rollback): a loop that logs errors and goes on must not swallow it, or the
+    task it runs in never ends and shutdown waits for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _status(receipt: Any) -> int:

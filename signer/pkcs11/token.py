@@ -104,14 +104,23 @@ class Hsm:
             raise _translate(exc, "listing tokens") from None
 
     def _find_token(self, label: str) -> Any:
-        try:
-            return self._lib.get_token(token_label=label)
-        except p11e.NoSuchToken:
-            raise TokenNotFound(f"no initialised token labelled {label!r}") from None
-        except p11e.MultipleTokensReturned:
-            raise TokenNotFound(f"more than one token is labelled {label!r}") from None
-        except p11e.PKCS11Error as exc:
-            raise _translate(exc, "finding the token") from None
+        for attempt in range(3):
+            try:
+                return self._lib.get_token(token_label=label)
+            except p11e.NoSuchToken:
+                raise TokenNotFound(f"no initialised token labelled {label!r}") from None
+            except p11e.MultipleTokensReturned:
+                raise TokenNotFound(f"more than one token is labelled {label!r}") from None
+            except p11e.GeneralError as exc:
+                # SoftHSM reads a token's file while another process (a second replica logging
+                # in at the same moment) rewrites it, and answers CKR_GENERAL_ERROR: seen with
+                # two `serve` on one token. Another read a moment later finds it whole.
+                if attempt == 2:
+                    raise _translate(exc, "finding the token") from None
+                time.sleep(0.05 * (attempt + 1))
+            except p11e.PKCS11Error as exc:
+                raise _translate(exc, "finding the token") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def login(self, label: str, pin: str) -> Token:
         """Log this process into the token once and open its sessions.
