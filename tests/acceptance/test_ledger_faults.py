@@ -1,0 +1,358 @@
+"""What goes wrong after a nonce was handed out, and the account is never stuck behind it
+(issue 14): a node that definitely rejects every 7th transaction, an HSM that fails every 7th
+signature, a replica killed with SIGKILL mid-load, PostgreSQL restarted mid-load, someone
+sending from the account outside the proxy, and a transaction signed by eth_signTransaction
+that never appears. Each test has an account of its own on one shared chain, database and token.
+
+"No gap" is read from the chain and the ledger together: every transaction answered with a hash
+is mined, the node's count reaches the ledger's next nonce with nothing left in the node's pool,
+the mined nonces are exactly 0..N-1, and each mined transaction is a request's own (found by its
+value) or a 0-value self-transfer the proxy made to fill a hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from eth_hash.auto import keccak
+
+from proxy.settings import Settings
+from tests.support.database import OwnedServer, owned_postgres_server
+from tests.support.faults import HsmFaults, RejectingForwarder, fronts_in_thread, in_process_app
+from tests.support.ledger import (
+    RECIPIENT,
+    Chain,
+    Reply,
+    Request,
+    Router,
+    Team,
+    call,
+    eventually,
+    ledger_next_nonce,
+    ledger_rows,
+    ledger_team,
+    mined,
+    row_hash,
+    run_load,
+    settled,
+    summary,
+)
+from tests.support.replicas import replicas
+
+
+@pytest.fixture(scope="module")
+def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    with ledger_team(postgres, tmp_path_factory.mktemp("ledger-faults")) as built:
+        yield built
+
+
+async def send(session: aiohttp.ClientSession, url: str, team: Team, address: str,
+               value: int, user: str = "user0") -> Reply:  # fmt: skip
+    tx = {"from": address, "to": RECIPIENT, "value": hex(value)}
+    return await call(session, url, team.headers(user), "eth_sendTransaction", [tx])
+
+
+async def not_stuck(session: aiohttp.ClientSession, url: str, team: Team, chain: Chain) -> float:
+    """A last transaction is accepted and mined within a few seconds: nothing holds it back."""
+    reply = await send(session, url, team, chain.address, 999_999)
+    assert reply.ok, reply.describe()
+    return await mined(chain, {str(reply.result).lower()}, timeout=6)
+
+
+def accounted_for(chain: Chain, requests: list[Request], outside: frozenset[str] = frozenset()
+                  ) -> tuple[int, int]:  # fmt: skip
+    """The chain holds exactly the accepted requests (once each), fills, and `outside`;
+    nonces 0..N-1, all signatures checked. Returns (accepted, fills)."""
+    history = chain.check(outside)
+    accepted = {str(r.hash): r for r in requests if r.hash}
+    refused_tags = {r.tag for r in requests if not r.final.ok}
+    fills = [tx for tx in history if chain.is_fill(tx)]
+    requested = [tx for tx in history if tx.hash not in outside and not chain.is_fill(tx)]
+    tags = Counter(tx.value for tx in requested)
+    assert all(n == 1 for n in tags.values()), f"a request was mined twice: {tags.most_common(3)}"
+    assert not refused_tags & set(tags), (
+        f"refused requests were mined all the same: tags {sorted(refused_tags & set(tags))}"
+    )
+    unexplained = [tx for tx in requested if tx.hash not in accepted]
+    assert not unexplained, f"mined, but no caller was answered with it: {unexplained[:3]}"
+    assert all(accepted[tx.hash].tag == tx.value for tx in requested)
+    assert len(history) == len(accepted) + len(fills) + len(outside)
+    return len(accepted), len(fills)
+
+
+async def test_a_node_rejects_every_seventh_transaction(team: Team, tmp_path: Path) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    node = RejectingForwarder(team.node_url, every=7)
+    with fronts_in_thread(node), replicas(team.env((node.url,)), 1, tmp_path) as group:
+        async with aiohttp.ClientSession() as session:
+            requests = await run_load(session, team, address, Router(group.urls), users=5,
+                                      per_user=14, window=2)  # fmt: skip
+            refused = [r for r in requests if not r.final.ok]
+            assert refused, "no request was refused: the fault was not exercised"
+            for request in refused:  # the node's own error, passed on unchanged
+                reply = request.final
+                assert reply.status == 200 and reply.error is not None, reply.describe()
+                assert reply.error["code"] == -32000, (reply.describe(), summary(requests))
+                assert "intrinsic gas too low" in reply.error["message"], reply.describe()
+            accepted = {str(r.hash) for r in requests if r.hash}
+            await mined(chain, accepted, timeout=20)
+            waited = await settled(chain, team.database_url, timeout=20)
+            node.every = 0  # the last transaction is not the one the node refuses
+            took = await not_stuck(session, group.urls[0], team, chain)
+        await settled(chain, team.database_url, timeout=10)
+        n_accepted, fills = accounted_for(chain, requests)
+        # what the node turned away never reached the chain
+        assert not set(node.rejected) & {tx.hash for tx in chain.history()}
+    print(
+        f"node rejections: {len(node.rejected)} sends rejected, {len(refused)} requests "
+        f"refused, {n_accepted} accepted, {fills} fills; settled {waited:.1f} s, last tx "
+        f"mined in {took:.1f} s"
+    )
+
+
+async def test_the_hsm_fails_every_seventh_signature(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(team.softhsm_conf))
+    faults = HsmFaults(every=7)
+    async with in_process_app(Settings.from_env(team.env())) as (url, app):
+        faults.install(app)
+        async with aiohttp.ClientSession() as session:
+            requests = await run_load(session, team, address, Router([url]), users=5,
+                                      per_user=14, window=2)  # fmt: skip
+            refused = [r for r in requests if not r.final.ok]
+            assert refused and faults.failed, "no request was refused: the fault was not exercised"
+            for request in refused:
+                reply = request.final
+                assert reply.status == 200 and reply.error is not None, reply.describe()
+                assert reply.error["code"] == -32603, (reply.describe(), summary(requests))
+                assert "HSM" in reply.error["message"], reply.describe()
+            accepted = {str(r.hash) for r in requests if r.hash}
+            await mined(chain, accepted, timeout=20)
+            waited = await settled(chain, team.database_url, timeout=20)
+            faults.every = 0  # the last transaction is not the one the HSM fails
+            took = await not_stuck(session, url, team, chain)
+            await settled(chain, team.database_url, timeout=10)
+    n_accepted, fills = accounted_for(chain, requests)
+    print(
+        f"HSM faults: {faults.failed} of {faults.signatures} signatures failed, {len(refused)} "
+        f"requests refused, {n_accepted} accepted, {fills} fills; settled {waited:.1f} s, "
+        f"last tx mined in {took:.1f} s"
+    )
+
+
+async def test_a_replica_killed_mid_load_then_restarted(team: Team, tmp_path: Path) -> None:
+    """Clients send with an Idempotency-Key and, like a careful client behind a load balancer,
+    repeat a request that got no answer on the other replica; recovery runs with
+    QSIGNER_RESEND_SECONDS=3 so that what the dead replica left behind is dealt with quickly."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(RESEND_SECONDS="3"), 2, tmp_path) as group:
+        router = Router(group.urls)
+        requests: list[Request] = []
+        victim = group[1]
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.create_task(run_load(
+                session, team, address, router, users=6, per_user=25, window=2, idempotent=True,
+                retry_for=45, done=requests))  # fmt: skip
+            await eventually(lambda: sum(r.final.url == victim.url for r in requests) >= 20, 30,
+                             "the second replica answered nothing")  # fmt: skip
+            await asyncio.to_thread(victim.kill)
+            killed_at = time.monotonic()
+            await asyncio.sleep(2)
+            await asyncio.to_thread(victim.restart)
+            router.down.discard(victim.url)
+            restarted = time.monotonic() - killed_at
+            await load
+            assert len(requests) == 150
+            cut = [r for r in requests if any(reply.status == 0 for reply in r.replies)]
+            assert all(r.final.ok for r in requests), (summary(requests), group.problems())
+            hashes = [str(r.hash) for r in requests]
+            assert len(set(hashes)) == len(hashes), "two requests were answered with one hash"
+            await mined(chain, set(hashes), timeout=30)
+            waited = await settled(chain, team.database_url, timeout=30)
+            took = await not_stuck(session, group.urls[0], team, chain)
+        await settled(chain, team.database_url, timeout=10)
+        _, fills = accounted_for(chain, requests)
+
+        # no transaction sent twice: every mined transaction is exactly one ledger row
+        history = chain.history()
+        rows = await ledger_rows(team.database_url, address)
+        by_hash = Counter(row_hash(row) for row in rows if row["tx_hash"] is not None)
+        assert all(by_hash[tx.hash] == 1 for tx in history), [
+            (tx.nonce, tx.hash, by_hash[tx.hash]) for tx in history if by_hash[tx.hash] != 1
+        ][:5]
+
+        async def tracked() -> bool:
+            rows = await ledger_rows(team.database_url, address)
+            return sum(row["state"] == "mined" for row in rows) == len(history) == chain.count()
+
+        await eventually(tracked, 15, "ledger rows in state mined != transactions mined")
+    print(
+        f"kill -9: {len(cut)} requests cut and repeated, replica back in {restarted:.1f} s, "
+        f"{fills} fills, settled {waited:.1f} s, last tx mined in {took:.1f} s"
+    )
+
+
+@pytest.fixture
+def owned(tmp_path: Path) -> Iterator[tuple[OwnedServer, Team]]:
+    """A PostgreSQL server of the test's own, which it stops and starts, and a team on it."""
+    with owned_postgres_server() as server:
+        with ledger_team(server.dsn, tmp_path / "team", users=4) as team:
+            yield server, team
+
+
+async def test_postgres_restarted_mid_load(owned: tuple[OwnedServer, Team], tmp_path: Path) -> None:
+    server, team = owned
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    env = team.env(DATABASE_TIMEOUT="1", RESEND_SECONDS="3")
+    with replicas(env, 1, tmp_path / "serve") as group:
+        requests: list[Request] = []
+        running = True
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.create_task(run_load(
+                session, team, address, Router(group.urls), users=4, per_user=0, window=1,
+                pause=0.05, keep_going=lambda: running, done=requests))  # fmt: skip
+            try:
+                await asyncio.sleep(2)
+                await asyncio.to_thread(server.stop)
+                stopped_at = time.monotonic()
+                await asyncio.sleep(3)
+                restarting_at = time.monotonic()
+                await asyncio.to_thread(server.start)
+                recovery = await eventually(
+                    lambda: any(r.final.ok and r.final.started > restarting_at
+                                for r in requests), 30, "no transaction accepted after the "
+                    "restart", lambda: summary(requests[-10:]))  # fmt: skip
+                recovered_at = time.monotonic()
+                await asyncio.sleep(2)
+            finally:
+                running = False
+                await load
+
+            def unavailable(reply: Reply) -> bool:
+                return (reply.status == 503 and reply.error is not None
+                        and reply.error.get("code") == -32603
+                        and "database unavailable" in str(reply.error.get("message")))  # fmt: skip
+
+            while_down = [
+                r
+                for r in requests
+                if r.final.started >= stopped_at and r.final.ended < restarting_at
+            ]
+            assert len(while_down) >= 4, "no request was made while the database was down"
+            assert all(unavailable(r.final) for r in while_down), summary(while_down)
+            unclear = [r for r in requests if not r.final.ok and not unavailable(r.final)]
+            assert not unclear, summary(unclear)
+            after = [r for r in requests if r.final.started >= recovered_at]
+            assert after and all(r.final.ok for r in after), summary(after)
+
+            accepted = {str(r.hash) for r in requests if r.hash}
+            await mined(chain, accepted, timeout=20)
+            waited = await settled(chain, team.database_url, timeout=30)
+            took = await not_stuck(session, group.urls[0], team, chain)
+        await settled(chain, team.database_url, timeout=10)
+        n_accepted, fills = accounted_for(chain, requests)
+    print(
+        f"PostgreSQL restart: {len(while_down)} clear refusals while down, back {recovery:.1f} "
+        f"s after the start, {n_accepted} accepted, {fills} fills, settled {waited:.1f} s, "
+        f"last tx mined in {took:.1f} s"
+    )
+
+
+async def test_sent_from_outside_the_proxy_then_the_ledger_fast_forwards(
+    team: Team, tmp_path: Path
+) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(), 1, tmp_path) as group:
+        url = group.urls[0]
+        async with aiohttp.ClientSession() as session:
+            first = [await send(session, url, team, address, value) for value in (1, 2, 3)]
+            assert all(reply.ok for reply in first), [reply.describe() for reply in first]
+            await mined(chain, {str(reply.result).lower() for reply in first}, timeout=10)
+
+            # Someone sends twice from the account on the node itself: the chain runs ahead.
+            outside = await asyncio.to_thread(chain.impersonated_send, 2)
+            await mined(chain, set(outside), timeout=10)
+            assert chain.count() == 5
+
+            count = await call(session, url, team.headers("user1"), "eth_getTransactionCount",
+                               [address, "pending"])  # fmt: skip
+            assert count.ok and int(count.result, 16) == 5, count.describe()
+            reply = await send(session, url, team, address, 4, user="user1")
+            assert reply.ok, (reply.describe(), group.problems())
+            took = await mined(chain, {str(reply.result).lower()}, timeout=6)
+            assert chain.history()[-1].nonce == 5
+        await settled(chain, team.database_url, timeout=10)
+        chain.check(frozenset(outside))
+        assert await ledger_next_nonce(team.database_url, address) == 6
+    print(f"fast-forward: the next proxy transaction mined in {took:.1f} s")
+
+
+async def test_signed_but_never_sent_is_filled(team: Team, tmp_path: Path) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(SIGNED_TX_TIMEOUT="3"), 1, tmp_path) as group:
+        url = group.urls[0]
+        headers = team.headers("user2")
+        async with aiohttp.ClientSession() as session:
+
+            async def sign(value: int) -> tuple[str, int]:
+                tx = {"from": address, "to": RECIPIENT, "value": hex(value)}
+                reply = await call(session, url, headers, "eth_signTransaction", [tx])
+                assert reply.ok, reply.describe()
+                return reply.result["raw"], int(reply.result["tx"]["nonce"], 16)
+
+            # Signed, then sent by the caller: the reservation is reconciled, nothing filled.
+            raw, nonce = await sign(1)
+            assert nonce == 0
+            sent = await call(session, url, headers, "eth_sendRawTransaction", [raw])
+            assert sent.ok, sent.describe()
+            assert str(sent.result).lower() == "0x" + keccak(bytes.fromhex(raw[2:])).hex()
+            await mined(chain, {str(sent.result).lower()}, timeout=10)
+
+            # Signed, never sent: its nonce is reserved, and the pending count says so.
+            kept, nonce = await sign(2)
+            assert nonce == 1
+            count = await call(session, url, headers, "eth_getTransactionCount",
+                               [address, "pending"])  # fmt: skip
+            assert count.ok and int(count.result, 16) == 2, count.describe()
+            after = await send(session, url, team, address, 3, user="user3")
+            assert after.ok, after.describe()
+            started = time.monotonic()
+            # The hole at nonce 1 is filled once QSIGNER_SIGNED_TX_TIMEOUT has passed.
+            await mined(chain, {str(after.result).lower()}, timeout=30)
+            took = time.monotonic() - started
+        history = chain.check()
+        assert [tx.nonce for tx in history] == [0, 1, 2]
+        assert chain.is_fill(history[1]), history[1]
+        assert history[1].hash != "0x" + keccak(bytes.fromhex(kept[2:])).hex()
+        assert history[2].hash == str(after.result).lower()
+        await settled(chain, team.database_url, timeout=10)
+
+        kinds: set[tuple[int, str, str]] = set()
+
+        async def tracked() -> bool:
+            rows = await ledger_rows(team.database_url, address)
+            kinds.clear()
+            kinds.update((row["nonce"], row["kind"], row["state"]) for row in rows)
+            return {(0, "sign", "mined"), (1, "fill", "mined"), (2, "send", "mined")} <= kinds
+
+        await eventually(
+            tracked,
+            10,
+            "ledger rows: nonce 0 signed and mined, 1 filled, 2 sent",
+            lambda: f"(nonce, kind, state) seen: {sorted(kinds)}",
+        )
+    print(f"signed, never sent: the next transaction mined {took:.1f} s after it was accepted")

@@ -1,0 +1,80 @@
+"""`Idempotency-Key` on eth_sendTransaction (issue 14): repeats of one request, sent at once to two
+replicas on one database, make one transaction and every answer carries its hash; the same key
+with another body is refused (-32602 naming the header); the key belongs to its caller."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.ledger import (
+    RECIPIENT,
+    Chain,
+    Team,
+    call,
+    ledger_rows,
+    ledger_team,
+    mined,
+    row_hash,
+    settled,
+)
+from tests.support.replicas import replicas
+
+REPEATS, ROUNDS = 5, 3
+
+
+@pytest.fixture(scope="module")
+def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    with ledger_team(postgres, tmp_path_factory.mktemp("ledger-idempotency"), users=2) as built:
+        yield built
+
+
+async def test_concurrent_repeats_across_two_replicas(team: Team, tmp_path: Path) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(), 2, tmp_path) as group:
+        async with aiohttp.ClientSession() as session:
+            ours: list[str] = []
+            for round_ in range(ROUNDS):
+                key = f"order-{round_}-{os.urandom(6).hex()}"
+                tx = {"from": address, "to": RECIPIENT, "value": hex(100 + round_)}
+                headers = team.headers("user0", **{"Idempotency-Key": key})
+                replies = await asyncio.gather(*(
+                    call(session, group.urls[i % 2], headers, "eth_sendTransaction", [tx])
+                    for i in range(REPEATS)))  # fmt: skip
+                assert all(reply.ok for reply in replies), [r.describe() for r in replies]
+                hashes = {str(reply.result).lower() for reply in replies}
+                assert len(hashes) == 1, f"round {round_}: {len(hashes)} hashes for one key"
+                ours.append(hashes.pop())
+            assert len(set(ours)) == ROUNDS
+            await mined(chain, set(ours), timeout=10)
+
+            # Asked again once mined, on either replica: the same answer, nothing sent.
+            again = await call(session, group.urls[1], headers, "eth_sendTransaction", [tx])
+            assert again.ok and str(again.result).lower() == ours[-1], again.describe()
+
+            # The same key with another body: refused, naming the header.
+            other = await call(session, group.urls[0], headers, "eth_sendTransaction",
+                               [{**tx, "value": hex(999)}])  # fmt: skip
+            assert other.status == 200 and other.error is not None, other.describe()
+            assert other.error["code"] == -32602, other.describe()
+            assert "Idempotency-Key" in other.error["message"], other.describe()
+
+            # Another caller's request under the same key is that caller's own.
+            theirs = await call(session, group.urls[0],
+                                team.headers("user1", **{"Idempotency-Key": key}),
+                                "eth_sendTransaction", [tx])  # fmt: skip
+            assert theirs.ok, theirs.describe()
+            assert str(theirs.result).lower() not in ours
+            await mined(chain, {str(theirs.result).lower()}, timeout=10)
+
+        await settled(chain, team.database_url, timeout=10)
+        history = chain.check()
+        assert [tx.hash for tx in history] == [*ours, str(theirs.result).lower()]
+        rows = await ledger_rows(team.database_url, address)
+        assert sorted(str(row_hash(row)) for row in rows) == sorted(tx.hash for tx in history), rows

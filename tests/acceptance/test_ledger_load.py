@@ -1,0 +1,92 @@
+"""Ten users of one organisation send 30 transactions each, at once, from one account (issue 14):
+through one `serve`, through two on one database, then with two nodes behind both. Every request
+gets its own hash, the account's mined nonces are exactly 0..N-1, and every signature is low-s.
+
+Each user keeps 3 of its transactions under way at a time (30 at once in all): within the default
+QSIGNER_MAX_IN_FLIGHT (64) and its queue, so that none is refused for being too many, while with
+anvil mining once a second the account's in-flight bound is reached again and again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.faults import fronts_in_thread
+from tests.support.forwarder import Forwarder
+from tests.support.ledger import (
+    Chain,
+    Router,
+    Team,
+    eventually,
+    ledger_rows,
+    ledger_team,
+    mined,
+    row_hash,
+    run_load,
+    settled,
+    summary,
+)
+from tests.support.replicas import replicas
+
+USERS, PER_USER, WINDOW = 10, 30, 3
+N = USERS * PER_USER
+
+
+@pytest.fixture(scope="module")
+def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    with ledger_team(postgres, tmp_path_factory.mktemp("ledger-load")) as built:
+        yield built
+
+
+@pytest.mark.parametrize(("serves", "nodes"), [(1, 1), (2, 1), (2, 2)],
+                         ids=["one-serve", "two-serves", "two-serves-two-nodes"])  # fmt: skip
+async def test_ten_users_one_account(team: Team, serves: int, nodes: int, tmp_path: Path) -> None:
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    fronts = [Forwarder(team.node_url) for _ in range(nodes)] if nodes > 1 else []
+    with fronts_in_thread(*fronts):
+        upstreams = tuple(front.url for front in fronts) or (team.node_url,)
+        with replicas(team.env(upstreams), serves, tmp_path) as group:
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as session:
+                requests = await run_load(
+                    session,
+                    team,
+                    address,
+                    Router(group.urls),
+                    users=USERS,
+                    per_user=PER_USER,
+                    window=WINDOW,
+                )
+            answered = time.monotonic() - started
+            assert len(requests) == N
+            assert all(r.final.ok for r in requests), (summary(requests), group.problems())
+            hashes = {r.hash for r in requests if r.hash}
+            assert len(hashes) == N, "two requests were answered with one hash"
+
+            waited = await mined(chain, hashes, timeout=30)
+            await settled(chain, team.database_url, timeout=15)
+            history = chain.check()  # nonces exactly 0..N-1, count N, every signature low-s
+            assert len(history) == N
+            assert {tx.hash for tx in history} == hashes
+            by_hash = {tx.hash: tx for tx in history}
+            # each request became the transaction it asked for (its tag is its value)
+            assert all(by_hash[str(r.hash)].value == r.tag for r in requests)
+
+            async def tracked() -> bool:  # the receipt poller marked each row mined
+                rows = await ledger_rows(team.database_url, address)
+                return sorted(str(row_hash(r)) for r in rows if r["state"] == "mined") == sorted(
+                    hashes)  # fmt: skip
+
+            await eventually(tracked, 15, "ledger rows in state mined are not the mined hashes")
+        for secret in team.secrets():
+            assert secret not in group.log_text(), "a secret reached the logs"
+    print(
+        f"{serves} serve(s), {nodes} node(s): {N} answered in {answered:.1f} s, "
+        f"all mined {waited:.1f} s later"
+    )

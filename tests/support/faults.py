@@ -1,0 +1,136 @@
+"""Faults injected after a nonce is allocated: a node that definitely rejects every n-th
+submitted transaction (as a node refuses one it will never accept, before any mempool), and an
+HSM whose every n-th signature fails (signer.errors.HsmError, raised where the real key would
+have signed: a fault, not a faked result)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from aiohttp import web
+from eth_hash.auto import keccak
+
+from proxy.settings import Settings
+from signer.base import Signature
+from signer.errors import HsmError
+from tests.support.forwarder import Forwarder
+
+INTRINSIC_GAS = {"code": -32000, "message": "intrinsic gas too low"}
+
+
+class RejectingForwarder(Forwarder):
+    """A node that answers every `every`-th eth_sendRawTransaction with `error` and never passes
+    it on; the rest reach the real node. `rejected` holds the hashes it turned away."""
+
+    def __init__(self, target: str, every: int = 7, error: dict[str, Any] | None = None) -> None:
+        super().__init__(target)
+        self.every = every
+        self.error = error or INTRINSIC_GAS
+        self.sends = 0
+        self.rejected: list[str] = []
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        message = json.loads(await request.read())  # aiohttp keeps the body for the parent
+        if isinstance(message, dict) and message.get("method") == "eth_sendRawTransaction":
+            self.sends += 1
+            if self.every and self.sends % self.every == 0:
+                raw = bytes.fromhex(str(message["params"][0])[2:])
+                self.rejected.append("0x" + keccak(raw).hex())
+                self.seen.append((dict(request.headers), message))
+                return web.json_response({"jsonrpc": "2.0", "id": message.get("id"),
+                                          "error": self.error})  # fmt: skip
+        return await super()._handle(request)
+
+
+@contextlib.contextmanager
+def fronts_in_thread(*fronts: Forwarder) -> Iterator[tuple[Forwarder, ...]]:
+    """Forwarders served from an event loop of their own, so that a test that blocks (starting
+    a `serve`, reading the chain) never stalls them."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fronts", daemon=True)
+    thread.start()
+    try:
+        for front in fronts:
+            asyncio.run_coroutine_threadsafe(front.start(), loop).result(timeout=10)
+        yield fronts
+    finally:
+        for front in fronts:
+            asyncio.run_coroutine_threadsafe(front.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+class HsmFaults:
+    """Every `every`-th signature made with a key the proxy's keyring hands out raises
+    HsmError instead of reaching the HSM; the others are the HSM's own."""
+
+    def __init__(self, every: int = 7) -> None:
+        self.every = every
+        self.signatures = 0
+        self.failed = 0
+
+    def install(self, app: web.Application) -> None:
+        from proxy.app import SERVICES
+
+        keyring = app[SERVICES].keyring
+        original = keyring.signer
+        faults = self
+
+        async def signer(*args: Any, **kwargs: Any) -> Any:
+            return _FaultyKey(await original(*args, **kwargs), faults)
+
+        keyring.signer = signer  # type: ignore[method-assign]
+
+    def next_fails(self) -> bool:
+        self.signatures += 1
+        if self.every and self.signatures % self.every == 0:
+            self.failed += 1
+            return True
+        return False
+
+
+class _FaultyKey:
+    def __init__(self, key: Any, faults: HsmFaults) -> None:
+        self._key = key
+        self._faults = faults
+
+    @property
+    def address(self) -> bytes:
+        return bytes(self._key.address)
+
+    async def sign_digest_async(self, digest: bytes) -> Signature:
+        if self._faults.next_fails():
+            raise HsmError("CKR_DEVICE_ERROR (injected by the test)")
+        signature: Signature = await self._key.sign_digest_async(digest)
+        return signature
+
+    def sign_digest(self, digest: bytes) -> Signature:
+        if self._faults.next_fails():
+            raise HsmError("CKR_DEVICE_ERROR (injected by the test)")
+        signature: Signature = self._key.sign_digest(digest)
+        return signature
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._key, name)
+
+
+@contextlib.asynccontextmanager
+async def in_process_app(settings: Settings) -> AsyncIterator[tuple[str, web.Application]]:
+    """The app behind a real HTTP server on loopback: its base URL and the app (to reach its
+    services, as HsmFaults does)."""
+    from aiohttp.test_utils import TestServer
+
+    from proxy.app import create_app
+
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), server.app
+    finally:
+        await server.close()

@@ -1,0 +1,152 @@
+"""Several `quorum-signer serve` processes on one database and one node set, as an operator
+runs replicas behind a load balancer: each on a free port with its own log, started as a user
+starts it, killed with SIGKILL (a crashed pod) and started again on the same port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.support.anvil import free_port
+from tests.support.serve import BIN, wait_until_ready
+
+
+class Replica:
+    """One `serve` process; its port (hence URL) stays the same across restarts."""
+
+    def __init__(self, index: int, env: dict[str, str], log_path: Path) -> None:
+        self.index = index
+        self.port = free_port()
+        self.env = {**env, "QSIGNER_LISTEN": f"127.0.0.1:{self.port}"}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self) -> None:
+        assert not self.running(), f"replica {self.index} is already running"
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            self.process = subprocess.Popen([str(BIN), "serve"], env=self.env, stdout=log,
+                                            stderr=log)  # fmt: skip
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        wait_until_ready(self.url, self.process, self.log_path.read_text)
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a node failure does: no shutdown code runs."""
+        assert self.process is not None and self.running(), f"replica {self.index} is not running"
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def interrupt(self) -> None:
+        if self.running():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGINT)
+
+    def wait_stopped(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Replicas:
+    """N replicas of one configuration (`env` without QSIGNER_LISTEN)."""
+
+    def __init__(self, env: dict[str, str], count: int, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.members = [Replica(i, env, directory / f"serve-{i}.log") for i in range(count)]
+
+    def __getitem__(self, index: int) -> Replica:
+        return self.members[index]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def urls(self) -> list[str]:
+        return [member.url for member in self.members]
+
+    def start(self) -> None:
+        """Start every replica at once, then wait until each answers /readyz with 200."""
+        for member in self.members:
+            member.launch()
+        for member in self.members:
+            member.wait_ready()
+
+    def kill(self, index: int) -> None:
+        self.members[index].kill()
+
+    def restart(self, index: int) -> None:
+        member = self.members[index]
+        member.launch()
+        member.wait_ready()
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGINT to all (Ctrl-C), then wait for each; a replica still running is killed."""
+        for member in self.members:
+            member.interrupt()
+        deadline = time.monotonic() + timeout
+        for member in self.members:
+            member.wait_stopped(deadline - time.monotonic())
+
+    def log_text(self) -> str:
+        return "\n".join(m.log_path.read_text(errors="replace") for m in self.members
+                         if m.log_path.exists())  # fmt: skip
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log records of every replica (QSIGNER_LOG_FORMAT=json)."""
+        records = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+    def problems(self, limit: int = 20) -> str:
+        """The error and warning records (and any non-JSON lines such as a traceback), for an
+        assertion message."""
+        lines = []
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if not line.startswith("--- start"):
+                    lines.append(line)
+                continue
+            if isinstance(record, dict) and str(record.get("level", "")).lower() in (
+                "error", "warning", "critical"
+            ):  # fmt: skip
+                lines.append(line)
+        return "\n".join(lines[-limit:])
+
+
+@contextlib.contextmanager
+def replicas(env: dict[str, str], count: int, directory: Path) -> Iterator[Replicas]:
+    """`count` replicas of `serve` started with `env`, stopped (by pid) afterwards."""
+    group = Replicas(env, count, directory)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
