@@ -33,9 +33,11 @@ from proxy.forwarding import Forwarding
 from proxy.identity import Identity
 from proxy.identity.auth import bearer, build_verifier, is_api_key
 from proxy.keyring import Keyring
+from proxy.ledger.metrics import LedgerMetrics
+from proxy.ledger.nonces import Ledger
+from proxy.ledger.recovery import Recovery
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
-from proxy.nonces import PendingCountNonces
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
 from proxy.settings import Settings
@@ -97,10 +99,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         opened.push_async_callback(identity.close)
         await identity.listen(settings.require_database())
         await pool.start()
+        ledger = Ledger(store.BoundedPool(db, settings.database_timeout), pool,
+                        LedgerMetrics(app[METRICS].registry),
+                        max_in_flight=settings.max_in_flight,
+                        idempotency_ttl=settings.idempotency_ttl)  # fmt: skip
+        await ledger.start()
+        opened.push_async_callback(ledger.close)
+        keyring = Keyring(hsm)
+        recovery = Recovery(ledger, keyring, resend_after=settings.resend_seconds,
+                            signed_tx_timeout=settings.signed_tx_timeout)  # fmt: skip
+        await recovery.start()
+        opened.push_async_callback(recovery.close)
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
-            nonces=PendingCountNonces(pool, max_in_flight=settings.max_in_flight),
-            metrics=app[METRICS], keyring=Keyring(hsm), hsm_probe=hsm_probe,
+            ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool),
@@ -192,6 +204,8 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     try:
         body = await _read_body(request)
         caller = await _authenticate(services, request)
+        caller.request_id = request_id
+        caller.idempotency_key = request.headers.get("Idempotency-Key")
         parsed = rpc.parse_body(body)
     except Exception as exc:
         refused = translate(exc)

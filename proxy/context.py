@@ -9,9 +9,9 @@ from proxy.identity import Identity, Principal
 from proxy.identity.auth import JwtVerifier
 from proxy.identity.credentials import HsmCredentials
 from proxy.keyring import Keyring
+from proxy.ledger.nonces import Ledger
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
-from proxy.nonces import NonceSource
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter
 from proxy.settings import Settings
@@ -28,7 +28,7 @@ class Services:
     identity: Identity
     hsm: Hsm
     verifier: JwtVerifier
-    nonces: NonceSource
+    ledger: Ledger
     metrics: Metrics
     rate_limiter: RateLimiter
     forwarding: Forwarding
@@ -45,3 +45,5 @@ class Caller:
     credentials: HsmCredentials | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     forward_headers: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    idempotency_key: str | None = None  # the Idempotency-Key header

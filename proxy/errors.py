@@ -2,7 +2,9 @@
 
     ProxyError                      -32603  500-free internal error (with a correlation id)
     ├── InternalError               -32603  unexpected failure: only a correlation id is shown
-    │   └── HsmFailure              -32603  the HSM failed or returned a bad signature
+    │   ├── HsmFailure              -32603  the HSM failed or returned a bad signature
+    │   └── ReservationLost         -32603  recovery gave a nonce up while it was being signed
+    │                                       (its replica looked dead): nothing was sent
     ├── ParseError                  -32700  body is not JSON
     ├── InvalidRequest              -32600  not a JSON-RPC request
     │   └── BodyTooLarge            -32600  HTTP 413: over the body size limit
@@ -93,6 +95,11 @@ class InternalError(ProxyError):
 
 class HsmFailure(InternalError):
     """The HSM failed or returned a signature that does not verify (logged with the details)."""
+
+
+class ReservationLost(InternalError):
+    """Recovery gave this reservation's nonce up (its replica looked dead) before the signed
+    bytes were stored: they must never be sent."""
 
 
 class ParseError(ProxyError):

@@ -22,6 +22,7 @@ class Keyring:
     def __init__(self, hsm: Hsm) -> None:
         self.hsm = hsm
         self._keys: dict[tuple[str, bytes], HsmKey] = {}
+        self._by_address: dict[bytes, HsmKey] = {}
 
     async def signer(self, credentials: HsmCredentials, key_id: bytes) -> AsyncSigner:
         """The key `key_id` on the credentials' token, once their PIN opened it."""
@@ -30,4 +31,10 @@ class Keyring:
         if key is None or key.token is not token:
             key = await token.executor.run(functools.partial(token.key, key_id=key_id))
             self._keys[(token.serial, key_id)] = key
+            self._by_address[key.address] = key
         return key
+
+    def known(self, address: bytes) -> AsyncSigner | None:
+        """The key of `address` if a caller's credentials opened it in this process: what
+        recovery signs a hole's 0-value self-transfer with (it holds no credentials of its own)."""
+        return self._by_address.get(address)

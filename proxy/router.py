@@ -33,7 +33,11 @@ LOCAL: dict[str, Handler] = {
 async def forward(services: Services, caller: Caller, request: RpcRequest) -> Any:
     if request.method in signing.SUBMISSIONS:  # never retried where it may have been delivered
         return await signing.forward_raw(services, caller, request)
-    return await services.forwarding.call(request.method, request.params, caller.forward_headers)
+    answer = await services.forwarding.call(request.method, request.params,
+                                            caller.forward_headers)  # fmt: skip
+    if request.method == "eth_getTransactionCount":
+        return await accounts.pending_count(services, request, answer)
+    return answer
 
 
 def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:

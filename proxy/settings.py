@@ -46,7 +46,11 @@ class Settings:
     read_timeout: float = 10.0  # seconds a node may take over one caller's request
     node_connections: int = 64  # requests (hence connections) to one node at once
     max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
-    max_in_flight: int = 64  # one account's transactions under way or waiting, at most
+    max_in_flight: int = 64  # one account's transactions sent and not yet mined, at most
+    caller_nonces: str = "respect"  # or "reassign": managed accounts always get the ledger's
+    signed_tx_timeout: int = 600  # an eth_signTransaction nonce never seen is filled after this
+    idempotency_ttl: int = 86400  # seconds an Idempotency-Key is remembered
+    resend_seconds: int = 30  # a stored transaction not mined after this is sent again
     database_timeout: int = 5  # seconds a request waits for the database, at most
     hsm_queue_limit: int = 256
     unlock_threads: int = 2
@@ -113,6 +117,11 @@ class Settings:
             raise SettingsError("QSIGNER_MAX_RESPONSE_BYTES must be at least 1024")
         if self.max_in_flight < 1:
             raise SettingsError("QSIGNER_MAX_IN_FLIGHT must be at least 1")
+        if self.caller_nonces not in ("respect", "reassign"):
+            raise SettingsError("QSIGNER_CALLER_NONCES must be respect or reassign")
+        if min(self.signed_tx_timeout, self.idempotency_ttl, self.resend_seconds) < 1:
+            raise SettingsError("QSIGNER_SIGNED_TX_TIMEOUT, QSIGNER_IDEMPOTENCY_TTL and "
+                                "QSIGNER_RESEND_SECONDS must be at least 1 (seconds)")  # fmt: skip
 
     def require_database(self) -> str:
         if not self.database_url:

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from proxy import filling
 from proxy.context import Caller, Services
-from proxy.errors import Forbidden, InvalidParams, NodeError, Unauthorized
+from proxy.errors import (
+    Forbidden,
+    InvalidParams,
+    NodeError,
+    NoNodeAvailable,
+    RateLimited,
+    SendOutcomeUnknown,
+    Unauthorized,
+)
+from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest
 from proxy.rpc import RpcRequest
-from signer.base import AsyncSigner, Signature, SignedTransaction
+from signer.base import AsyncSigner, Signature, SignedTransaction, checksum
 from signer.ecdsa import keccak256
 from signer.errors import InvalidMessage, InvalidTransaction
 from signer.messages import parse_typed_data, personal_message_digest, typed_data_digest
@@ -23,6 +34,8 @@ from signer.transactions import (
     parse_hex,
     sign_transaction_async,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _address_param(value: Any) -> bytes:
@@ -108,14 +121,134 @@ def _first_param(request: RpcRequest) -> Any:
     return params[0]
 
 
+def _origin(caller: Caller) -> Origin:
+    principal = caller.principal
+    return Origin(principal.user_id, principal.organisation_id, caller.request_id)
+
+
+def _idempotency(caller: Caller, request: RpcRequest) -> Idempotency | None:
+    key = caller.idempotency_key
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidParams("the Idempotency-Key header must be 1 to 255 printable characters")
+    return Idempotency(key, params_digest(request.positional))
+
+
+# A node's refusal that means the nonce is taken on chain or in its pool by a transaction that is
+# not this one (someone sent from the account outside the proxy): the nonce is not a hole.
+_NONCE_TAKEN = re.compile(r"nonce too low|replacement transaction underpriced|already known|"
+                          r"known transaction|already imported", re.IGNORECASE)  # fmt: skip
+
+
+class _NonceTakenOutside(Exception):
+    def __init__(self, refusal: NodeError) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
     build = await _prepare(services, parsed)
-    if parsed.nonce is not None:
-        return await _sign_and_send(services, caller, key, build(nonce=parsed.nonce))
-    async with services.nonces.lease(parsed.sender) as lease:
-        return await _sign_and_send(services, caller, key, build(nonce=lease.nonce))
+    build(nonce=0)  # what no node could accept is refused here, before a nonce is taken
+    ledger, origin = services.ledger, _origin(caller)
+    idempotency = _idempotency(caller, request)
+    given = parsed.nonce if services.settings.caller_nonces == "respect" else None
+    last: Exception = RateLimited("the account's nonces moved under this request three times; "
+                                  "nothing was sent, try again")  # fmt: skip
+    for _attempt in range(3):
+        if given is not None:
+            slot = await ledger.claim(parsed.sender, given, origin)
+        else:
+            slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
+            if slot.existing:
+                earlier = await ledger.wait_for_hash(slot)
+                if earlier is not None:
+                    return "0x" + earlier.hex()
+                continue  # the first request failed and gave its key up: this one goes ahead
+        try:
+            return await _sign_store_send(services, caller, key, build(nonce=slot.nonce), slot)
+        except _NonceTakenOutside as taken:
+            if given is not None:
+                raise taken.refusal from None
+            # The chain is ahead of the ledger: read it again, and take the next nonce.
+            await ledger.chain_counts(parsed.sender, fresh=True)
+            last = taken.refusal
+    raise last
+
+
+async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
+                           tx: Transaction, slot: Slot) -> str:  # fmt: skip
+    """Sign at the reserved nonce, store the bytes, then send them. What failed before anything
+    left the process, or what a node refused for sure, gives the nonce back (and fills the hole
+    at once if a higher nonce is already out); a send whose outcome is unknown keeps the nonce:
+    recovery sends the same bytes again."""
+    ledger = services.ledger
+    try:
+        signed = await _sign(services, key, tx)
+    except BaseException:
+        await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
+        raise
+    await ledger.store(slot, signed)  # ReservationLost: recovery gave the nonce up; not sent
+    try:
+        result, node = await services.pool.submit(
+            "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
+            headers=caller.forward_headers, affinity=slot.account,
+        )  # fmt: skip
+    except SendOutcomeUnknown:
+        raise  # kept as signed: only these bytes are ever sent for this nonce
+    except NoNodeAvailable:  # no node got it (busy or down): nothing left the process
+        await _give_back(services, caller, key, tx, slot, "not sent: no node available")
+        raise
+    except NodeError as refusal:
+        if _NONCE_TAKEN.search(refusal.message):
+            await ledger.release(slot, f"refused by the node: {refusal.message}", hole=False)
+            raise _NonceTakenOutside(refusal) from None
+        await _give_back(services, caller, key, tx, slot, f"refused by the node: {refusal.message}")
+        raise
+    ledger.sent(slot, node)
+    return result
+
+
+async def _give_back(services: Services, caller: Caller, key: AsyncSigner, tx: Transaction,
+                     slot: Slot, reason: str) -> None:  # fmt: skip
+    """Release the slot's nonce; when a higher nonce is already out, fill the hole at once."""
+    ledger = services.ledger
+    try:
+        if not await ledger.release(slot, reason):
+            return
+        await ledger.fill(
+            slot.account, _origin(caller),
+            functools.partial(_sign_fill, services, key, tx),
+            functools.partial(_send_fill, services, caller, slot.account),
+        )  # fmt: skip
+    except Exception:
+        # The caller gets the first failure; recovery fills what is left.
+        log.warning("could not give back nonce %d of %s at once; recovery will", slot.nonce,
+                    checksum(slot.account), exc_info=True)  # fmt: skip
+
+
+def fill_transaction(like: Transaction, account: bytes, nonce: int) -> Transaction:
+    """A 0-value self-transfer at `nonce`, priced as `like` (the network's price: 0 on Quorum)."""
+    return Transaction(type=2 if like.type == 2 else 0, chain_id=like.chain_id, nonce=nonce,
+                       gas=21000, to=account, value=0, data=b"", gas_price=like.gas_price,
+                       max_fee_per_gas=like.max_fee_per_gas,
+                       max_priority_fee_per_gas=like.max_priority_fee_per_gas)  # fmt: skip
+
+
+async def _sign_fill(services: Services, key: AsyncSigner, like: Transaction,
+                     nonce: int) -> SignedTransaction:  # fmt: skip
+    return await _sign(services, key, fill_transaction(like, key.address, nonce))
+
+
+async def _send_fill(services: Services, caller: Caller, account: bytes,
+                     signed: SignedTransaction) -> str:  # fmt: skip
+    _, node = await services.pool.submit(
+        "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
+        headers=caller.forward_headers, affinity=account,
+    )  # fmt: skip
+    return node
 
 
 async def _sign(services: Services, key: AsyncSigner, tx: Transaction) -> SignedTransaction:
@@ -125,29 +258,28 @@ async def _sign(services: Services, key: AsyncSigner, tx: Transaction) -> Signed
     return signed
 
 
-async def _sign_and_send(
-    services: Services, caller: Caller, key: AsyncSigner, tx: Transaction
-) -> str:
-    signed = await _sign(services, key, tx)
-    return await services.pool.send(
-        "eth_sendRawTransaction",
-        ["0x" + signed.raw.hex()],
-        "0x" + signed.hash.hex(),
-        headers=caller.forward_headers,
-    )
-
-
 async def sign_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    """Signs without sending. Without a nonce, the ledger reserves one and keeps the bytes, so
+    that no other transaction gets it; when the bytes are sent (through us or elsewhere) or
+    mined, the reservation is settled, and if they never appear within
+    QSIGNER_SIGNED_TX_TIMEOUT recovery fills the nonce."""
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
-    nonce = parsed.nonce
-    if nonce is None:
-        count = await services.pool.call(
-            "eth_getTransactionCount", ["0x" + parsed.sender.hex(), "pending"]
-        )
-        nonce = int(count, 16)
-    tx = (await _prepare(services, parsed))(nonce=nonce)
-    signed = await _sign(services, key, tx)
+    build = await _prepare(services, parsed)
+    if parsed.nonce is not None:
+        tx = build(nonce=parsed.nonce)
+        signed = await _sign(services, key, tx)
+        return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
+    build(nonce=0)  # refused before a nonce is taken
+    ledger = services.ledger
+    slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
+    tx = build(nonce=slot.nonce)
+    try:
+        signed = await _sign(services, key, tx)
+    except BaseException:
+        await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
+        raise
+    await ledger.store(slot, signed)
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 
@@ -234,10 +366,15 @@ async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -
         raw = parse_hex("rawTransaction", params[0])
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
-    return await services.pool.send(
+    tx_hash = keccak256(raw)
+    result, node = await services.pool.submit(
         request.method,
         list(params),
-        "0x" + keccak256(raw).hex(),
+        "0x" + tx_hash.hex(),
         headers=caller.forward_headers,
         answers_hash=SUBMISSIONS[request.method],
     )
+    if request.method == "eth_sendRawTransaction":
+        # Bytes of our own eth_signTransaction arriving: their reservation is settled.
+        await services.ledger.reconcile(tx_hash, node)
+    return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import re
@@ -192,6 +193,21 @@ class NodePool:
         headers: Mapping[str, str] | None = None,
         answers_hash: bool = True,
     ) -> str:
+        """`submit`'s answer alone."""
+        result, _ = await self.submit(method, params, tx_hash, headers=headers,
+                                      answers_hash=answers_hash)  # fmt: skip
+        return result
+
+    async def submit(
+        self,
+        method: str,
+        params: list[Any],
+        tx_hash: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        answers_hash: bool = True,
+        affinity: bytes | None = None,
+    ) -> tuple[str, str]:
         """A submission of a signed transaction (eth_sendRawTransaction, GoQuorum's
         eth_sendRawPrivateTransaction, eth_distributePrivateTransaction); returns the node's
         answer, the transaction hash where `answers_hash`.
@@ -204,10 +220,15 @@ class NodePool:
         puts nothing in the node's pool). A timeout leaves the node in rotation, as for reads, and
         so does waiting in vain for one of its connections (NodeBusy: nothing was sent, so the
         next node is tried).
+
+        With `affinity` (a sender's address), every submission of that sender goes to the same
+        node while it is healthy, on every replica alike (rendezvous hashing over the nodes in
+        rotation), so that nonce N+1 never reaches a node long before N. Answers the node's
+        answer and the node's (masked) name.
         """
         tried: list[_Node] = []
         busy = False
-        while (node := self._pick(tried)) is not None:
+        while (node := self._pick(tried, affinity)) is not None:
             tried.append(node)
             try:
                 result = await node.transport.request(
@@ -230,13 +251,18 @@ class NodePool:
                 if holds is None:  # the node refused it, but may hold it: nobody can tell yet
                     raise SendOutcomeUnknown(tx_hash) from None
                 if holds:
-                    return tx_hash
+                    return tx_hash, node.name
                 raise
             if not isinstance(result, str):
                 self._take_out(node, f"{method} answered no hash")
                 raise SendOutcomeUnknown(tx_hash)
-            return result
+            return result, node.name
         raise self._no_node(busy)
+
+    def node_for(self, affinity: bytes) -> str | None:
+        """The node that `affinity`'s submissions go to now, or None when none is healthy."""
+        node = self._pick([], affinity)
+        return None if node is None else node.name
 
     def _no_node(self, busy: bool) -> NoNodeAvailable:
         if busy:
@@ -266,10 +292,12 @@ class NodePool:
             return None
         return isinstance(found, dict) and str(found.get("hash", "")).lower() == tx_hash.lower()
 
-    def _pick(self, tried: list[_Node]) -> _Node | None:
+    def _pick(self, tried: list[_Node], affinity: bytes | None = None) -> _Node | None:
         candidates = [node for node in self._nodes if node.healthy and node not in tried]
         if not candidates:
             return None
+        if affinity is not None:
+            return max(candidates, key=lambda node: _rendezvous(affinity, node.name))
         # Least in flight; rotating the starting point makes ties go round robin.
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
@@ -376,6 +404,10 @@ class NodePool:
         if best - node.block > self._max_lag_blocks:
             return f"{best - node.block} blocks behind"
         return None
+
+
+def _rendezvous(affinity: bytes, name: str) -> bytes:
+    return hashlib.blake2b(affinity + name.encode(), digest_size=8).digest()
 
 
 def _quantity(answer: object) -> int:

@@ -3,57 +3,19 @@ SoftHSM: authentication, routing, each signing handler, each error of CONTRACT 4
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from eth_account.messages import encode_typed_data
 
 from signer.messages import personal_message_digest, typed_data_digest
 from tests.support.anvil import rpc, run_anvil
 from tests.support.checks import assert_signed_by, check_message_signature
-from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
-
-
-@dataclass
-class Proxy:
-    url: str
-    session: aiohttp.ClientSession
-    stack: Stack
-
-    async def post(self, body: Any, *, headers: dict[str, str] | None = None,
-                   path: str = "/") -> tuple[int, Any]:  # fmt: skip
-        data: Any = body if isinstance(body, bytes) else json.dumps(body).encode()
-        if len(data) > 1024 * 1024:
-            data = io.BytesIO(data)  # aiohttp warns on large raw bodies
-        async with self.session.post(self.url + path, data=data, headers={
-            "Content-Type": "application/json", **(headers or {})}) as response:  # fmt: skip
-            text = await response.read()
-            return response.status, (json.loads(text) if text else None)
-
-    def jwt(self, password: bool = False, token: str | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {token or self.stack.jwt}"}
-        if password:
-            headers["X-Signer-Password"] = self.stack.password
-        return headers
-
-    async def call(self, method: str, params: Any = None, *, headers: dict[str, str] | None = None,
-                   path: str = "/") -> tuple[int, Any]:  # fmt: skip
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
-        if params is not None:
-            body["params"] = params
-        return await self.post(body, headers=headers if headers is not None else self.jwt(True),
-                               path=path)  # fmt: skip
-
-    async def result(self, method: str, params: Any = None, **kwargs: Any) -> Any:
-        status, answer = await self.call(method, params, **kwargs)
-        assert status == 200 and "result" in answer, answer
-        return answer["result"]
+from tests.support.proxy_client import Proxy
+from tests.support.stack import CHAIN_ID, build_stack, in_process
 
 
 @pytest.fixture(params=["quorum-like", "fee-market"])

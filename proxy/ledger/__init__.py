@@ -1,0 +1,1 @@
+"""The nonce ledger: nonces (allocation and states), recovery, and tracking (receipts)."""

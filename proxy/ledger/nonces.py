@@ -1,0 +1,525 @@
+"""The nonce ledger: which nonce each transaction of a managed account gets, kept in PostgreSQL so
+that every replica obeys the same rules (proxy/migrations/0004_nonce_ledger.sql holds them).
+
+A transaction's row goes through these states:
+
+    reserved ──sign, store──▶ signed ──send──▶ sent ──receipt──▶ mined (status 1 or 0)
+       │                        │  ▲             │
+       │ failed before          │  └─resend──────┘ (recovery: same bytes, never a new nonce)
+       │ anything left us       │
+       ▼                        ▼ the node refused it for sure (or never got it)
+    released ◀──────────────────┘
+       (its nonce becomes a hole: the next allocation takes it; with a higher nonce already
+        sent, a 0-value self-transfer fills it at once)
+    signed (eth_signTransaction, bytes handed to the caller and never seen on chain within
+        QSIGNER_SIGNED_TX_TIMEOUT) ──▶ replaced (its nonce becomes a hole, then is filled)
+
+- A nonce is reserved (one short statement, the account's row locked for its length only), then
+  signed in the HSM, then the signed bytes are stored (a second statement), and only then sent.
+  Reserving first, as a committed row, means that two replicas never sign the same nonce (no HSM
+  work thrown away under contention) and that a replica killed at any point leaves a row saying
+  how far it got: `reserved` (nothing left the process: the nonce may be given again) or
+  `signed` (bytes that may be out there: only those very bytes are ever sent again).
+- Concurrent requests of a replica share these statements (group commit): one statement reserves
+  for every request of an account waiting at that moment, one stores every signature ready and
+  carries the "sent" marks of the sends that finished since; so a transaction costs at most two
+  round trips alone, and far fewer under load.
+- No database lock is held across a node round trip or an HSM call: each statement commits on
+  its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from proxy.errors import InvalidParams, RateLimited, ReservationLost
+from proxy.ledger.metrics import LedgerMetrics
+from proxy.nodes.pool import NodePool
+from proxy.store import BoundedPool
+from signer.base import SignedTransaction, checksum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked for a transaction: kept on its row."""
+
+    user_id: str
+    org_id: int | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    digest: bytes  # of the request's parameters: the same key with other parameters is refused
+
+
+def params_digest(params: Any) -> bytes:
+    """A digest of a request's parameters, independent of key order and spacing."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass
+class Slot:
+    """A nonce held for one transaction (its ledger row)."""
+
+    row_id: int
+    account: bytes
+    nonce: int
+    state: str = "reserved"
+    tx_hash: bytes | None = None
+    existing: bool = False  # an Idempotency-Key's earlier transaction, not a new reservation
+    digest: bytes | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Wanted:
+    origin: Origin
+    kind: str
+    idempotency: Idempotency | None
+    answer: asyncio.Future[Slot | None]
+
+
+class _Account:
+    """What this replica knows of one account: its chain counts, and requests waiting for nonces."""
+
+    def __init__(self) -> None:
+        self.mined = 0  # the chain's mined transaction count, as last read
+        self.pending = 0  # the node's pending count, as last read (a hint)
+        self.read_at = float("-inf")
+        self.reading: asyncio.Future[None] | None = None
+        self.queue: list[_Wanted] = []
+        self.flushing = False
+        self.waiting = 0  # requests in reserve() now, in flight or waiting for room
+
+
+class Ledger:
+    """Nonces of managed accounts, for one chain, shared by every replica through the database."""
+
+    def __init__(self, db: BoundedPool, pool: NodePool, metrics: LedgerMetrics, *,
+                 max_in_flight: int, idempotency_ttl: float, counts_max_age: float = 1.0,
+                 ) -> None:  # fmt: skip
+        self.db = db
+        self.pool = pool
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.idempotency_ttl = idempotency_ttl
+        self._counts_max_age = counts_max_age
+        self._accounts: dict[bytes, _Account] = {}
+        self._stores: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]] = []
+        self._sent: list[tuple[int, str]] = []
+        self._writing = False
+        self._wake_writer = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    @property
+    def chain_id(self) -> int:
+        return self.pool.chain_id
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._flush_sent_marks(), name="ledger-sent-marks")
+
+    async def close(self) -> None:
+        task, self._writer = self._writer, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._sent:
+            try:
+                await self._write([], list(self._sent))
+            except Exception:  # the recovery task resends what is left as signed
+                log.warning("could not record %d sends as sent on shutdown", len(self._sent))
+
+    # -- the chain's counts ---------------------------------------------------------------
+
+    def _account(self, address: bytes) -> _Account:
+        account = self._accounts.get(address)
+        if account is None:
+            account = self._accounts[address] = _Account()
+        return account
+
+    async def chain_counts(self, address: bytes, *, fresh: bool = False) -> tuple[int, int]:
+        """(mined, pending) transaction counts of `address` on the nodes, read at most once per
+        `counts_max_age` seconds by this replica (one read serves every request waiting)."""
+        account = self._account(address)
+        if fresh or time.monotonic() - account.read_at > self._counts_max_age:
+            if account.reading is None:
+                account.reading = asyncio.ensure_future(self._read_counts(address, account))
+            reading = account.reading
+            try:
+                await asyncio.shield(reading)
+            finally:
+                if reading.done() and account.reading is reading:
+                    account.reading = None
+        return account.mined, account.pending
+
+    async def _read_counts(self, address: bytes, account: _Account) -> None:
+        mined, pending = await asyncio.gather(
+            self.pool.call("eth_getTransactionCount", [checksum(address), "latest"]),
+            self.pool.call("eth_getTransactionCount", [checksum(address), "pending"]),
+        )
+        account.mined = max(account.mined, int(mined, 16))
+        account.pending = int(pending, 16)
+        account.read_at = time.monotonic()
+
+    def saw_mined(self, address: bytes, mined: int) -> None:
+        """The tracker or recovery read the chain's mined count: waiting requests may have room."""
+        account = self._accounts.get(address)
+        if account is not None and mined > account.mined:
+            account.mined = mined
+
+    # -- reserving ----------------------------------------------------------------------
+
+    async def reserve(self, address: bytes, origin: Origin, *, kind: str = "send",
+                      idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
+        """The next free nonce of `address` (a hole first), as a committed `reserved` row; or,
+        for an Idempotency-Key already used, that key's row (`existing`). At most
+        QSIGNER_MAX_IN_FLIGHT transactions are sent and not mined; as many again wait here, for
+        at most QSIGNER_READ_TIMEOUT seconds; beyond that, RateLimited."""
+        account = self._account(address)
+        if account.waiting >= 2 * self.max_in_flight:
+            raise RateLimited(
+                f"account {checksum(address)} already has {self.max_in_flight} transactions in "
+                f"flight and {self.max_in_flight} waiting (QSIGNER_MAX_IN_FLIGHT); nothing was "
+                "signed or sent, try again shortly"
+            )
+        account.waiting += 1
+        self.metrics.queue_depth.labels(checksum(address)).inc()
+        try:
+            deadline = time.monotonic() + self.pool.read_timeout
+            fresh = False
+            while True:
+                await self.chain_counts(address, fresh=fresh)
+                answer: asyncio.Future[Slot | None] = asyncio.get_running_loop().create_future()
+                account.queue.append(_Wanted(origin, kind, idempotency, answer))
+                if not account.flushing:
+                    account.flushing = True  # now: a second request this tick must not flush
+                    self._background(self._flush_reservations(address, account))
+                slot = await answer
+                if slot is not None:
+                    if (
+                        slot.existing
+                        and idempotency is not None
+                        and slot.digest != idempotency.digest
+                    ):
+                        raise InvalidParams(
+                            "this Idempotency-Key was already used with different parameters; "
+                            "use a new key for a different request"
+                        )
+                    return slot
+                # No room: QSIGNER_MAX_IN_FLIGHT sent and not mined. Wait for blocks.
+                if time.monotonic() >= deadline:
+                    raise RateLimited(
+                        f"account {checksum(address)}: {self.max_in_flight} transactions still "
+                        f"unmined after {self.pool.read_timeout:g} s (QSIGNER_MAX_IN_FLIGHT); "
+                        "nothing was signed or sent, try again shortly"
+                    )
+                await asyncio.sleep(0.25)
+                fresh = True
+        finally:
+            account.waiting -= 1
+            self.metrics.queue_depth.labels(checksum(address)).dec()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_reservations(self, address: bytes, account: _Account) -> None:
+        try:
+            while account.queue:
+                batch, account.queue = account.queue, []
+                try:
+                    slots = await self._reserve_rows(address, account, batch)
+                except asyncpg.UniqueViolationError:
+                    # An Idempotency-Key taken at this instant for another account's request:
+                    # one at a time, so that only that request fails.
+                    for wanted in batch:
+                        try:
+                            (slot,) = await self._reserve_rows(address, account, [wanted])
+                        except asyncpg.UniqueViolationError:
+                            _fail(wanted.answer, InvalidParams(
+                                "this Idempotency-Key is in use by another request; use a new "
+                                "key for a different request"))  # fmt: skip
+                            continue
+                        except Exception as exc:
+                            _fail(wanted.answer, exc)
+                            continue
+                        _settle(wanted.answer, slot)
+                    continue
+                except Exception as exc:
+                    for wanted in batch:
+                        _fail(wanted.answer, exc)
+                    continue
+                for wanted, slot in zip(batch, slots, strict=True):
+                    _settle(wanted.answer, slot)
+        finally:
+            account.flushing = False
+
+    async def _reserve_rows(self, address: bytes, account: _Account,
+                            batch: list[_Wanted]) -> list[Slot | None]:  # fmt: skip
+        self.metrics.db_round_trips.inc()
+        rows = await self.db.fetch(
+            "SELECT * FROM ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            self.chain_id, address, account.mined, account.pending, self.max_in_flight,
+            [w.origin.user_id for w in batch], [w.origin.org_id for w in batch],
+            [w.origin.request_id for w in batch], [w.kind for w in batch],
+            [w.idempotency.key if w.idempotency else None for w in batch],
+            [w.idempotency.digest if w.idempotency else None for w in batch],
+            float(self.idempotency_ttl),
+        )  # fmt: skip
+        by_slot = {row["slot"]: row for row in rows}
+        slots: list[Slot | None] = []
+        for index, _ in enumerate(batch, 1):
+            row = by_slot.get(index)
+            if row is None:
+                slots.append(None)
+                continue
+            slots.append(Slot(row["row_id"], address, row["nonce"], row["state"],
+                              row["tx_hash"], row["existing"], row["idem_digest"]))  # fmt: skip
+            if not row["existing"]:
+                self.metrics.nonces.labels("reused" if row["reused"] else "allocated").inc()
+        return slots
+
+    async def claim(self, address: bytes, nonce: int, origin: Origin, *,
+                    kind: str = "send") -> Slot:  # fmt: skip
+        """The nonce the caller chose (QSIGNER_CALLER_NONCES=respect), if no transaction the
+        proxy made holds it, and if it leaves no gap."""
+        mined, pending = await self.chain_counts(address)
+        self.metrics.db_round_trips.inc()
+        row = await self.db.fetchrow(
+            "SELECT * FROM ledger_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            self.chain_id, address, mined, pending, nonce, pending,
+            origin.user_id, origin.org_id, origin.request_id, kind,
+        )  # fmt: skip
+        if row["outcome"] == "used":
+            raise InvalidParams(
+                f"nonce {nonce} of {checksum(address)} is already used by another transaction "
+                f"sent through this proxy; leave the nonce out to get the next free one "
+                f"(next: {row['next_nonce']})"
+            )
+        if row["outcome"] == "ahead":
+            raise InvalidParams(
+                f"nonce {nonce} of {checksum(address)} is ahead of the account's next nonce "
+                f"{row['next_nonce']}: the nonces in between would be a gap that holds up every "
+                "transaction after it; leave the nonce out to get the next free one"
+            )
+        self.metrics.nonces.labels("allocated").inc()
+        return Slot(row["row_id"], address, nonce)
+
+    async def next_nonce(self, address: bytes) -> int | None:
+        """The ledger's next nonce of `address`, or None when the ledger has never seen it."""
+        self.metrics.db_round_trips.inc()
+        value = await self.db.fetchval(
+            "SELECT next_nonce FROM ledger_accounts WHERE chain_id = $1 AND account = $2",
+            self.chain_id, address,
+        )  # fmt: skip
+        return None if value is None else int(value)
+
+    async def wait_for_hash(self, slot: Slot) -> bytes | None:
+        """An Idempotency-Key's earlier transaction: its hash once it is signed, or None if that
+        request failed meanwhile (its key was given up: this request goes ahead on its own)."""
+        deadline = time.monotonic() + self.pool.read_timeout
+        while True:
+            if slot.tx_hash is not None and slot.state not in ("reserved", "released"):
+                return slot.tx_hash
+            if slot.state == "released":
+                return None
+            if time.monotonic() >= deadline:
+                raise RateLimited("the first request with this Idempotency-Key is still under "
+                                  "way; try again shortly")  # fmt: skip
+            await asyncio.sleep(0.05)
+            self.metrics.db_round_trips.inc()
+            row = await self.db.fetchrow(
+                "SELECT state, tx_hash, idem_key FROM ledger_transactions WHERE id = $1",
+                slot.row_id,
+            )
+            if row is None or row["idem_key"] is None:
+                return None
+            slot.state, slot.tx_hash = row["state"], row["tx_hash"]
+
+    # -- storing the signed bytes, and the sent marks -------------------------------------
+
+    async def store(self, slot: Slot, signed: SignedTransaction) -> None:
+        """Commit the signed bytes of a reservation; only then may they be sent. Raises
+        `ReservationLost` if recovery gave the nonce up meanwhile (this replica was taken for
+        dead): the bytes must then never be sent."""
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._stores.append((slot, signed, answer))
+        if not self._writing:
+            self._writing = True
+            self._background(self._flush_stores())
+        if not await answer:
+            raise ReservationLost(f"the reservation of nonce {slot.nonce} was given up by recovery")
+        slot.state, slot.tx_hash = "signed", signed.hash
+
+    def sent(self, slot: Slot, node: str) -> None:
+        """The node took the transaction: recorded with the next store, or within 0.1 s."""
+        slot.state = "sent"
+        self._sent.append((slot.row_id, node))
+        self.metrics.request_to_sent.observe(time.perf_counter() - slot.started)
+        self._wake_writer.set()
+
+    async def _flush_stores(self) -> None:
+        try:
+            while self._stores:
+                batch, self._stores = self._stores, []
+                sent, self._sent = self._sent, []
+                try:
+                    stored = await self._write(batch, sent)
+                except Exception as exc:
+                    self._sent = sent + self._sent
+                    for _, _, answer in batch:
+                        _fail(answer, exc)
+                    continue
+                for slot, _, answer in batch:
+                    _settle(answer, slot.row_id in stored)
+        finally:
+            self._writing = False
+
+    async def _write(self, batch: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]],
+                     sent: list[tuple[int, str]]) -> set[int]:  # fmt: skip
+        self.metrics.db_round_trips.inc()
+        rows = await self.db.fetch(
+            """WITH stored AS (
+                   UPDATE ledger_transactions t
+                      SET state = 'signed', raw = u.raw, tx_hash = u.hash, signed_at = now(),
+                          updated_at = now()
+                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u(id, raw, hash)
+                    WHERE t.id = u.id AND t.state = 'reserved'
+                RETURNING t.id),
+               marked AS (
+                   UPDATE ledger_transactions t
+                      SET state = 'sent', node = u.node, sent_at = now(), updated_at = now(),
+                          send_attempts = t.send_attempts + 1
+                     FROM unnest($4::bigint[], $5::text[]) AS u(id, node)
+                    WHERE t.id = u.id AND t.state = 'signed'
+                RETURNING t.id)
+               SELECT id FROM stored""",
+            [slot.row_id for slot, _, _ in batch], [signed.raw for _, signed, _ in batch],
+            [signed.hash for _, signed, _ in batch],
+            [row_id for row_id, _ in sent], [node for _, node in sent],
+        )  # fmt: skip
+        return {row["id"] for row in rows}
+
+    async def _flush_sent_marks(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            await asyncio.sleep(0.1)  # a store within this time carries the marks instead
+            self._wake_writer.clear()
+            if not self._sent or self._writing:
+                continue
+            sent, self._sent = self._sent, []
+            try:
+                await self._write([], sent)
+            except Exception:
+                # Kept for the next write; until then recovery sees them as signed, and
+                # resending the same bytes is harmless.
+                self._sent = sent + self._sent
+                await asyncio.sleep(1)
+                self._wake_writer.set()
+
+    # -- giving a nonce back --------------------------------------------------------------
+
+    async def release(self, slot: Slot, reason: str, *, hole: bool = True) -> bool:
+        """The transaction never reached a mempool (refused for sure, or never signed): its
+        nonce is given back as a hole, unless `hole` is False (the chain used the nonce: someone
+        sent from the account outside the proxy). Answers whether a transaction with a higher
+        nonce is already signed or sent, so that the hole must be filled at once."""
+        self.metrics.db_round_trips.inc()
+        row = await self.db.fetchrow(
+            """WITH released AS (
+                   UPDATE ledger_transactions
+                      SET state = 'released', reason = $2, idem_key = NULL, idem_user = NULL,
+                          updated_at = now()
+                    WHERE id = $1 AND state IN ('reserved', 'signed')
+                RETURNING chain_id, account, nonce),
+               hole AS (
+                   INSERT INTO ledger_holes (chain_id, account, nonce)
+                   SELECT chain_id, account, nonce FROM released WHERE $3
+                   ON CONFLICT DO NOTHING)
+               SELECT EXISTS (
+                   SELECT 1 FROM ledger_transactions t, released r
+                    WHERE t.chain_id = r.chain_id AND t.account = r.account
+                      AND t.nonce > r.nonce AND t.state IN ('signed', 'sent')) AS higher,
+                      (SELECT count(*) FROM released) AS released""",
+            slot.row_id, reason[:500], hole,
+        )  # fmt: skip
+        slot.state = "released"
+        if row["released"]:
+            self.metrics.nonces.labels("released").inc()
+        return bool(row["higher"]) and hole
+
+    async def fill(self, address: bytes, origin: Origin,
+                   sign_fill: Callable[[int], Awaitable[SignedTransaction]],
+                   send: Callable[[SignedTransaction], Awaitable[str]]) -> int | None:  # fmt: skip
+        """Fill the lowest hole of `address` with a 0-value self-transfer (signed by
+        `sign_fill(nonce)`, sent with `send`); answers its nonce, or None when no hole was left
+        (another request took it meanwhile: nothing to do)."""
+        slot = await self._reserve_hole(address, origin)
+        if slot is None:
+            return None
+        try:
+            signed = await sign_fill(slot.nonce)
+        except BaseException:
+            await self.release(slot, "the fill could not be signed")
+            raise
+        await self.store(slot, signed)
+        node = await send(signed)
+        self.sent(slot, node)
+        self.metrics.nonces.labels("filled").inc()
+        log.warning("filled nonce %d of %s with a 0-value self-transfer", slot.nonce,
+                    checksum(address))  # fmt: skip
+        return slot.nonce
+
+    async def _reserve_hole(self, address: bytes, origin: Origin) -> Slot | None:
+        account = self._account(address)
+        await self.chain_counts(address)
+        self.metrics.db_round_trips.inc()
+        rows = await self.db.fetch(
+            "SELECT * FROM ledger_reserve($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11)",
+            self.chain_id, address, account.mined, account.pending, [origin.user_id],
+            [origin.org_id], [origin.request_id], ["fill"], [None], [None],
+            float(self.idempotency_ttl),
+        )  # fmt: skip
+        if not rows:
+            return None
+        return Slot(rows[0]["row_id"], address, rows[0]["nonce"])
+
+    async def reconcile(self, tx_hash: bytes, node: str) -> None:
+        """Bytes from eth_signTransaction arrived through eth_sendRawTransaction: mark them sent."""
+        self.metrics.db_round_trips.inc()
+        await self.db.execute(
+            """UPDATE ledger_transactions
+                  SET state = 'sent', node = $2, sent_at = now(), updated_at = now(),
+                      send_attempts = send_attempts + 1
+                WHERE tx_hash = $1 AND state = 'signed'""",
+            tx_hash, node,
+        )  # fmt: skip
+
+
+def _settle(answer: asyncio.Future[Any], value: Any) -> None:
+    if not answer.done():
+        answer.set_result(value)
+
+
+def _fail(answer: asyncio.Future[Any], exc: BaseException) -> None:
+    if not answer.done():
+        answer.set_exception(exc)

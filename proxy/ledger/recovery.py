@@ -1,0 +1,455 @@
+"""Recovery and tracking: background work on the nonce ledger that keeps every account moving.
+
+Each account's recovery runs on one replica at a time: that replica holds the account's lease
+(a row with an expiry and a fencing token; no session advisory locks, which break behind
+PgBouncer). Every write it makes first locks the account row and checks that its token is still
+the current one, so a replica that lost the lease while paused changes nothing. Every second,
+for each account it holds, with M the chain's *mined* count (the pending count is only a hint):
+
+1. Fast-forward: the chain is ahead of the ledger (someone sent from the account outside the
+   proxy, or the database was restored from a backup): next nonce := M, logged.
+2. Below M: a transaction of ours still open is looked up by hash: mined (with its receipt), or
+   its nonce went to another transaction (released, no hole). A reservation below M is released.
+3. Dead reservations: a `reserved` row older than QSIGNER_RESEND_SECONDS belongs to a replica
+   that died (or hung) between reserving and storing; nothing left that replica, so the nonce
+   is given back as a hole. (If that replica wakes, its store finds the row released and it
+   sends nothing.)
+4. Resend: a stored transaction not mined after QSIGNER_RESEND_SECONDS, or whose account's node
+   changed (failover), is sent again: the same bytes, in nonce order, never a new nonce.
+5. eth_signTransaction bytes not seen on any node or chain within QSIGNER_SIGNED_TX_TIMEOUT:
+   `replaced`, and their nonce becomes a hole.
+6. Gaps: a nonce between M and the next nonce with neither a live transaction nor a hole (a
+   database restored from an older backup) becomes a hole.
+7. Holes below a live transaction are filled with a 0-value self-transfer, signed with the
+   account's key if a caller's credentials opened it in this process (recovery holds no PIN);
+   otherwise the account's next request takes the hole.
+8. Rewind: the ledger is ahead of the chain with nothing live above M (a node reset, or every
+   nonce above M given back): next nonce := M, holes above it dropped.
+
+Tracking (receipts): one replica at a time (a lease row in `ledger_leases`, with the block it
+has reached) reads each new block's receipts and marks the ledger's transactions in it mined,
+with their status and block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.errors import NodeError, NoNodeAvailable, ProxyError, SendOutcomeUnknown
+from proxy.keyring import Keyring
+from proxy.ledger.nonces import Ledger, Origin
+from signer.base import SignedTransaction, checksum
+from signer.transactions import Transaction, sign_transaction_async
+
+log = logging.getLogger(__name__)
+
+OPEN = ("reserved", "signed", "sent")
+RECOVERY = Origin("recovery", None, "")
+
+
+class _LeaseLost(Exception):
+    """Another replica holds the account's lease now: stop writing for it."""
+
+
+class Recovery:
+    def __init__(self, ledger: Ledger, keyring: Keyring, *, resend_after: float,
+                 signed_tx_timeout: float, interval: float = 1.0,
+                 lease_seconds: float = 5.0) -> None:  # fmt: skip
+        self.ledger = ledger
+        self.keyring = keyring
+        self.resend_after = resend_after
+        self.signed_tx_timeout = signed_tx_timeout
+        self.interval = interval
+        self.lease_seconds = lease_seconds
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._task: asyncio.Task[None] | None = None
+        self._nodes: dict[bytes, str] = {}  # the node each held account's sends went to
+
+    @property
+    def db(self) -> Any:
+        return self.ledger.db
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-recovery")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Hand the leases over at once rather than at their expiry.
+        with contextlib.suppress(Exception):
+            await self.db.execute(
+                "UPDATE ledger_accounts SET lease_owner = NULL WHERE lease_owner = $1",
+                self.replica)  # fmt: skip
+            await self.db.execute(
+                "UPDATE ledger_leases SET owner = NULL WHERE owner = $1", self.replica
+            )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except ProxyError as exc:  # the database or the nodes: try again next time
+                log.warning("ledger recovery: %s", exc)
+            except Exception:
+                log.exception("ledger recovery failed")
+            await asyncio.sleep(self.interval)
+
+    async def tick(self) -> None:
+        await self._track()
+        for row in await self._lease_accounts():
+            try:
+                await self._recover(row["account"], row["lease_token"])
+            except _LeaseLost:
+                continue
+            except (ProxyError, NodeError) as exc:
+                log.warning("ledger recovery of %s: %s", checksum(row["account"]), exc)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _lease_accounts(self) -> list[Any]:
+        """Take or keep the lease of every account with work to watch whose lease is free,
+        expired or ours."""
+        rows: list[Any] = await self.db.fetch(
+            """UPDATE ledger_accounts a
+                  SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
+                      lease_token = CASE WHEN a.lease_owner = $2 THEN a.lease_token
+                                         ELSE a.lease_token + 1 END
+                WHERE a.chain_id = $1
+                  AND (a.lease_owner IS NULL OR a.lease_owner = $2 OR a.lease_until < now())
+                  AND (a.next_nonce > a.mined_count
+                       OR EXISTS (SELECT 1 FROM ledger_transactions t
+                                   WHERE t.chain_id = a.chain_id AND t.account = a.account
+                                     AND t.state IN ('reserved', 'signed', 'sent'))
+                       OR EXISTS (SELECT 1 FROM ledger_holes h
+                                   WHERE h.chain_id = a.chain_id AND h.account = a.account))
+            RETURNING a.account, a.lease_token""",
+            self.ledger.chain_id, self.replica, float(self.lease_seconds),
+        )  # fmt: skip
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def _fenced(self, account: bytes, token: int) -> AsyncIterator[Any]:
+        """A short transaction on the account, only while our lease token is the current one
+        (the account row stays locked until it commits: reservations wait that long)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            holder = await conn.fetchrow(
+                """SELECT next_nonce FROM ledger_accounts
+                    WHERE chain_id = $1 AND account = $2 AND lease_owner = $3
+                      AND lease_token = $4 FOR UPDATE""",
+                self.ledger.chain_id, account, self.replica, token,
+            )  # fmt: skip
+            if holder is None:
+                raise _LeaseLost
+            yield conn
+
+    # -- one account -------------------------------------------------------------------
+
+    async def _recover(self, account: bytes, token: int) -> None:
+        ledger, chain_id = self.ledger, self.ledger.chain_id
+        mined, _ = await ledger.chain_counts(account, fresh=True)
+        ledger.saw_mined(account, mined)
+        async with self._fenced(account, token) as conn:
+            next_nonce = await conn.fetchval(
+                """UPDATE ledger_accounts SET mined_count = greatest(mined_count, $3),
+                          next_nonce = greatest(next_nonce, $3), updated_at = now()
+                    WHERE chain_id = $1 AND account = $2
+                RETURNING (SELECT next_nonce FROM ledger_accounts
+                            WHERE chain_id = $1 AND account = $2)""",
+                chain_id, account, mined,
+            )  # fmt: skip
+            if mined > next_nonce:  # rule 1
+                log.warning("the chain is ahead of the ledger for %s (mined %d, ledger's next "
+                            "%d): sent outside the proxy, or a restored database; fast-forwarded",
+                            checksum(account), mined, next_nonce)  # fmt: skip
+            await conn.execute(
+                "DELETE FROM ledger_holes WHERE chain_id = $1 AND account = $2 AND nonce < $3",
+                chain_id, account, mined,
+            )  # fmt: skip
+            open_rows = await conn.fetch(
+                """SELECT id, nonce, state, kind, tx_hash, raw, node, created_at,
+                          coalesce(sent_at, signed_at, created_at) < now() - make_interval(
+                              secs => $3) AS stale,
+                          signed_at < now() - make_interval(secs => $4) AS sign_expired
+                     FROM ledger_transactions
+                    WHERE chain_id = $1 AND account = $2 AND state IN ('reserved', 'signed', 'sent')
+                    ORDER BY nonce""",
+                chain_id, account, float(self.resend_after), float(self.signed_tx_timeout),
+            )  # fmt: skip
+        below = [row for row in open_rows if row["nonce"] < mined]
+        above = [row for row in open_rows if row["nonce"] >= mined]
+        await self._settle_below(account, token, below)  # rule 2
+        await self._release_dead(account, token, above)  # rule 3
+        await self._resend(account, token, above)  # rule 4
+        await self._expire_signed(account, token, above)  # rule 5
+        await self._close_gaps(account, token, mined)  # rules 6, 7, 8
+        ledger.metrics.in_flight.labels(checksum(account)).set(
+            sum(row["state"] == "sent" for row in above)
+        )
+
+    async def _settle_below(self, account: bytes, token: int, rows: list[Any]) -> None:
+        for row in rows:
+            if row["state"] == "reserved":
+                await self._set_state(account, token, row["id"], "released",
+                                      "the chain used this nonce")  # fmt: skip
+                continue
+            receipt = await self.ledger.pool.call(
+                "eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()]
+            )
+            if isinstance(receipt, dict) and receipt.get("blockNumber"):
+                await self._mark_mined([(row["tx_hash"], int(receipt["blockNumber"], 16),
+                                         _status(receipt))])  # fmt: skip
+            else:
+                log.warning(
+                    "nonce %d of %s was used by another transaction; %s dropped",
+                    row["nonce"],
+                    checksum(account),
+                    "0x" + row["tx_hash"].hex(),
+                )
+                await self._set_state(
+                    account,
+                    token,
+                    row["id"],
+                    "released",
+                    "the chain used this nonce for another transaction",
+                )
+
+    async def _release_dead(self, account: bytes, token: int, rows: list[Any]) -> None:
+        for row in rows:
+            if row["state"] == "reserved" and row["stale"]:
+                log.warning("nonce %d of %s was reserved and never stored (a replica died?): "
+                            "given back", row["nonce"], checksum(account))  # fmt: skip
+                await self._set_state(account, token, row["id"], "released",
+                                      "reserved and never stored", hole=True)  # fmt: skip
+
+    async def _resend(self, account: bytes, token: int, rows: list[Any]) -> None:
+        node = self.ledger.pool.node_for(account)
+        moved = node is not None and any(
+            row["state"] == "sent" and row["node"] not in (None, node) for row in rows
+        )
+        ours = [row for row in rows if row["state"] == "sent"
+                or (row["state"] == "signed" and row["kind"] != "sign")]  # fmt: skip
+        if not moved and not any(row["stale"] for row in ours):
+            return
+        for row in ours:  # in nonce order
+            if not moved and not row["stale"]:
+                continue
+            tx_hash = "0x" + row["tx_hash"].hex()
+            try:
+                _, sent_to = await self.ledger.pool.submit(
+                    "eth_sendRawTransaction", ["0x" + row["raw"].hex()], tx_hash,
+                    affinity=account)  # fmt: skip
+            except (SendOutcomeUnknown, NoNodeAvailable):
+                return  # next time
+            except NodeError as refusal:
+                # Mined meanwhile ("nonce too low" on a hash the node does not hold): rule 2
+                # settles it next time, from the receipt.
+                log.warning("resending %s: %s", tx_hash, refusal.message)
+                continue
+            self.ledger.metrics.resent.inc()
+            async with self._fenced(account, token) as conn:
+                await conn.execute(
+                    """UPDATE ledger_transactions
+                          SET state = 'sent', node = $2, sent_at = now(), updated_at = now(),
+                              send_attempts = send_attempts + 1
+                        WHERE id = $1 AND state IN ('signed', 'sent')""",
+                    row["id"], sent_to,
+                )  # fmt: skip
+
+    async def _expire_signed(self, account: bytes, token: int, rows: list[Any]) -> None:
+        for row in rows:
+            if not (row["state"] == "signed" and row["kind"] == "sign" and row["sign_expired"]):
+                continue
+            tx_hash = "0x" + row["tx_hash"].hex()
+            known = await self.ledger.pool.call("eth_getTransactionByHash", [tx_hash])
+            if known:
+                async with self._fenced(account, token) as conn:
+                    await conn.execute(
+                        "UPDATE ledger_transactions SET state = 'sent', sent_at = now(), "
+                        "updated_at = now() WHERE id = $1 AND state = 'signed'",
+                        row["id"],
+                    )
+                continue
+            log.warning("%s (eth_signTransaction, nonce %d of %s) never appeared within "
+                        "QSIGNER_SIGNED_TX_TIMEOUT: its nonce will be filled", tx_hash,
+                        row["nonce"], checksum(account))  # fmt: skip
+            await self._set_state(account, token, row["id"], "replaced",
+                                  "signed and never sent within QSIGNER_SIGNED_TX_TIMEOUT",
+                                  hole=True)  # fmt: skip
+
+    async def _close_gaps(self, account: bytes, token: int, mined: int) -> None:
+        chain_id = self.ledger.chain_id
+        async with self._fenced(account, token) as conn:
+            # Rule 6: nonces in [mined, next) held by nothing and not a hole become holes.
+            await conn.execute(
+                """INSERT INTO ledger_holes (chain_id, account, nonce)
+                   SELECT $1, $2, n FROM ledger_accounts a,
+                          generate_series($3::bigint, a.next_nonce - 1) AS n
+                    WHERE a.chain_id = $1 AND a.account = $2 AND a.next_nonce - $3 <= 10000
+                      AND NOT EXISTS (SELECT 1 FROM ledger_transactions t
+                                       WHERE t.chain_id = $1 AND t.account = $2 AND t.nonce = n
+                                         AND t.state IN ('reserved', 'signed', 'sent', 'mined'))
+                   ON CONFLICT DO NOTHING""",
+                chain_id, account, mined,
+            )  # fmt: skip
+            live_above = await conn.fetchval(
+                """SELECT max(nonce) FROM ledger_transactions
+                    WHERE chain_id = $1 AND account = $2 AND nonce >= $3
+                      AND state IN ('reserved', 'signed', 'sent')""",
+                chain_id, account, mined,
+            )  # fmt: skip
+            if live_above is None:  # rule 8: nothing live above the chain: rewind
+                # Never below a transaction the ledger saw mined (a lagging node's count).
+                rewound = await conn.fetchval(
+                    """UPDATE ledger_accounts a
+                          SET next_nonce = greatest($3, (
+                                  SELECT max(t.nonce) + 1 FROM ledger_transactions t
+                                   WHERE t.chain_id = $1 AND t.account = $2
+                                     AND t.state = 'mined')),
+                              updated_at = now()
+                        WHERE a.chain_id = $1 AND a.account = $2 AND a.next_nonce > greatest($3, (
+                                  SELECT max(t.nonce) + 1 FROM ledger_transactions t
+                                   WHERE t.chain_id = $1 AND t.account = $2
+                                     AND t.state = 'mined'))
+                    RETURNING next_nonce""",
+                    chain_id, account, mined,
+                )  # fmt: skip
+                await conn.execute(
+                    "DELETE FROM ledger_holes WHERE chain_id = $1 AND account = $2",
+                    chain_id, account)  # fmt: skip
+                if rewound is not None:
+                    log.warning(
+                        "the ledger was ahead of the chain for %s with nothing in "
+                        "flight: next nonce rewound to %d",
+                        checksum(account),
+                        mined,
+                    )
+                return
+            holes = await conn.fetchval(
+                "SELECT count(*) FROM ledger_holes WHERE chain_id = $1 AND account = $2 "
+                "AND nonce < $3", chain_id, account, live_above)  # fmt: skip
+        if holes:
+            await self._fill(account, holes)  # rule 7
+
+    async def _fill(self, account: bytes, holes: int) -> None:
+        key = self.keyring.known(account)
+        if key is None:
+            log.warning("%s has %d nonce hole(s) below transactions in flight; the account's "
+                        "next request takes them (no caller has opened its key here)",
+                        checksum(account), holes)  # fmt: skip
+            return
+        price = int(await self.ledger.pool.call("eth_gasPrice"), 16)
+
+        async def sign_fill(nonce: int) -> SignedTransaction:
+            tx = Transaction(type=0, chain_id=self.ledger.chain_id, nonce=nonce, gas=21000,
+                             to=account, value=0, data=b"", gas_price=price)  # fmt: skip
+            return await sign_transaction_async(tx, key)
+
+        async def send_fill(signed: SignedTransaction) -> str:
+            _, node = await self.ledger.pool.submit(
+                "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
+                affinity=account)  # fmt: skip
+            return node
+
+        for _ in range(holes):
+            if await self.ledger.fill(account, RECOVERY, sign_fill, send_fill) is None:
+                return
+
+    async def _set_state(self, account: bytes, token: int, row_id: int, state: str,
+                         reason: str, *, hole: bool = False) -> None:  # fmt: skip
+        async with self._fenced(account, token) as conn:
+            changed = await conn.fetchrow(
+                """UPDATE ledger_transactions
+                      SET state = $2, reason = $3, idem_key = NULL, idem_user = NULL,
+                          updated_at = now()
+                    WHERE id = $1 AND state IN ('reserved', 'signed', 'sent')
+                RETURNING chain_id, account, nonce""",
+                row_id, state, reason,
+            )  # fmt: skip
+            if changed is not None and hole:
+                await conn.execute(
+                    "INSERT INTO ledger_holes (chain_id, account, nonce) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    changed["chain_id"], changed["account"], changed["nonce"])  # fmt: skip
+        if changed is not None:
+            self.ledger.metrics.nonces.labels("released").inc()
+
+    # -- tracking receipts -------------------------------------------------------------
+
+    async def _track(self) -> None:
+        name = f"tracker:{self.ledger.chain_id}"
+        lease = await self.db.fetchrow(
+            """INSERT INTO ledger_leases AS l (name, owner, until, token)
+                    VALUES ($1, $2, now() + make_interval(secs => $3), 1)
+               ON CONFLICT (name) DO UPDATE
+                   SET owner = $2, until = excluded.until,
+                       token = CASE WHEN l.owner = $2 THEN l.token ELSE l.token + 1 END
+                 WHERE l.owner = $2 OR l.owner IS NULL OR l.until < now()
+               RETURNING l.token, l.cursor""",
+            name, self.replica, float(self.lease_seconds),
+        )  # fmt: skip
+        if lease is None:
+            return
+        pool = self.ledger.pool
+        head = int(await pool.call("eth_blockNumber"), 16)
+        cursor = lease["cursor"] if lease["cursor"] is not None else head - 1
+        for number in range(cursor + 1, min(head, cursor + 20) + 1):
+            mined = await self._receipts_of(number)
+            if mined:
+                await self._mark_mined(mined)
+            done = await self.db.fetchval(
+                "UPDATE ledger_leases SET cursor = $3 WHERE name = $1 AND token = $2 "
+                "RETURNING cursor", name, lease["token"], number)  # fmt: skip
+            if done is None:
+                return  # another replica took the tracking over
+
+    async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int]]:
+        """(hash, block, status) of the ledger's open transactions mined in block `number`."""
+        pool = self.ledger.pool
+        block = await pool.call("eth_getBlockByNumber", [hex(number), False])
+        hashes = [bytes.fromhex(h[2:]) for h in (block or {}).get("transactions", [])]
+        if not hashes:
+            return []
+        ours = await self.db.fetch(
+            "SELECT tx_hash FROM ledger_transactions WHERE tx_hash = ANY($1::bytea[]) "
+            "AND state IN ('signed', 'sent')", hashes)  # fmt: skip
+        if not ours:
+            return []
+        receipts = await asyncio.gather(*(
+            pool.call("eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()])
+            for row in ours))  # fmt: skip
+        return [(row["tx_hash"], number, _status(receipt))
+                for row, receipt in zip(ours, receipts, strict=True)
+                if isinstance(receipt, dict)]  # fmt: skip
+
+    async def _mark_mined(self, mined: list[tuple[bytes, int, int]]) -> None:
+        rows = await self.db.fetch(
+            """UPDATE ledger_transactions t
+                  SET state = 'mined', block_number = u.block, receipt_status = u.status,
+                      mined_at = now(), updated_at = now()
+                 FROM unnest($1::bytea[], $2::bigint[], $3::smallint[]) AS u(hash, block, status)
+                WHERE t.tx_hash = u.hash AND t.state IN ('signed', 'sent')
+            RETURNING t.account, t.nonce, extract(epoch FROM now() - t.created_at) AS age""",
+            [m[0] for m in mined], [m[1] for m in mined], [m[2] for m in mined],
+        )  # fmt: skip
+        top: dict[bytes, int] = {}
+        for row in rows:
+            self.ledger.metrics.request_to_mined.observe(float(row["age"]))
+            top[row["account"]] = max(top.get(row["account"], 0), row["nonce"] + 1)
+        for account, count in top.items():
+            self.ledger.saw_mined(account, count)
+
+
+def _status(receipt: Any) -> int:
+    status = receipt.get("status") if isinstance(receipt, dict) else None
+    return 1 if status in (None, "0x1") else 0

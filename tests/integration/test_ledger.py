@@ -1,0 +1,225 @@
+"""The nonce ledger with the proxy in process, in front of real anvil, PostgreSQL and SoftHSM:
+concurrent sends on one account, Idempotency-Key, caller-given nonces, eth_signTransaction
+reservations, nonces given back after a node's refusal, and recovery's fast-forward and fills."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from proxy.settings import Settings
+from tests.support.anvil import rpc, run_anvil
+from tests.support.forwarder import forwarder
+from tests.support.proxy_client import Proxy
+from tests.support.stack import CHAIN_ID, build_stack, in_process
+
+
+@dataclasses.dataclass
+class Ledgered(Proxy):
+    anvil: str = ""
+
+    async def rows(self) -> list[Any]:
+        conn = await asyncpg.connect(self.stack.database_url)
+        try:
+            return list(await conn.fetch(
+                "SELECT nonce, state, kind, tx_hash, user_id, request_id, node, block_number, "
+                "receipt_status FROM ledger_transactions ORDER BY id"))  # fmt: skip
+        finally:
+            await conn.close()
+
+    async def send(self, tx: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                   ) -> tuple[int, Any]:  # fmt: skip
+        body = {"from": self.stack.address, "to": self.stack.address, "value": "0x1", **(tx or {})}
+        return await self.call("eth_sendTransaction", [body], headers=headers)
+
+    async def mined(self) -> int:
+        return int(await _rpc(self.anvil, "eth_getTransactionCount",
+                             [self.stack.address, "latest"]), 16)  # fmt: skip
+
+    async def wait_mined(self, count: int, seconds: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while await self.mined() < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{await self.mined()} mined"
+            await asyncio.sleep(0.2)
+
+
+async def _rpc(url: str, method: str, params: Any) -> Any:
+    return await asyncio.to_thread(rpc, url, method, params)
+
+
+@contextlib.asynccontextmanager
+async def ledgered(anvil: str, database_url: str, module: str, node: str | None = None,
+                   **settings: Any) -> AsyncIterator[Ledgered]:  # fmt: skip
+    stack = await build_stack(anvil, database_url, module)
+    changed: Settings = dataclasses.replace(stack.settings, **settings)
+    if node is not None:
+        changed = dataclasses.replace(changed, upstreams=(node,))
+    async with in_process(changed) as (url, session):
+        yield Ledgered(url, session, stack, anvil)
+
+
+@pytest.fixture
+def anvil() -> Any:
+    with run_anvil(chain_id=CHAIN_ID, quorum_like=True, extra=("--block-time", "1")) as url:
+        yield url
+
+
+async def test_concurrent_sends_of_one_account_get_consecutive_nonces(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        answers = await asyncio.gather(*(proxy.send() for _ in range(60)))
+        hashes = [answer["result"] for status, answer in answers if status == 200]
+        assert len(set(hashes)) == 60, answers[:3]
+        await proxy.wait_mined(60)
+        nonces = []
+        for tx_hash in hashes:
+            tx = await _rpc(anvil, "eth_getTransactionByHash", [tx_hash])
+            nonces.append(int(tx["nonce"], 16))
+            check_raw_transaction_of(tx)
+        assert sorted(nonces) == list(range(60))
+        # The tracker marks them mined, with their block and status.
+        for _ in range(50):
+            rows = await proxy.rows()
+            if all(row["state"] == "mined" for row in rows):
+                break
+            await asyncio.sleep(0.2)
+        assert sorted(row["nonce"] for row in rows) == list(range(60))
+        assert all(row["state"] == "mined" and row["receipt_status"] == 1
+                   and row["block_number"] for row in rows)  # fmt: skip
+        assert {row["user_id"] for row in rows} == {"alice"}
+
+
+def check_raw_transaction_of(tx: dict[str, Any]) -> None:
+    """Low-s, as GoQuorum requires (anvil accepts high-s, so the test checks)."""
+    assert int(tx["s"], 16) <= 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+async def test_one_idempotency_key_sends_one_transaction(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        headers = {**proxy.jwt(True), "Idempotency-Key": "order-17"}
+        answers = await asyncio.gather(*(proxy.send(headers=headers) for _ in range(5)))
+        assert {answer["result"] for _, answer in answers} == {answers[0][1]["result"]}
+        _, other = await proxy.send({"value": "0x2"}, headers=headers)
+        assert other["error"]["code"] == -32602 and "Idempotency-Key" in other["error"]["message"]
+        again = await proxy.send(headers=headers)  # later, same key: the same answer
+        assert again[1]["result"] == answers[0][1]["result"]
+        fresh = await proxy.send(headers={**proxy.jwt(True), "Idempotency-Key": "order-18"})
+        assert fresh[1]["result"] != answers[0][1]["result"]
+        await proxy.wait_mined(2)
+        assert len(await proxy.rows()) == 2
+
+
+async def test_caller_nonces_are_checked_against_the_ledger(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        status, first = await proxy.send({"nonce": "0x0"})
+        assert status == 200 and "result" in first, first
+        _, same = await proxy.send({"nonce": "0x0", "value": "0x2"})
+        assert same["error"]["code"] == -32602 and "already used" in same["error"]["message"]
+        _, ahead = await proxy.send({"nonce": "0x5"})
+        assert ahead["error"]["code"] == -32602 and "ahead" in ahead["error"]["message"]
+        # A read-then-send tool gets a nonce nobody holds, even before anything is mined.
+        pending = await proxy.result("eth_getTransactionCount", [proxy.stack.address, "pending"])
+        assert int(pending, 16) == 1
+        _, second = await proxy.send({"nonce": pending})
+        assert "result" in second, second
+        await proxy.wait_mined(2)
+
+
+async def test_reassign_gives_caller_nonced_transactions_the_next_nonce(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module, caller_nonces="reassign") as proxy:
+        answers = await asyncio.gather(*(proxy.send({"nonce": "0x0"}) for _ in range(3)))
+        assert all("result" in answer for _, answer in answers), answers
+        await proxy.wait_mined(3)
+
+
+async def test_sign_transaction_reserves_and_its_raw_send_is_reconciled(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        tx = {"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x1"}
+        signed = await proxy.result("eth_signTransaction", [tx])
+        assert int(signed["tx"]["nonce"], 16) == 0
+        # The reserved nonce is not handed out again: the next send gets 1.
+        sent = await proxy.result("eth_sendTransaction", [tx])
+        assert int((await _rpc(anvil, "eth_getTransactionByHash", [sent]))["nonce"], 16) == 1
+        pending = await proxy.result("eth_getTransactionCount", [proxy.stack.address, "pending"])
+        assert int(pending, 16) == 2
+        await proxy.result("eth_sendRawTransaction", [signed["raw"]])
+        states = {row["nonce"]: (row["kind"], row["state"]) for row in await proxy.rows()}
+        assert states[0] == ("sign", "sent")
+        await proxy.wait_mined(2)
+
+
+async def test_a_refused_send_gives_its_nonce_to_the_next_request(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with forwarder(anvil) as node:
+        async with ledgered(anvil, database_url, softhsm_module, node=node.url) as proxy:
+            node.errors["eth_sendRawTransaction"] = {
+                "code": -32000,
+                "message": "intrinsic gas too low",
+            }
+            _, refused = await proxy.send()
+            assert refused["error"]["message"] == "intrinsic gas too low"
+            del node.errors["eth_sendRawTransaction"]
+            _, sent = await proxy.send()
+            tx = await _rpc(anvil, "eth_getTransactionByHash", [sent["result"]])
+            assert int(tx["nonce"], 16) == 0  # reused: no gap
+            states = sorted((row["nonce"], row["state"]) for row in await proxy.rows())
+            assert states[0] == (0, "released")
+            await proxy.wait_mined(1)
+
+
+async def test_the_ledger_fast_forwards_past_transactions_sent_outside(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        first = await proxy.result(
+            "eth_sendTransaction",
+            [{"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x1"}],
+        )
+        await proxy.wait_mined(1)
+        await _rpc(anvil, "anvil_impersonateAccount", [proxy.stack.address])
+        for _ in range(2):
+            await _rpc(
+                anvil,
+                "eth_sendTransaction",
+                [{"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x1"}],
+            )
+        await proxy.wait_mined(3)
+        status, answer = await proxy.send()
+        assert status == 200 and "result" in answer, answer
+        tx = await _rpc(anvil, "eth_getTransactionByHash", [answer["result"]])
+        assert int(tx["nonce"], 16) == 3
+        await proxy.wait_mined(4)
+        assert first
+
+
+async def test_an_unsent_signed_transaction_is_filled_after_the_timeout(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module, signed_tx_timeout=2) as proxy:
+        tx = {"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x1"}
+        await proxy.result("eth_signTransaction", [tx])  # nonce 0, never sent
+        sent = await proxy.result("eth_sendTransaction", [tx])  # nonce 1, stuck behind 0
+        await asyncio.sleep(1.5)
+        assert await proxy.mined() == 0
+        await proxy.wait_mined(2, seconds=15)
+        assert (await _rpc(anvil, "eth_getTransactionReceipt", [sent]))["status"] == "0x1"
+        states = {(row["nonce"], row["kind"], row["state"]) for row in await proxy.rows()}
+        assert (0, "sign", "replaced") in states
+        assert (0, "fill", "mined") in states or (0, "fill", "sent") in states
