@@ -18,33 +18,51 @@ from eth_hash.auto import keccak
 from proxy.settings import Settings
 from signer.base import Signature
 from signer.errors import HsmError
+from tests.support.checks import check_raw_transaction
 from tests.support.forwarder import Forwarder
+from tests.support.stack import CHAIN_ID
 
 INTRINSIC_GAS = {"code": -32000, "message": "intrinsic gas too low"}
 
 
 class RejectingForwarder(Forwarder):
     """A node that answers every `every`-th eth_sendRawTransaction with `error` and never passes
-    it on; the rest reach the real node. `rejected` holds the hashes it turned away."""
+    it on; the rest reach the real node. It also so refuses the first `fills` 0-value
+    self-transfers it gets (the proxy's fills of holes): the same fault, met by the repair.
+    `rejected` holds the hashes it turned away."""
 
-    def __init__(self, target: str, every: int = 7, error: dict[str, Any] | None = None) -> None:
+    def __init__(self, target: str, every: int = 7, fills: int = 0,
+                 error: dict[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__(target)
         self.every = every
+        self.fills = fills
         self.error = error or INTRINSIC_GAS
         self.sends = 0
         self.rejected: list[str] = []
+        self.rejected_fills: list[str] = []
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         message = json.loads(await request.read())  # aiohttp keeps the body for the parent
         if isinstance(message, dict) and message.get("method") == "eth_sendRawTransaction":
             self.sends += 1
-            if self.every and self.sends % self.every == 0:
-                raw = bytes.fromhex(str(message["params"][0])[2:])
+            raw = bytes.fromhex(str(message["params"][0])[2:])
+            fill = self.fills > len(self.rejected_fills) and _is_fill(raw)
+            if fill or (self.every and self.sends % self.every == 0):
                 self.rejected.append("0x" + keccak(raw).hex())
+                if fill:
+                    self.rejected_fills.append(self.rejected[-1])
                 self.seen.append((dict(request.headers), message))
                 return web.json_response({"jsonrpc": "2.0", "id": message.get("id"),
                                           "error": self.error})  # fmt: skip
         return await super()._handle(request)
+
+
+def _is_fill(raw: bytes) -> bool:
+    """A 0-value transfer to its own sender with no data."""
+    tx = check_raw_transaction(raw, chain_id=CHAIN_ID)
+    to, value, data = (tx.fields[3], tx.fields[4], tx.fields[5]) if tx.type == 0 else (
+        tx.fields[-4], tx.fields[-3], tx.fields[-2])  # fmt: skip
+    return bool(to == tx.sender and value in (b"", b"\x00") and data == b"")
 
 
 @contextlib.contextmanager

@@ -48,6 +48,10 @@ class Replica:
         assert self.process is not None
         wait_until_ready(self.url, self.process, self.log_path.read_text)
 
+    def restart(self) -> None:
+        self.launch()
+        self.wait_ready()
+
     def kill(self) -> None:
         """SIGKILL, as the OOM killer or a node failure does: no shutdown code runs."""
         assert self.process is not None and self.running(), f"replica {self.index} is not running"
@@ -97,9 +101,7 @@ class Replicas:
         self.members[index].kill()
 
     def restart(self, index: int) -> None:
-        member = self.members[index]
-        member.launch()
-        member.wait_ready()
+        self.members[index].restart()
 
     def stop(self, timeout: float = 20) -> None:
         """SIGINT to all (Ctrl-C), then wait for each; a replica still running is killed."""
