@@ -25,6 +25,7 @@ from eth_hash.auto import keccak
 from proxy.settings import Settings
 from tests.support.database import OwnedServer, owned_postgres_server
 from tests.support.faults import HsmFaults, RejectingForwarder, fronts_in_thread, in_process_app
+from tests.support.forwarder import Forwarder
 from tests.support.ledger import (
     RECIPIENT,
     Chain,
@@ -34,6 +35,7 @@ from tests.support.ledger import (
     Team,
     call,
     eventually,
+    fetch,
     ledger_next_nonce,
     ledger_rows,
     ledger_team,
@@ -43,9 +45,10 @@ from tests.support.ledger import (
     settled,
     summary,
 )
-from tests.support.replicas import replicas
+from tests.support.replicas import Replica, Replicas, replicas
 
 LAST_TAG = 999_999
+KILL_LOAD = 50  # per user, six users: long enough to outlast the first recovery lease
 
 
 @pytest.fixture(scope="module")
@@ -157,30 +160,65 @@ async def test_the_hsm_fails_every_seventh_signature(
     )
 
 
-async def test_a_replica_killed_mid_load_then_restarted(team: Team, tmp_path: Path) -> None:
+async def lease_holder(team: Team, address: str, group: Replicas) -> Replica | None:
+    """The replica holding the account's recovery lease (its owner names the process id)."""
+    rows = await fetch(team.database_url, "SELECT lease_owner FROM ledger_accounts "
+                       "WHERE account = $1", bytes.fromhex(address[2:]))  # fmt: skip
+    owner = str(rows[0]["lease_owner"]) if rows and rows[0]["lease_owner"] else ""
+    for member in group.members:
+        if member.process is not None and f":{member.process.pid}:" in owner:
+            return member
+    return None
+
+
+@pytest.mark.parametrize("victim_is", ["lease-holder", "other", "mid-send"])
+async def test_a_replica_killed_mid_load_then_restarted(team: Team, tmp_path: Path,
+                                                        victim_is: str) -> None:  # fmt: skip
     """Clients send with an Idempotency-Key and, like a careful client behind a load balancer,
     repeat a request that got no answer on the other replica; recovery runs with
-    QSIGNER_RESEND_SECONDS=3 so that what the dead replica left behind is dealt with quickly."""
+    QSIGNER_RESEND_SECONDS=3 so that what the dead replica left behind is dealt with quickly.
+    The replica killed holds the account's recovery lease, or does not, or (mid-send) has
+    stored transactions whose sends its node holds unanswered: they never reach the chain
+    from it, and must be sent again from the stored bytes. Each replica has a node of its own
+    (two forwarders in front of the one chain)."""
     address = await team.new_account()
     chain = Chain(team.node_url, address)
-    with replicas(team.env(RESEND_SECONDS="3"), 2, tmp_path) as group:
+    fronts = [Forwarder(team.node_url), Forwarder(team.node_url)]
+    own = [{"QSIGNER_UPSTREAMS": front.url} for front in fronts]
+    with fronts_in_thread(*fronts), replicas(team.env(RESEND_SECONDS="3"), 2, tmp_path,
+                                             own) as group:  # fmt: skip
         router = Router(group.urls)
         requests: list[Request] = []
-        victim = group[1]
         async with aiohttp.ClientSession() as session:
             load = asyncio.create_task(run_load(
-                session, team, address, router, users=6, per_user=25, window=2, idempotent=True,
-                retry_for=45, done=requests))  # fmt: skip
-            await eventually(lambda: sum(r.final.url == victim.url for r in requests) >= 20, 30,
-                             "the second replica answered nothing")  # fmt: skip
+                session, team, address, router, users=6, per_user=KILL_LOAD, window=2,
+                idempotent=True, retry_for=45, done=requests))  # fmt: skip
+            holders: list[Replica] = []
+
+            async def lease_taken() -> bool:
+                holder = await lease_holder(team, address, group)
+                holders[:] = [holder] if holder else []
+                return bool(holder) and len(requests) >= 20
+
+            await eventually(lease_taken, 20, "no replica took the account's recovery lease")
+            assert not load.done(), "the load ended before the kill: make it longer"
+            (holder,) = holders
+            victim = holder if victim_is == "lease-holder" else group[1 - holder.index]
+            held = 0
+            if victim_is == "mid-send":
+                front = fronts[victim.index]
+                front.held = {"eth_sendRawTransaction"}
+                await eventually(lambda: front.holding >= 2, 10, "no send was held")
+                held = front.holding
             await asyncio.to_thread(victim.kill)
+            fronts[victim.index].held = set()  # what it holds now never reaches the chain
             killed_at = time.monotonic()
             await asyncio.sleep(2)
             await asyncio.to_thread(victim.restart)
             router.down.discard(victim.url)
             restarted = time.monotonic() - killed_at
             await load
-            assert len(requests) == 150
+            assert len(requests) == 6 * KILL_LOAD
             cut = [r for r in requests if any(reply.status == 0 for reply in r.replies)]
             assert all(r.final.ok for r in requests), (summary(requests), group.problems())
             hashes = [str(r.hash) for r in requests]
@@ -205,7 +243,9 @@ async def test_a_replica_killed_mid_load_then_restarted(team: Team, tmp_path: Pa
 
         await eventually(tracked, 15, "ledger rows in state mined != transactions mined")
     print(
-        f"kill -9: {len(cut)} requests cut and repeated, replica back in {restarted:.1f} s, "
+        f"kill -9 ({victim_is}): {held} sends held, {len(cut)} requests cut and repeated, "
+        "replica back in "
+        f"{restarted:.1f} s, "
         f"{fills} fills, settled {waited:.1f} s, last tx mined in {took:.1f} s"
     )
 

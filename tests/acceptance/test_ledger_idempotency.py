@@ -78,3 +78,26 @@ async def test_concurrent_repeats_across_two_replicas(team: Team, tmp_path: Path
         assert [tx.hash for tx in history] == [*ours, str(theirs.result).lower()]
         rows = await ledger_rows(team.database_url, address)
         assert sorted(str(row_hash(row)) for row in rows) == sorted(tx.hash for tx in history), rows
+
+
+async def test_a_key_is_forgotten_after_its_ttl(team: Team, tmp_path: Path) -> None:
+    """QSIGNER_IDEMPOTENCY_TTL=2: the same key two seconds later is a new request."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(IDEMPOTENCY_TTL="2"), 1, tmp_path) as group:
+        url = group.urls[0]
+        headers = team.headers("user0", **{"Idempotency-Key": f"ttl-{os.urandom(6).hex()}"})
+        tx = {"from": address, "to": RECIPIENT, "value": hex(5)}
+        async with aiohttp.ClientSession() as session:
+            first = await call(session, url, headers, "eth_sendTransaction", [tx])
+            again = await call(session, url, headers, "eth_sendTransaction", [tx])
+            assert first.ok and again.ok, (first.describe(), again.describe())
+            assert again.result == first.result
+            await asyncio.sleep(2.5)
+            later = await call(session, url, headers, "eth_sendTransaction", [tx])
+            assert later.ok, later.describe()
+            assert later.result != first.result, "the key was remembered beyond its TTL"
+            hashes = [str(first.result).lower(), str(later.result).lower()]
+            await mined(chain, set(hashes), timeout=10)
+        await settled(chain, team.database_url, timeout=10)
+        assert [tx.hash for tx in chain.check()] == hashes

@@ -9,6 +9,7 @@ anvil mining once a second the account's in-flight bound is reached again and ag
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,15 @@ import pytest
 from tests.support.faults import fronts_in_thread
 from tests.support.forwarder import Forwarder
 from tests.support.ledger import (
+    RECIPIENT,
     Chain,
     Router,
     Team,
+    call,
     eventually,
     ledger_rows,
     ledger_team,
+    metric,
     mined,
     row_hash,
     run_load,
@@ -84,9 +88,44 @@ async def test_ten_users_one_account(team: Team, serves: int, nodes: int, tmp_pa
                     hashes)  # fmt: skip
 
             await eventually(tracked, 15, "ledger rows in state mined are not the mined hashes")
+
+            # The issue's bar: at most 2 database round trips per transaction, counted.
+            async with aiohttp.ClientSession() as session:
+                trips = [await metric(session, url, "qsigner_ledger_db_round_trips_total")
+                         for url in group.urls]  # fmt: skip
+                allocated = [await metric(session, url, "qsigner_ledger_nonces_total",
+                                          event="allocated") for url in group.urls]  # fmt: skip
+            assert sum(allocated) == N, allocated
+            assert sum(trips) <= 2 * N, f"{sum(trips) / N:.2f} round trips per transaction"
         for secret in team.secrets():
             assert secret not in group.log_text(), "a secret reached the logs"
     print(
         f"{serves} serve(s), {nodes} node(s): {N} answered in {answered:.1f} s, "
-        f"all mined {waited:.1f} s later"
+        f"all mined {waited:.1f} s later, {sum(trips) / N:.2f} database round trips each"
     )
+
+
+async def test_beyond_the_in_flight_bound_refused_without_a_nonce(
+    team: Team, tmp_path: Path
+) -> None:
+    """QSIGNER_MAX_IN_FLIGHT=4: four sent and not mined, four more waiting, the rest refused at
+    once with HTTP 429 / -32005; a refusal takes no nonce, so the chain has no gap."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(MAX_IN_FLIGHT="4"), 1, tmp_path) as group:
+        async with aiohttp.ClientSession() as session:
+            replies = await asyncio.gather(*(
+                call(session, group.urls[0], team.headers(team.users[i % USERS]),
+                     "eth_sendTransaction", [{"from": address, "to": RECIPIENT, "value": hex(i)}])
+                for i in range(1, 25)))  # fmt: skip
+        refused = [reply for reply in replies if not reply.ok]
+        assert refused, "24 at once were all taken with QSIGNER_MAX_IN_FLIGHT=4"
+        for reply in refused:
+            assert reply.status == 429 and reply.error is not None, reply.describe()
+            assert reply.error["code"] == -32005, reply.describe()
+        accepted = {str(reply.result).lower() for reply in replies if reply.ok}
+        assert len(accepted) >= 8, [reply.describe() for reply in replies]
+        await mined(chain, accepted, timeout=10)
+        await settled(chain, team.database_url, timeout=10)
+        assert {tx.hash for tx in chain.check()} == accepted
+    print(f"in-flight bound 4: {len(accepted)} of 24 taken, {len(refused)} refused with 429")

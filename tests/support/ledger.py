@@ -288,6 +288,19 @@ def summary(requests: list[Request], limit: int = 5) -> str:
     return "; ".join(f"{len(tags)}x {what} (tags {tags[:limit]})" for what, tags in groups.items())
 
 
+async def metric(session: aiohttp.ClientSession, url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus sample `name` on /metrics over the series matching `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(url + "/metrics") as response:
+        assert response.status == 200, response.status
+        text = await response.text()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v
+                                              for k, v in labels.items()))  # fmt: skip
+
+
 # --- the chain, read from the node itself -----------------------------------------------------
 
 

@@ -74,11 +74,15 @@ class Replica:
 
 
 class Replicas:
-    """N replicas of one configuration (`env` without QSIGNER_LISTEN)."""
+    """N replicas of one configuration (`env` without QSIGNER_LISTEN); `own` adds or overrides
+    variables of replica i (its own nodes, say)."""
 
-    def __init__(self, env: dict[str, str], count: int, directory: Path) -> None:
+    def __init__(self, env: dict[str, str], count: int, directory: Path,
+                 own: list[dict[str, str]] | None = None) -> None:  # fmt: skip
         directory.mkdir(parents=True, exist_ok=True)
-        self.members = [Replica(i, env, directory / f"serve-{i}.log") for i in range(count)]
+        own = own or [{} for _ in range(count)]
+        self.members = [Replica(i, {**env, **own[i]}, directory / f"serve-{i}.log")
+                        for i in range(count)]  # fmt: skip
 
     def __getitem__(self, index: int) -> Replica:
         return self.members[index]
@@ -144,9 +148,10 @@ class Replicas:
 
 
 @contextlib.contextmanager
-def replicas(env: dict[str, str], count: int, directory: Path) -> Iterator[Replicas]:
-    """`count` replicas of `serve` started with `env`, stopped (by pid) afterwards."""
-    group = Replicas(env, count, directory)
+def replicas(env: dict[str, str], count: int, directory: Path,
+             own: list[dict[str, str]] | None = None) -> Iterator[Replicas]:  # fmt: skip
+    """`count` replicas of `serve` started with `env` (and `own`), stopped (by pid) afterwards."""
+    group = Replicas(env, count, directory, own)
     try:
         group.start()
         yield group
