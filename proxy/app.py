@@ -37,6 +37,7 @@ from proxy.ledger.metrics import LedgerMetrics
 from proxy.ledger.nonces import Ledger
 from proxy.ledger.recovery import Recovery
 from proxy.metrics import Metrics
+from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
@@ -115,7 +116,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
-            forwarding=Forwarding(pool),
+            forwarding=Forwarding(pool), chain_facts=ChainFacts(pool),
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

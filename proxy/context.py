@@ -11,6 +11,7 @@ from proxy.identity.credentials import HsmCredentials
 from proxy.keyring import Keyring
 from proxy.ledger.nonces import Ledger
 from proxy.metrics import Metrics
+from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter
@@ -35,6 +36,7 @@ class Services:
     keyring: Keyring
     hsm_probe: HsmProbe
     auth_failures: AuthFailureThrottle
+    chain_facts: ChainFacts
 
 
 @dataclass

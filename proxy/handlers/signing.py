@@ -71,42 +71,36 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> Asyn
     return key
 
 
-async def _chain_facts(services: Services) -> tuple[int | None, int]:
-    block = await services.pool.call("eth_getBlockByNumber", ["latest", False])
-    base_fee = block.get("baseFeePerGas")
-    return (int(base_fee, 16) if base_fee is not None else None), int(block["gasLimit"], 16)
-
-
 async def _prepare(services: Services, request: filling.Request) -> Callable[..., Transaction]:
-    """Read what filling needs from the nodes (concurrently), before any nonce is held; the
-    result builds the transaction once the nonce is known."""
-
-    async def tip() -> int:
-        try:
-            return int(await services.pool.call("eth_maxPriorityFeePerGas"), 16)
-        except NodeError:
-            return 0
-
-    async def gas_price() -> int:
-        return int(await services.pool.call("eth_gasPrice"), 16)
+    """Read what filling needs from the nodes (concurrently, and shared between requests within
+    a block's time: ChainFacts), before any nonce is held; the result builds the transaction
+    once the nonce is known."""
+    facts = services.chain_facts
 
     async def gas() -> int:
         if request.gas is not None:
             return request.gas
+        to = request.fields.get("to")
+        payload = request.fields.get("data") or request.fields.get("input") or "0x"
+        if to and payload in ("0x", "0X") and not request.fields.get("accessList"):
+            # A plain transfer to an account without code costs exactly 21000 everywhere.
+            address = parse_address("to", to)
+            if address is not None and not await facts.has_code(address):
+                return filling.TX_GAS
         estimate_fields = {k: v for k, v in request.fields.items()
                            if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
         estimate_fields["from"] = "0x" + request.sender.hex()
         return int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
 
-    (base_fee, gas_limit), gas_value = await asyncio.gather(_chain_facts(services), gas())
+    (base_fee, gas_limit), gas_value = await asyncio.gather(facts.block(), gas())
     fee_market = filling.uses_fee_market(request, base_fee)
     if fee_market and base_fee is None:
         raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
     tip_value = price = None
     if fee_market and "maxPriorityFeePerGas" not in request.fields:
-        tip_value = await tip()
+        tip_value = await facts.tip()
     if not fee_market and "gasPrice" not in request.fields:
-        price = await gas_price()
+        price = await facts.gas_price()
     return functools.partial(
         filling.build, request, chain_id=services.pool.chain_id, gas=gas_value,
         block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee, gas_price=price,
@@ -158,23 +152,26 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
     last: Exception = RateLimited("the account's nonces moved under this request three times; "
                                   "nothing was sent, try again")  # fmt: skip
     for _attempt in range(3):
-        if given is not None:
-            slot = await ledger.claim(parsed.sender, given, origin)
-        else:
-            slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
-            if slot.existing:
-                earlier = await ledger.wait_for_hash(slot)
-                if earlier is not None:
-                    return "0x" + earlier.hex()
-                continue  # the first request failed and gave its key up: this one goes ahead
-        try:
-            return await _sign_store_send(services, caller, key, build(nonce=slot.nonce), slot)
-        except _NonceTakenOutside as taken:
+        async with ledger.turn(parsed.sender):
             if given is not None:
-                raise taken.refusal from None
-            # The chain is ahead of the ledger: read it again, and take the next nonce.
-            await ledger.chain_counts(parsed.sender, fresh=True)
-            last = taken.refusal
+                slot = await ledger.claim(parsed.sender, given, origin)
+            else:
+                slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
+            if not slot.existing:
+                try:
+                    tx = build(nonce=slot.nonce)
+                    return await _sign_store_send(services, caller, key, tx, slot)
+                except _NonceTakenOutside as taken:
+                    if given is not None:
+                        raise taken.refusal from None
+                    # The chain is ahead of the ledger: read it again, take the next nonce.
+                    await ledger.chain_counts(parsed.sender, fresh=True)
+                    last = taken.refusal
+                    continue
+        earlier = await ledger.wait_for_hash(slot)  # an Idempotency-Key's first request
+        if earlier is not None:
+            return "0x" + earlier.hex()
+        # That request failed and gave its key up: this one goes ahead.
     raise last
 
 
@@ -272,14 +269,15 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
         return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
     build(nonce=0)  # refused before a nonce is taken
     ledger = services.ledger
-    slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
-    tx = build(nonce=slot.nonce)
-    try:
-        signed = await _sign(services, key, tx)
-    except BaseException:
-        await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
-        raise
-    await ledger.store(slot, signed)
+    async with ledger.turn(parsed.sender):
+        slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
+        tx = build(nonce=slot.nonce)
+        try:
+            signed = await _sign(services, key, tx)
+        except BaseException:
+            await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
+            raise
+        await ledger.store(slot, signed)
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 

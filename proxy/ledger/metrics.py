@@ -20,7 +20,13 @@ class LedgerMetrics:
             ["event"], registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "qsigner_ledger_in_flight", "transactions sent and not yet mined, by account",
+            "qsigner_ledger_in_flight",
+            "transactions of this replica between their nonce's reservation and the node's "
+            "answer, by account (at most QSIGNER_MAX_IN_FLIGHT)", ["account"], registry=registry,
+        )  # fmt: skip
+        self.unmined = Gauge(
+            "qsigner_ledger_unmined",
+            "transactions sent and not yet mined, by account, as the account's recovery last saw",
             ["account"], registry=registry,
         )  # fmt: skip
         self.queue_depth = Gauge(

@@ -31,11 +31,12 @@ A transaction's row goes through these states:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,10 @@ from proxy.store import BoundedPool
 from signer.base import SignedTransaction, checksum
 
 log = logging.getLogger(__name__)
+
+# The database's own bound on fresh nonces beyond the mined count: none for requests (turn()
+# bounds the pipeline); a fill passes 0, so that it only ever takes a hole.
+_UNBOUNDED = 2**62
 
 
 @dataclass(frozen=True)
@@ -96,14 +101,15 @@ class _Wanted:
 class _Account:
     """What this replica knows of one account: its chain counts, and requests waiting for nonces."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int) -> None:
         self.mined = 0  # the chain's mined transaction count, as last read
         self.pending = 0  # the node's pending count, as last read (a hint)
         self.read_at = float("-inf")
         self.reading: asyncio.Future[None] | None = None
         self.queue: list[_Wanted] = []
         self.flushing = False
-        self.waiting = 0  # requests in reserve() now, in flight or waiting for room
+        self.waiting = 0  # requests in turn(): in the pipeline or waiting for a place
+        self.pipeline = asyncio.Semaphore(max_in_flight)
 
 
 class Ledger:
@@ -152,7 +158,7 @@ class Ledger:
     def _account(self, address: bytes) -> _Account:
         account = self._accounts.get(address)
         if account is None:
-            account = self._accounts[address] = _Account()
+            account = self._accounts[address] = _Account(self.max_in_flight)
         return account
 
     async def chain_counts(self, address: bytes, *, fresh: bool = False) -> tuple[int, int]:
@@ -187,12 +193,13 @@ class Ledger:
 
     # -- reserving ----------------------------------------------------------------------
 
-    async def reserve(self, address: bytes, origin: Origin, *, kind: str = "send",
-                      idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
-        """The next free nonce of `address` (a hole first), as a committed `reserved` row; or,
-        for an Idempotency-Key already used, that key's row (`existing`). At most
-        QSIGNER_MAX_IN_FLIGHT transactions are sent and not mined; as many again wait here, for
-        at most QSIGNER_READ_TIMEOUT seconds; beyond that, RateLimited."""
+    @contextlib.asynccontextmanager
+    async def turn(self, address: bytes) -> AsyncIterator[None]:
+        """A place in the account's pipeline in this replica, from its nonce's reservation to
+        the node's answer: at most QSIGNER_MAX_IN_FLIGHT at once, so that transactions that may
+        reach the node out of order stay within a txpool's per-account queue (64 in geth and
+        GoQuorum). As many more wait, for at most QSIGNER_READ_TIMEOUT seconds; beyond that,
+        RateLimited, with nothing signed or sent."""
         account = self._account(address)
         if account.waiting >= 2 * self.max_in_flight:
             raise RateLimited(
@@ -200,42 +207,52 @@ class Ledger:
                 f"flight and {self.max_in_flight} waiting (QSIGNER_MAX_IN_FLIGHT); nothing was "
                 "signed or sent, try again shortly"
             )
+        label = checksum(address)
         account.waiting += 1
-        self.metrics.queue_depth.labels(checksum(address)).inc()
+        self.metrics.queue_depth.labels(label).inc()
         try:
-            deadline = time.monotonic() + self.pool.read_timeout
-            fresh = False
-            while True:
-                await self.chain_counts(address, fresh=fresh)
-                answer: asyncio.Future[Slot | None] = asyncio.get_running_loop().create_future()
-                account.queue.append(_Wanted(origin, kind, idempotency, answer))
-                if not account.flushing:
-                    account.flushing = True  # now: a second request this tick must not flush
-                    self._background(self._flush_reservations(address, account))
-                slot = await answer
-                if slot is not None:
-                    if (
-                        slot.existing
-                        and idempotency is not None
-                        and slot.digest != idempotency.digest
-                    ):
-                        raise InvalidParams(
-                            "this Idempotency-Key was already used with different parameters; "
-                            "use a new key for a different request"
-                        )
-                    return slot
-                # No room: QSIGNER_MAX_IN_FLIGHT sent and not mined. Wait for blocks.
-                if time.monotonic() >= deadline:
-                    raise RateLimited(
-                        f"account {checksum(address)}: {self.max_in_flight} transactions still "
-                        f"unmined after {self.pool.read_timeout:g} s (QSIGNER_MAX_IN_FLIGHT); "
-                        "nothing was signed or sent, try again shortly"
-                    )
-                await asyncio.sleep(0.25)
-                fresh = True
+            try:
+                async with asyncio.timeout(self.pool.read_timeout):
+                    await account.pipeline.acquire()
+            except TimeoutError:
+                raise RateLimited(
+                    f"account {label}: no room among its {self.max_in_flight} transactions in "
+                    f"flight within {self.pool.read_timeout:g} s (QSIGNER_MAX_IN_FLIGHT, "
+                    "QSIGNER_READ_TIMEOUT); nothing was signed or sent, try again shortly"
+                ) from None
+            self.metrics.queue_depth.labels(label).dec()
+            self.metrics.in_flight.labels(label).inc()
+            try:
+                yield
+            finally:
+                account.pipeline.release()
+                self.metrics.in_flight.labels(label).dec()
+                self.metrics.queue_depth.labels(label).inc()
         finally:
             account.waiting -= 1
-            self.metrics.queue_depth.labels(checksum(address)).dec()
+            self.metrics.queue_depth.labels(label).dec()
+
+    async def reserve(self, address: bytes, origin: Origin, *, kind: str = "send",
+                      idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
+        """The next free nonce of `address` (a hole first), as a committed `reserved` row; or,
+        for an Idempotency-Key already used, that key's row (`existing`)."""
+        account = self._account(address)
+        await self.chain_counts(address)
+        answer: asyncio.Future[Slot | None] = asyncio.get_running_loop().create_future()
+        account.queue.append(_Wanted(origin, kind, idempotency, answer))
+        if not account.flushing:
+            account.flushing = True  # now: a second request this tick must not flush too
+            self._background(self._flush_reservations(address, account))
+        slot = await answer
+        if slot is None:  # pragma: no cover (no room bound on fresh nonces: turn() bounds them)
+            raise RuntimeError("the ledger reserved no nonce")
+        digest = idempotency.digest if idempotency else None
+        if slot.existing and slot.digest != digest:
+            raise InvalidParams(
+                "this Idempotency-Key was already used with different parameters; "
+                "use a new key for a different request"
+            )
+        return slot
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -278,7 +295,7 @@ class Ledger:
         self.metrics.db_round_trips.inc()
         rows = await self.db.fetch(
             "SELECT * FROM ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            self.chain_id, address, account.mined, account.pending, self.max_in_flight,
+            self.chain_id, address, account.mined, account.pending, _UNBOUNDED,
             [w.origin.user_id for w in batch], [w.origin.org_id for w in batch],
             [w.origin.request_id for w in batch], [w.kind for w in batch],
             [w.idempotency.key if w.idempotency else None for w in batch],

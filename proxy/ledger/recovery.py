@@ -70,7 +70,7 @@ class Recovery:
         self.lease_seconds = lease_seconds
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
-        self._nodes: dict[bytes, str] = {}  # the node each held account's sends went to
+        self._block_receipts = True  # until a node says it has no eth_getBlockReceipts
 
     @property
     def db(self) -> Any:
@@ -193,7 +193,7 @@ class Recovery:
         await self._resend(account, token, above)  # rule 4
         await self._expire_signed(account, token, above)  # rule 5
         await self._close_gaps(account, token, mined)  # rules 6, 7, 8
-        ledger.metrics.in_flight.labels(checksum(account)).set(
+        ledger.metrics.unmined.labels(checksum(account)).set(
             sum(row["state"] == "sent" for row in above)
         )
 
@@ -414,8 +414,17 @@ class Recovery:
                 return  # another replica took the tracking over
 
     async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int]]:
-        """(hash, block, status) of the ledger's open transactions mined in block `number`."""
+        """(hash, block, status) of the transactions mined in block `number`: one call where
+        the node has eth_getBlockReceipts, else one receipt per transaction of ours in it."""
         pool = self.ledger.pool
+        if self._block_receipts:
+            try:
+                receipts = await pool.call("eth_getBlockReceipts", [hex(number)])
+            except NodeError:  # GoQuorum (geth 1.10 base) has no eth_getBlockReceipts
+                self._block_receipts = False
+            else:
+                return [(bytes.fromhex(r["transactionHash"][2:]), number, _status(r))
+                        for r in receipts or ()]  # fmt: skip
         block = await pool.call("eth_getBlockByNumber", [hex(number), False])
         hashes = [bytes.fromhex(h[2:]) for h in (block or {}).get("transactions", [])]
         if not hashes:
@@ -423,13 +432,11 @@ class Recovery:
         ours = await self.db.fetch(
             "SELECT tx_hash FROM ledger_transactions WHERE tx_hash = ANY($1::bytea[]) "
             "AND state IN ('signed', 'sent')", hashes)  # fmt: skip
-        if not ours:
-            return []
-        receipts = await asyncio.gather(*(
+        found = await asyncio.gather(*(
             pool.call("eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()])
             for row in ours))  # fmt: skip
         return [(row["tx_hash"], number, _status(receipt))
-                for row, receipt in zip(ours, receipts, strict=True)
+                for row, receipt in zip(ours, found, strict=True)
                 if isinstance(receipt, dict)]  # fmt: skip
 
     async def _mark_mined(self, mined: list[tuple[bytes, int, int]]) -> None:

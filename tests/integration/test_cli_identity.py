@@ -25,8 +25,8 @@ def test_the_whole_identity_flow(cli: Cli, token: tuple[str, str], database_url:
         "battery staple " + os.urandom(4).hex(),
     )
 
-    assert cli.ok("db", "upgrade") == "3"
-    assert cli.ok("db", "upgrade") == "3"  # safe to run again
+    assert cli.ok("db", "upgrade") == "4"
+    assert cli.ok("db", "upgrade") == "4"  # safe to run again
     assert cli.ok("org", "create", "acme") == "acme"
     cli.bad("org", "create", "acme", match="already exists")
 

@@ -223,3 +223,17 @@ async def test_an_unsent_signed_transaction_is_filled_after_the_timeout(
         states = {(row["nonce"], row["kind"], row["state"]) for row in await proxy.rows()}
         assert (0, "sign", "replaced") in states
         assert (0, "fill", "mined") in states or (0, "fill", "sent") in states
+
+
+async def test_an_account_has_at_most_max_in_flight_unmined_and_as_many_waiting(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module, max_in_flight=2) as proxy:
+        answers = await asyncio.gather(*(proxy.send() for _ in range(6)))
+        refused = [(status, answer) for status, answer in answers if "error" in answer]
+        assert len(refused) == 2, answers  # 2 in flight, 2 waiting for blocks, 2 refused
+        for status, answer in refused:
+            assert status == 429 and answer["error"]["code"] == -32005
+            assert "QSIGNER_MAX_IN_FLIGHT" in answer["error"]["message"]
+        await proxy.wait_mined(4)
+        assert len(await proxy.rows()) == 4  # a refused request took no nonce
