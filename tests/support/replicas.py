@@ -63,14 +63,17 @@ class Replica:
             assert self.process is not None
             self.process.send_signal(signal.SIGINT)
 
-    def wait_stopped(self, timeout: float) -> None:
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait for the process to end; kill it after `timeout`. False if it had to be killed."""
         if self.process is None:
-            return
+            return True
         try:
             self.process.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+            return False
+        return True
 
 
 class Replicas:
@@ -80,6 +83,8 @@ class Replicas:
     def __init__(self, env: dict[str, str], count: int, directory: Path,
                  own: list[dict[str, str]] | None = None) -> None:  # fmt: skip
         directory.mkdir(parents=True, exist_ok=True)
+        self.forced: list[int] = []  # replicas that ignored Ctrl-C and were killed at the stop
+        self.stop_seconds = 0.0
         own = own or [{} for _ in range(count)]
         self.members = [Replica(i, {**env, **own[i]}, directory / f"serve-{i}.log")
                         for i in range(count)]  # fmt: skip
@@ -109,11 +114,14 @@ class Replicas:
 
     def stop(self, timeout: float = 20) -> None:
         """SIGINT to all (Ctrl-C), then wait for each; a replica still running is killed."""
+        started = time.monotonic()
         for member in self.members:
             member.interrupt()
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         for member in self.members:
-            member.wait_stopped(deadline - time.monotonic())
+            if not member.wait_stopped(deadline - time.monotonic()):
+                self.forced.append(member.index)
+        self.stop_seconds = time.monotonic() - started
 
     def log_text(self) -> str:
         return "\n".join(m.log_path.read_text(errors="replace") for m in self.members
@@ -155,5 +163,10 @@ def replicas(env: dict[str, str], count: int, directory: Path,
     try:
         group.start()
         yield group
-    finally:
+    except BaseException:
         group.stop()
+        raise
+    group.stop()
+    assert not group.forced, (
+        f"replica(s) {group.forced} did not stop within 20 s of SIGINT (Ctrl-C): killed"
+    )
