@@ -160,6 +160,53 @@ async def test_the_hsm_fails_every_seventh_signature(
     )
 
 
+async def test_a_signature_stuck_past_the_resend_time(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One HSM call hangs after its nonce was reserved (a replica paused mid-request): after
+    QSIGNER_RESEND_SECONDS recovery gives that nonce up and fills it, so the transactions above
+    it are mined; when the call finally returns, the request sends nothing (its nonce is gone)
+    and says so."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(team.softhsm_conf))
+    faults = HsmFaults(every=0, hang_at=5)
+    async with in_process_app(Settings.from_env(team.env(RESEND_SECONDS="2"))) as (url, app):
+        faults.install(app)
+        async with aiohttp.ClientSession() as session:
+            requests: list[Request] = []
+            load = asyncio.create_task(run_load(session, team, address, Router([url]), users=2,
+                                                per_user=8, window=2, done=requests))  # fmt: skip
+            await asyncio.wait_for(faults.hanging.wait(), 10)
+            await load_without(load, requests, 15)
+            others = {str(r.hash) for r in requests if r.hash}
+            assert len(others) == 15, summary(requests)
+            waited = await mined(chain, others, timeout=15)  # the hole below them was filled
+            faults.unhang()
+            await load
+            (stuck,) = [r for r in requests if not r.final.ok]
+            reply = stuck.final
+            assert reply.status == 200 and reply.error is not None, reply.describe()
+            assert reply.error["code"] == -32603, reply.describe()
+            await settled(chain, team.database_url, timeout=10)
+            took = await not_stuck(session, url, team, chain, requests)
+            await settled(chain, team.database_url, timeout=10)
+    _, fills = accounted_for(chain, requests)
+    assert fills == 1
+    print(
+        f"stuck signature: the rest mined {waited:.1f} s after, the stuck request got "
+        f"{reply.error}; last tx mined in {took:.1f} s"
+    )
+
+
+async def load_without(load: asyncio.Task[list[Request]], requests: list[Request],
+                       count: int) -> None:  # fmt: skip
+    """Wait until `count` requests are answered while one hangs."""
+    await eventually(lambda: len(requests) >= count, 20, f"{count} answers while one hangs",
+                     lambda: summary(requests))  # fmt: skip
+    assert not load.done()
+
+
 async def lease_holder(team: Team, address: str, group: Replicas) -> Replica | None:
     """The replica holding the account's recovery lease (its owner names the process id)."""
     rows = await fetch(team.database_url, "SELECT lease_owner FROM ledger_accounts "

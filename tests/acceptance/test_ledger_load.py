@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.cli import Cli
 from tests.support.faults import fronts_in_thread
 from tests.support.forwarder import Forwarder
 from tests.support.ledger import (
@@ -129,3 +130,49 @@ async def test_beyond_the_in_flight_bound_refused_without_a_nonce(
         await settled(chain, team.database_url, timeout=10)
         assert {tx.hash for tx in chain.check()} == accepted
     print(f"in-flight bound 4: {len(accepted)} of 24 taken, {len(refused)} refused with 429")
+
+
+async def test_every_transaction_is_tracked(team: Team, tmp_path: Path) -> None:
+    """`quorum-signer tx show HASH` and `tx list` print what the ledger knows: the request's own
+    user, the nonce and block the chain has, state mined."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(), 2, tmp_path / "serve") as group:
+        async with aiohttp.ClientSession() as session:
+            requests = await run_load(session, team, address, Router(group.urls), users=3,
+                                      per_user=4, window=2)  # fmt: skip
+        assert all(r.final.ok for r in requests), summary(requests)
+        hashes = {str(r.hash) for r in requests}
+        await mined(chain, hashes, timeout=10)
+        await settled(chain, team.database_url, timeout=10)
+
+        async def tracked() -> bool:
+            rows = await ledger_rows(team.database_url, address)
+            return sum(row["state"] == "mined" for row in rows) == len(hashes)
+
+        await eventually(tracked, 10, "ledger rows not marked mined")
+    by_hash = {tx.hash: tx for tx in chain.check()}
+    cli = Cli(team.env(), tmp_path)
+    for request in requests[:3]:
+        result = await asyncio.to_thread(cli.run, "tx", "show", str(request.hash))
+        assert result.returncode == 0, result.stderr
+        shown = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines()
+                     if ": " in line)  # fmt: skip
+        tx = by_hash[str(request.hash)]
+        assert shown.get("hash", "").lower() == request.hash, shown
+        assert shown.get("account", "").lower() == address.lower(), shown
+        assert (shown.get("nonce"), shown.get("state"), shown.get("kind"), shown.get("user"),
+                shown.get("block")) == (str(tx.nonce), "mined", "send", request.user,
+                                        str(tx.block)), shown  # fmt: skip
+    unknown = await asyncio.to_thread(cli.run, "tx", "show", "0x" + "ab" * 32)
+    assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1, unknown
+
+    listed = await asyncio.to_thread(cli.run, "tx", "list", "--account", address, "--state",
+                                     "mined", "--limit", "5")  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split("\t") for line in listed.stdout.strip().splitlines()]
+    assert len(lines) == 5 and all(len(line) == 5 for line in lines), listed.stdout
+    assert all(line[1] == "mined" and line[2].lower() in hashes for line in lines), listed.stdout
+    assert all(int(line[0]) == by_hash[line[2].lower()].nonce for line in lines), listed.stdout
+    created = [line[4] for line in lines]
+    assert created == sorted(created, reverse=True), "tx list is not newest first"

@@ -86,12 +86,20 @@ def fronts_in_thread(*fronts: Forwarder) -> Iterator[tuple[Forwarder, ...]]:
 
 class HsmFaults:
     """Every `every`-th signature made with a key the proxy's keyring hands out raises
-    HsmError instead of reaching the HSM; the others are the HSM's own."""
+    HsmError instead of reaching the HSM; the others are the HSM's own. With `hang_at`, that
+    signature (counted from 1) waits until `unhang()` before the HSM makes it: a stuck HSM
+    call, or a replica paused mid-request."""
 
-    def __init__(self, every: int = 7) -> None:
+    def __init__(self, every: int = 7, hang_at: int | None = None) -> None:
         self.every = every
+        self.hang_at = hang_at
         self.signatures = 0
         self.failed = 0
+        self.hanging = asyncio.Event()  # set while the hung signature waits
+        self._unhung = asyncio.Event()
+
+    def unhang(self) -> None:
+        self._unhung.set()
 
     def install(self, app: web.Application) -> None:
         from proxy.app import SERVICES
@@ -112,6 +120,11 @@ class HsmFaults:
             return True
         return False
 
+    async def maybe_hang(self) -> None:
+        if self.hang_at is not None and self.signatures == self.hang_at:
+            self.hanging.set()
+            await self._unhung.wait()
+
 
 class _FaultyKey:
     def __init__(self, key: Any, faults: HsmFaults) -> None:
@@ -125,6 +138,7 @@ class _FaultyKey:
     async def sign_digest_async(self, digest: bytes) -> Signature:
         if self._faults.next_fails():
             raise HsmError("CKR_DEVICE_ERROR (injected by the test)")
+        await self._faults.maybe_hang()
         signature: Signature = await self._key.sign_digest_async(digest)
         return signature
 
