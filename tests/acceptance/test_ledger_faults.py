@@ -13,6 +13,7 @@ value) or a 0-value self-transfer the proxy made to fill a hole.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -205,6 +206,56 @@ async def load_without(load: asyncio.Task[list[Request]], requests: list[Request
     await eventually(lambda: len(requests) >= count, 20, f"{count} answers while one hangs",
                      lambda: summary(requests))  # fmt: skip
     assert not load.done()
+
+
+async def test_the_accounts_node_swallows_sends_then_fails(team: Team, tmp_path: Path) -> None:
+    """Sender -> node affinity, then failover: the node the account's sends go to starts holding
+    them without an answer (they never reach the chain), then fails as a whole. Those callers
+    get -32002 naming the hash (the outcome is unknown to the proxy); the proxy keeps those
+    nonces and sends the same bytes to the other node, in nonce order, so every hash any caller
+    was given is mined and nothing is mined twice."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    fronts = (Forwarder(team.node_url), Forwarder(team.node_url))
+    env = team.env(tuple(front.url for front in fronts), READ_TIMEOUT="2", RESEND_SECONDS="3")
+    with fronts_in_thread(*fronts), replicas(env, 1, tmp_path) as group:
+        requests: list[Request] = []
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.create_task(run_load(session, team, address, Router(group.urls),
+                                                users=4, per_user=25, window=2, pause=0.02,
+                                                done=requests))  # fmt: skip
+            await eventually(lambda: len(requests) >= 20, 20, "no answers")
+            sends = [front.methods().count("eth_sendRawTransaction") for front in fronts]
+            assert sorted(sends)[0] == 0, f"one account's sends went to both nodes: {sends}"
+            node = fronts[sends.index(max(sends))]
+            node.held = {"eth_sendRawTransaction"}
+            await eventually(lambda: node.holding >= 3, 10, "no send was held")
+            node.mode = "bad_gateway"  # what it holds stays held: never reaches the chain
+            swallowed = node.holding
+            await load
+        given: dict[str, Request] = {}
+        for request in requests:
+            reply = request.final
+            if reply.ok:
+                given[str(reply.result).lower()] = request
+                continue
+            assert reply.status == 503 and reply.error is not None, reply.describe()
+            assert reply.error["code"] == -32002, reply.describe()
+            named = re.findall(r"0x[0-9a-fA-F]{64}", str(reply.error["message"]))
+            assert named, f"an unknown outcome must name the transaction: {reply.describe()}"
+            given[named[0].lower()] = request
+        unknown = len(requests) - sum(r.final.ok for r in requests)
+        waited = await mined(chain, set(given), timeout=20)
+        await settled(chain, team.database_url, timeout=15)
+    history = chain.check()
+    fills = [tx for tx in history if chain.is_fill(tx)]
+    assert {tx.hash for tx in history if not chain.is_fill(tx)} == set(given)
+    assert all(given[tx.hash].tag == tx.value for tx in history if tx.hash in given)
+    assert len(history) == len(given) + len(fills)
+    print(
+        f"node swallowed {swallowed} sends and failed: {unknown} callers told -32002 with the "
+        f"hash, all mined {waited:.1f} s after the load, {len(fills)} fills"
+    )
 
 
 async def lease_holder(team: Team, address: str, group: Replicas) -> Replica | None:

@@ -99,6 +99,9 @@ async def test_ten_users_one_account(team: Team, serves: int, nodes: int, tmp_pa
             assert sum(trips) <= 2 * N, f"{sum(trips) / N:.2f} round trips per transaction"
         for secret in team.secrets():
             assert secret not in group.log_text(), "a secret reached the logs"
+        if fronts:  # sender -> node affinity: one node gets all of the account's sends
+            sends = [front.methods().count("eth_sendRawTransaction") for front in fronts]
+            assert sorted(sends)[0] == 0, f"one account's sends went to both nodes: {sends}"
     print(
         f"{serves} serve(s), {nodes} node(s): {N} answered in {answered:.1f} s, "
         f"all mined {waited:.1f} s later, ledger met the chain {met:.1f} s later, rows marked "
