@@ -90,7 +90,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                         max_response_bytes=settings.max_response_bytes)  # fmt: skip
         opened.push_async_callback(pool.close)
         db = await store.connect(settings.require_database(),
-                                 command_timeout=settings.database_timeout)  # fmt: skip
+                                 command_timeout=settings.database_timeout,
+                                 light_reset=True)  # fmt: skip
         opened.push_async_callback(db.close)
         identity = Identity(
             store.BoundedPool(db, settings.database_timeout),

@@ -32,12 +32,24 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+async def _rollback_if_open(conn: asyncpg.Connection) -> None:
+    """What a connection needs before going back to the server's pool: nothing in our code
+    keeps session state (advisory locks, LISTEN, SET) on a pooled connection, so asyncpg's own
+    reset, a round trip on every release, is only a rollback of a transaction left open."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def connect(dsn: str, *, min_size: int = 1, max_size: int = 10,
-                  command_timeout: float | None = None) -> asyncpg.Pool:  # fmt: skip
-    """A pool on the database, or `SettingsError` naming QSIGNER_DATABASE_URL."""
+                  command_timeout: float | None = None, light_reset: bool = False,
+                  ) -> asyncpg.Pool:  # fmt: skip
+    """A pool on the database, or `SettingsError` naming QSIGNER_DATABASE_URL. With
+    `light_reset` (the server's pool), a connection given back costs no round trip."""
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10,
-                                         command_timeout=command_timeout)  # fmt: skip
+                                         command_timeout=command_timeout,
+                                         reset=_rollback_if_open if light_reset else None,
+                                         )  # fmt: skip
     except (OSError, asyncpg.PostgresError, TimeoutError, ValueError) as exc:
         # The DSN may hold a password: never echo it.
         raise SettingsError(

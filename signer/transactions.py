@@ -9,6 +9,7 @@ rest of the path (bench/sign.py). eth-account is the independent cross-check in 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -200,6 +201,10 @@ def parse_hex(name: str, value: object) -> bytes:
     raise InvalidTransaction(f"{name} must be 0x-prefixed hex of whole bytes")
 
 
+# EIP-55 checks cost a Keccak-256 each, and callers send the same few addresses again and again.
+_checksum_valid = functools.lru_cache(maxsize=4096)(is_checksum_address)
+
+
 def parse_address(name: str, value: object) -> bytes | None:
     if value is None:
         return None
@@ -208,7 +213,7 @@ def parse_address(name: str, value: object) -> bytes | None:
     else:
         raw = parse_hex(name, value)
         text = str(value)[2:]
-        if text != text.lower() and text != text.upper() and not is_checksum_address(value):
+        if text != text.lower() and text != text.upper() and not _checksum_valid(str(value)):
             raise InvalidTransaction(f"{name} is a mixed-case address with a wrong EIP-55 checksum")
     if len(raw) != 20:
         raise InvalidTransaction(f"{name} must be a 20-byte address")

@@ -154,7 +154,7 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
     for _attempt in range(3):
         async with ledger.turn(parsed.sender):
             if given is not None:
-                slot = await ledger.claim(parsed.sender, given, origin)
+                slot = await ledger.claim(parsed.sender, given, origin, idempotency=idempotency)
             else:
                 slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
             if not slot.existing:

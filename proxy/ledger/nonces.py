@@ -50,6 +50,11 @@ from signer.base import SignedTransaction, checksum
 
 log = logging.getLogger(__name__)
 
+# Statements of one kind under way at once (per account for reservations): a batch forms while
+# one is in flight, and a few in flight at once overlap their round trips instead of queueing
+# every request behind a single one (one at a time held an account near 1 / round-trip time).
+_FLUSHES = 4
+
 # The database's own bound on fresh nonces beyond the mined count: none for requests (turn()
 # bounds the pipeline); a fill passes 0, so that it only ever takes a hole.
 _UNBOUNDED = 2**62
@@ -107,7 +112,7 @@ class _Account:
         self.read_at = float("-inf")
         self.reading: asyncio.Future[None] | None = None
         self.queue: list[_Wanted] = []
-        self.flushing = False
+        self.flushing = 0  # reservation statements under way
         self.waiting = 0  # requests in turn(): in the pipeline or waiting for a place
         self.pipeline = asyncio.Semaphore(max_in_flight)
 
@@ -127,7 +132,7 @@ class Ledger:
         self._accounts: dict[bytes, _Account] = {}
         self._stores: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]] = []
         self._sent: list[tuple[int, str]] = []
-        self._writing = False
+        self._writing = 0  # store statements under way
         self._wake_writer = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -240,8 +245,8 @@ class Ledger:
         await self.chain_counts(address)
         answer: asyncio.Future[Slot | None] = asyncio.get_running_loop().create_future()
         account.queue.append(_Wanted(origin, kind, idempotency, answer))
-        if not account.flushing:
-            account.flushing = True  # now: a second request this tick must not flush too
+        if account.flushing < _FLUSHES:
+            account.flushing += 1  # now: requests this tick must not start more than that
             self._background(self._flush_reservations(address, account))
         slot = await answer
         if slot is None:  # pragma: no cover (no room bound on fresh nonces: turn() bounds them)
@@ -288,7 +293,7 @@ class Ledger:
                 for wanted, slot in zip(batch, slots, strict=True):
                     _settle(wanted.answer, slot)
         finally:
-            account.flushing = False
+            account.flushing -= 1
 
     async def _reserve_rows(self, address: bytes, account: _Account,
                             batch: list[_Wanted]) -> list[Slot | None]:  # fmt: skip
@@ -315,18 +320,29 @@ class Ledger:
                 self.metrics.nonces.labels("reused" if row["reused"] else "allocated").inc()
         return slots
 
-    async def claim(self, address: bytes, nonce: int, origin: Origin, *,
-                    kind: str = "send") -> Slot:  # fmt: skip
+    async def claim(self, address: bytes, nonce: int, origin: Origin, *, kind: str = "send",
+                    idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
         """The nonce the caller chose (QSIGNER_CALLER_NONCES=respect), if no transaction the
-        proxy made holds it, and if it leaves no gap."""
+        proxy made holds it, and if it leaves no gap. With an Idempotency-Key already used for
+        this very request, that request's row (`existing`) instead of a refusal."""
         mined, pending = await self.chain_counts(address)
         self.metrics.db_round_trips.inc()
-        row = await self.db.fetchrow(
-            "SELECT * FROM ledger_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            self.chain_id, address, mined, pending, nonce, pending,
-            origin.user_id, origin.org_id, origin.request_id, kind,
-        )  # fmt: skip
+        try:
+            row = await self.db.fetchrow(
+                "SELECT * FROM ledger_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                self.chain_id, address, mined, pending, nonce, pending,
+                origin.user_id, origin.org_id, origin.request_id, kind,
+                idempotency.key if idempotency else None,
+                idempotency.digest if idempotency else None,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError:  # the key, taken at this instant for another nonce
+            raise InvalidParams("this Idempotency-Key is in use by another request; use a new "
+                                "key for a different request") from None  # fmt: skip
         if row["outcome"] == "used":
+            if idempotency is not None:
+                earlier = await self._keyed(origin.user_id, idempotency)
+                if earlier is not None:
+                    return earlier
             raise InvalidParams(
                 f"nonce {nonce} of {checksum(address)} is already used by another transaction "
                 f"sent through this proxy; leave the nonce out to get the next free one "
@@ -340,6 +356,37 @@ class Ledger:
             )
         self.metrics.nonces.labels("allocated").inc()
         return Slot(row["row_id"], address, nonce)
+
+    async def expire_keys(self) -> None:
+        """Give up Idempotency-Keys older than QSIGNER_IDEMPOTENCY_TTL (a few thousand a call)."""
+        self.metrics.db_round_trips.inc()
+        await self.db.execute(
+            """UPDATE ledger_transactions SET idem_key = NULL, idem_user = NULL
+                WHERE id IN (SELECT id FROM ledger_transactions
+                              WHERE idem_key IS NOT NULL
+                                AND created_at < now() - make_interval(secs => $1)
+                              LIMIT 5000)""",
+            float(self.idempotency_ttl),
+        )  # fmt: skip
+
+    async def _keyed(self, user_id: str, idempotency: Idempotency) -> Slot | None:
+        """The row an Idempotency-Key of this user holds, if it is not expired."""
+        self.metrics.db_round_trips.inc()
+        row = await self.db.fetchrow(
+            """SELECT id, account, nonce, state, tx_hash, idem_digest FROM ledger_transactions
+                WHERE idem_user = $1 AND idem_key = $2
+                  AND created_at >= now() - make_interval(secs => $3)""",
+            user_id, idempotency.key, float(self.idempotency_ttl),
+        )  # fmt: skip
+        if row is None:
+            return None
+        if row["idem_digest"] != idempotency.digest:
+            raise InvalidParams(
+                "this Idempotency-Key was already used with different parameters; "
+                "use a new key for a different request"
+            )
+        return Slot(row["id"], row["account"], row["nonce"], row["state"], row["tx_hash"],
+                    existing=True, digest=row["idem_digest"])  # fmt: skip
 
     async def next_nonce(self, address: bytes) -> int | None:
         """The ledger's next nonce of `address`, or None when the ledger has never seen it."""
@@ -380,8 +427,8 @@ class Ledger:
         dead): the bytes must then never be sent."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._stores.append((slot, signed, answer))
-        if not self._writing:
-            self._writing = True
+        if self._writing < _FLUSHES:
+            self._writing += 1
             self._background(self._flush_stores())
         if not await answer:
             raise ReservationLost(f"the reservation of nonce {slot.nonce} was given up by recovery")
@@ -409,7 +456,7 @@ class Ledger:
                 for slot, _, answer in batch:
                     _settle(answer, slot.row_id in stored)
         finally:
-            self._writing = False
+            self._writing -= 1
 
     async def _write(self, batch: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]],
                      sent: list[tuple[int, str]]) -> set[int]:  # fmt: skip
@@ -442,7 +489,7 @@ class Ledger:
             await asyncio.sleep(0.1)  # a store within this time carries the marks instead
             self._wake_writer.clear()
             if not self._sent or self._writing:
-                continue
+                continue  # a store under way carries them
             sent, self._sent = self._sent, []
             try:
                 await self._write([], sent)

@@ -39,6 +39,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,6 +71,7 @@ class Recovery:
         self.lease_seconds = lease_seconds
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
+        self._next_expiry = 0.0  # when expired Idempotency-Keys are next given up
         self._block_receipts = True  # until a node says it has no eth_getBlockReceipts
 
     @property
@@ -106,6 +108,9 @@ class Recovery:
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> None:
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + 60
+            await self.ledger.expire_keys()
         await self._track()
         for row in await self._lease_accounts():
             try:

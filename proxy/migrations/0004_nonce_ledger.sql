@@ -161,7 +161,7 @@ $$;
 CREATE FUNCTION ledger_claim(
     p_chain bigint, p_account bytea, p_floor bigint, p_start bigint, p_nonce bigint,
     p_ahead_ok bigint,
-    p_user text, p_org bigint, p_request text, p_kind text
+    p_user text, p_org bigint, p_request text, p_kind text, p_idem_key text, p_idem_digest bytea
 ) RETURNS TABLE (outcome text, row_id bigint, next_nonce bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -197,8 +197,10 @@ BEGIN
             WHERE h.chain_id = p_chain AND h.account = p_account AND h.nonce = p_nonce;
     END IF;
     INSERT INTO ledger_transactions AS t (chain_id, account, nonce, state, kind, org_id,
-            user_id, request_id)
-        VALUES (p_chain, p_account, p_nonce, 'reserved', p_kind, p_org, p_user, p_request)
+            user_id, request_id, idem_user, idem_key, idem_digest)
+        VALUES (p_chain, p_account, p_nonce, 'reserved', p_kind, p_org, p_user, p_request,
+                CASE WHEN p_idem_key IS NULL THEN NULL ELSE p_user END, p_idem_key,
+                p_idem_digest)
         RETURNING t.id INTO row_id;
     outcome := 'taken'; next_nonce := v_next;
     RETURN NEXT;

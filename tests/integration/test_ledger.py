@@ -237,3 +237,17 @@ async def test_an_account_has_at_most_max_in_flight_unmined_and_as_many_waiting(
             assert "QSIGNER_MAX_IN_FLIGHT" in answer["error"]["message"]
         await proxy.wait_mined(4)
         assert len(await proxy.rows()) == 4  # a refused request took no nonce
+
+
+async def test_an_idempotency_key_with_a_caller_nonce_answers_the_first_transaction(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        headers = {**proxy.jwt(True), "Idempotency-Key": "cast-1"}
+        answers = await asyncio.gather(*(proxy.send({"nonce": "0x0"}, headers=headers)
+                                         for _ in range(3)))  # fmt: skip
+        assert {answer.get("result") for _, answer in answers} == {answers[0][1]["result"]}
+        _, other = await proxy.send({"nonce": "0x0", "value": "0x2"}, headers=headers)
+        assert other["error"]["code"] == -32602 and "Idempotency-Key" in other["error"]["message"]
+        await proxy.wait_mined(1)
+        assert len(await proxy.rows()) == 1
