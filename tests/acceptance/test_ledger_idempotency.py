@@ -1,6 +1,8 @@
 """`Idempotency-Key` on eth_sendTransaction (issue 14): repeats of one request, sent at once to two
-replicas on one database, make one transaction and every answer carries its hash; the same key
-with another body is refused (-32602 naming the header); the key belongs to its caller."""
+replicas on one database, make one transaction and every answer carries its hash, also when the
+caller gives its own nonce; the same key with another body is refused (-32602 naming the
+header); the key belongs to its caller, expires after QSIGNER_IDEMPOTENCY_TTL, and is given up
+when its request was refused."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.faults import RejectingForwarder, fronts_in_thread
 from tests.support.ledger import (
     RECIPIENT,
     Chain,
@@ -24,6 +27,7 @@ from tests.support.ledger import (
     settled,
 )
 from tests.support.replicas import replicas
+from tests.support.stack import CHAIN_ID
 
 REPEATS, ROUNDS = 5, 3
 
@@ -101,3 +105,48 @@ async def test_a_key_is_forgotten_after_its_ttl(team: Team, tmp_path: Path) -> N
             await mined(chain, set(hashes), timeout=10)
         await settled(chain, team.database_url, timeout=10)
         assert [tx.hash for tx in chain.check()] == hashes
+
+
+async def test_a_caller_given_nonce_under_a_key(team: Team, tmp_path: Path) -> None:
+    """A cast-style request (its own nonce) repeated under one key, at once on two replicas:
+    every repeat answers the first transaction, none is refused as 'already used'."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(), 2, tmp_path) as group:
+        headers = team.headers("user0", **{"Idempotency-Key": f"cast-{os.urandom(6).hex()}"})
+        tx = {"from": address.lower(), "to": RECIPIENT.lower(), "value": hex(9),
+              "gas": hex(21000), "gasPrice": "0x0", "nonce": "0x0", "chainId": hex(CHAIN_ID),
+              "input": "0x", "data": "0x"}  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            replies = await asyncio.gather(*(
+                call(session, group.urls[i % 2], headers, "eth_sendTransaction", [tx])
+                for i in range(REPEATS)))  # fmt: skip
+        assert all(reply.ok for reply in replies), [r.describe() for r in replies]
+        hashes = {str(reply.result).lower() for reply in replies}
+        assert len(hashes) == 1, hashes
+        await mined(chain, hashes, timeout=10)
+        await settled(chain, team.database_url, timeout=10)
+        assert [tx.hash for tx in chain.check()] == list(hashes)
+
+
+async def test_a_key_whose_request_was_refused_goes_ahead(team: Team, tmp_path: Path) -> None:
+    """The node refused the first request for sure: a repeat under its key is sent, once."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    node = RejectingForwarder(team.node_url, every=1)  # refuses every send, until told not to
+    with fronts_in_thread(node), replicas(team.env((node.url,)), 1, tmp_path) as group:
+        url = group.urls[0]
+        headers = team.headers("user1", **{"Idempotency-Key": f"retry-{os.urandom(6).hex()}"})
+        tx = {"from": address, "to": RECIPIENT, "value": hex(21)}
+        async with aiohttp.ClientSession() as session:
+            first = await call(session, url, headers, "eth_sendTransaction", [tx])
+            assert first.error is not None and first.error["code"] == -32000, first.describe()
+            node.every = 0
+            again = await call(session, url, headers, "eth_sendTransaction", [tx])
+            assert again.ok, again.describe()
+            twice = await call(session, url, headers, "eth_sendTransaction", [tx])
+            assert twice.ok and twice.result == again.result, twice.describe()
+            await mined(chain, {str(again.result).lower()}, timeout=10)
+        await settled(chain, team.database_url, timeout=10)
+        history = chain.check()
+        assert [tx.hash for tx in history] == [str(again.result).lower()]
