@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -21,6 +23,7 @@ from proxy import store
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
+from proxy.ledger import queries
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.errors import HsmError, InvalidTransaction, PinIncorrect, SignerError
@@ -72,15 +75,20 @@ async def _connect(settings: Settings, max_size: int) -> asyncpg.Pool:
         raise SystemFailure(str(exc)) from None
 
 
-def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
+def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[T]], *,
+               max_size: int = 1) -> T:  # fmt: skip
     async def run() -> T:
-        pool = await _connect(settings, max_size=2)
+        pool = await _connect(settings, max_size=max_size)
         try:
-            return await work(Identity(pool, settings))
+            return await work(pool)
         finally:
             await pool.close()
 
     return asyncio.run(run())
+
+
+def _with_identity(settings: Settings, work: Callable[[Identity], Awaitable[T]]) -> T:
+    return _with_pool(settings, lambda pool: work(Identity(pool, settings)), max_size=2)
 
 
 def _hsm(settings: Settings) -> Hsm:
@@ -226,6 +234,90 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
         raise BadInput("--ttl must be a positive number of seconds")
     _with_identity(settings, lambda identity: identity.principal(args.user))
     print(issue_token(settings, args.user, args.ttl))
+    return 0
+
+
+_TX_HASH = re.compile(r"0[xX][0-9a-fA-F]{64}")
+
+
+def _tx_hash(text: str) -> bytes:
+    if not _TX_HASH.fullmatch(text):
+        raise BadInput("HASH must be a transaction hash: 0x and 64 hex digits")
+    return bytes.fromhex(text[2:])
+
+
+def _shown(text: str | None) -> str:
+    """A value from the ledger (some came from callers: user ids, request ids, node messages) on
+    one line, with no control characters to play tricks on a terminal."""
+    if text is None or text == "":
+        return "-"
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+
+
+def _time(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+_RECEIPT_STATUS: dict[int | None, str] = {1: "1 (success)", 0: "0 (reverted)", None: "-"}
+
+
+def _tx_show(args: argparse.Namespace, settings: Settings) -> int:
+    tx_hash = _tx_hash(args.hash)
+    rows = _with_pool(settings, lambda pool: queries.transactions_by_hash(pool, tx_hash))
+    if not rows:
+        # Not an error of the input (the hash is well formed) nor of the system: an answer, which
+        # scripts tell from a success by the exit code, as with grep.
+        print(f"quorum-signer: no transaction 0x{tx_hash.hex()} in the nonce ledger of this "
+              "database", file=sys.stderr)  # fmt: skip
+        return 1
+    if len(rows) > 1:
+        _progress(f"{len(rows)} rows of the ledger hold this hash: the live one first")
+    for index, tx in enumerate(rows):
+        if index:
+            print()
+        fields = [
+            ("hash", "-" if tx.tx_hash is None else "0x" + tx.tx_hash.hex()),
+            ("account", checksum(tx.account)),
+            ("chain id", str(tx.chain_id)),
+            ("nonce", str(tx.nonce)),
+            ("state", tx.state),
+            ("kind", tx.kind),
+            ("user", _shown(tx.user_id)),
+            ("request id", _shown(tx.request_id)),
+            ("node", _shown(tx.node)),
+            ("block", _number(tx.block_number)),
+            ("status", _RECEIPT_STATUS[tx.receipt_status]),
+            ("reason", _shown(tx.reason)),
+            ("send attempts", str(tx.send_attempts)),
+            ("created", _time(tx.created_at)),
+            ("signed", _time(tx.signed_at)),
+            ("sent", _time(tx.sent_at)),
+            ("mined", _time(tx.mined_at)),
+        ]  # fmt: skip
+        for name, value in fields:
+            print(f"{name}: {value}")
+    return 0
+
+
+def _tx_list(args: argparse.Namespace, settings: Settings) -> int:
+    account = None if args.account is None else _address(args.account)
+    rows = _with_pool(settings, lambda pool: queries.recent_transactions(
+        pool, account=account, state=args.state, limit=args.limit))  # fmt: skip
+    print("nonce\tstate\thash\tuser\tcreated\taccount\tchain")
+    for tx in rows:
+        shown_hash = "-" if tx.tx_hash is None else "0x" + tx.tx_hash.hex()
+        print(f"{tx.nonce}\t{tx.state}\t{shown_hash}\t{_shown(tx.user_id)}\t"
+              f"{_time(tx.created_at)}\t{checksum(tx.account)}\t{tx.chain_id}")  # fmt: skip
+    if not rows:
+        _progress("no transaction in the ledger matches")
+    elif len(rows) == args.limit:
+        _progress(f"the newest {args.limit} shown; there may be more (--limit N)")
     return 0
 
 
@@ -379,6 +471,26 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--user", required=True)
     issue.add_argument("--ttl", type=int, default=3600, help="seconds (default: %(default)s)")
     issue.set_defaults(handler=_token_issue)
+
+    tx = commands.add_parser("tx", help="what the nonce ledger knows").add_subparsers(
+        dest="tx_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    show = tx.add_parser(
+        "show", help="one transaction: nonce, account, user, request id, node, state, times",
+        description="Print what the nonce ledger knows of the transaction with this hash, one "
+        "'field: value' line each (times in UTC). Exits 1 when the ledger does not know it.",
+    )  # fmt: skip
+    show.add_argument("hash", metavar="HASH", help="the transaction hash (0x and 64 hex digits)")
+    show.set_defaults(handler=_tx_show)
+    tx_list = tx.add_parser(
+        "list", help="the newest transactions of the ledger",
+        description="Print a header line, then one tab-separated line per transaction, newest "
+        "first: nonce, state, hash, user, created (UTC), account, chain id.",
+    )  # fmt: skip
+    tx_list.add_argument("--account", metavar="ADDRESS", help="only this account's")
+    tx_list.add_argument("--state", choices=queries.STATES, help="only those in this state")
+    tx_list.add_argument("--limit", type=int, default=50, metavar="N",
+                         help="at most N transactions (default: %(default)s)")  # fmt: skip
+    tx_list.set_defaults(handler=_tx_list)
     return parser
 
 

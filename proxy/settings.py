@@ -46,7 +46,7 @@ class Settings:
     read_timeout: float = 10.0  # seconds a node may take over one caller's request
     node_connections: int = 64  # requests (hence connections) to one node at once
     max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
-    max_in_flight: int = 64  # one account's transactions sent and not yet mined, at most
+    max_in_flight: int = 64  # one account's transactions under way in a replica, at most
     caller_nonces: str = "respect"  # or "reassign": managed accounts always get the ledger's
     signed_tx_timeout: int = 600  # an eth_signTransaction nonce never seen is filled after this
     idempotency_ttl: int = 86400  # seconds an Idempotency-Key is remembered

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from proxy import filling
 from proxy.context import Caller, Services
 from proxy.errors import (
+    DatabaseUnavailable,
     Forbidden,
     InvalidParams,
     NodeError,
@@ -22,7 +22,7 @@ from proxy.errors import (
     SendOutcomeUnknown,
     Unauthorized,
 )
-from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest
+from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest, refusal_kind
 from proxy.rpc import RpcRequest
 from signer.base import AsyncSigner, Signature, SignedTransaction, checksum
 from signer.ecdsa import keccak256
@@ -32,6 +32,7 @@ from signer.transactions import (
     Transaction,
     parse_address,
     parse_hex,
+    parse_optional_quantity,
     sign_transaction_async,
 )
 
@@ -80,13 +81,8 @@ async def _prepare(services: Services, request: filling.Request) -> Callable[...
     async def gas() -> int:
         if request.gas is not None:
             return request.gas
-        to = request.fields.get("to")
-        payload = request.fields.get("data") or request.fields.get("input") or "0x"
-        if to and payload in ("0x", "0X") and not request.fields.get("accessList"):
-            # A plain transfer to an account without code costs exactly 21000 everywhere.
-            address = parse_address("to", to)
-            if address is not None and not await facts.has_code(address):
-                return filling.TX_GAS
+        if await _plain_transfer(services, request):
+            return filling.TX_GAS
         estimate_fields = {k: v for k, v in request.fields.items()
                            if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
         estimate_fields["from"] = "0x" + request.sender.hex()
@@ -108,6 +104,27 @@ async def _prepare(services: Services, request: filling.Request) -> Callable[...
     )  # fmt: skip
 
 
+async def _plain_transfer(services: Services, request: filling.Request) -> bool:
+    """Whether the request is a value transfer to an account without code, which costs exactly
+    21000 gas everywhere, and the sender can pay for it: then eth_estimateGas adds nothing (a
+    transfer above the balance still goes to the node's estimate, which refuses it before any
+    nonce is taken)."""
+    fields = request.fields
+    payload = fields.get("data") or fields.get("input") or "0x"
+    to = parse_address("to", fields.get("to"))
+    # Precompiles (low addresses) have no code and cost more than 21000.
+    if to is None or payload not in ("0x", "0X") or fields.get("accessList") or (
+            int.from_bytes(to, "big") < 0x10000):  # fmt: skip
+        return False
+    facts = services.chain_facts
+    has_code, price, balance = await asyncio.gather(
+        facts.has_code(to), facts.gas_price(),
+        services.pool.call("eth_getBalance", ["0x" + request.sender.hex(), "latest"]),
+    )  # fmt: skip
+    value = parse_optional_quantity("value", fields.get("value")) or 0
+    return not has_code and int(balance, 16) >= value + filling.TX_GAS * price
+
+
 def _first_param(request: RpcRequest) -> Any:
     params = request.positional
     if not params:
@@ -127,12 +144,6 @@ def _idempotency(caller: Caller, request: RpcRequest) -> Idempotency | None:
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise InvalidParams("the Idempotency-Key header must be 1 to 255 printable characters")
     return Idempotency(key, params_digest(request.positional))
-
-
-# A node's refusal that means the nonce is taken on chain or in its pool by a transaction that is
-# not this one (someone sent from the account outside the proxy): the nonce is not a hole.
-_NONCE_TAKEN = re.compile(r"nonce too low|replacement transaction underpriced|already known|"
-                          r"known transaction|already imported", re.IGNORECASE)  # fmt: skip
 
 
 class _NonceTakenOutside(Exception):
@@ -182,70 +193,68 @@ async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
     at once if a higher nonce is already out); a send whose outcome is unknown keeps the nonce:
     recovery sends the same bytes again."""
     ledger = services.ledger
-    try:
-        signed = await _sign(services, key, tx)
-    except BaseException:
-        await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
-        raise
-    await ledger.store(slot, signed)  # ReservationLost: recovery gave the nonce up; not sent
+    signed = await _sign_and_store(services, caller, key, tx, slot)
+    tx_hash = "0x" + signed.hash.hex()
     try:
         result, node = await services.pool.submit(
-            "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
+            "eth_sendRawTransaction", ["0x" + signed.raw.hex()], tx_hash,
             headers=caller.forward_headers, affinity=slot.account,
         )  # fmt: skip
     except SendOutcomeUnknown:
         raise  # kept as signed: only these bytes are ever sent for this nonce
     except NoNodeAvailable:  # no node got it (busy or down): nothing left the process
-        await _give_back(services, caller, key, tx, slot, "not sent: no node available")
+        await _give_back(services, caller, key, slot, "not sent: no node available")
         raise
     except NodeError as refusal:
-        if _NONCE_TAKEN.search(refusal.message):
+        kind = refusal_kind(refusal)
+        if kind == "taken":
             await ledger.release(slot, f"refused by the node: {refusal.message}", hole=False)
             raise _NonceTakenOutside(refusal) from None
-        await _give_back(services, caller, key, tx, slot, f"refused by the node: {refusal.message}")
-        raise
+        if kind == "definite":
+            await _give_back(services, caller, key, slot, f"refused by the node: {refusal.message}")
+            raise
+        # Perhaps after the node took it (a gateway's 5xx, an error of its own): keep the nonce
+        # for these bytes alone, and say that the outcome is unknown.
+        log.warning("send of %s answered %s (%s): outcome unknown, kept for resending",
+                    tx_hash, refusal.code, refusal.message)  # fmt: skip
+        raise SendOutcomeUnknown(tx_hash) from None
     ledger.sent(slot, node)
     return result
 
 
-async def _give_back(services: Services, caller: Caller, key: AsyncSigner, tx: Transaction,
-                     slot: Slot, reason: str) -> None:  # fmt: skip
-    """Release the slot's nonce; when a higher nonce is already out, fill the hole at once."""
+async def _sign_and_store(services: Services, caller: Caller, key: AsyncSigner,
+                          tx: Transaction, slot: Slot) -> SignedTransaction:  # fmt: skip
+    """The signed bytes at the slot's nonce, committed to the ledger before anyone sees them."""
+    try:
+        signed = await _sign(services, key, tx)
+    except BaseException:
+        await _give_back(services, caller, key, slot, "not signed: the HSM failed")
+        raise
+    try:
+        await services.ledger.store(slot, signed)  # ReservationLost: recovery gave it up
+    except DatabaseUnavailable:
+        # The store may yet commit at the server: give the nonce back first (a store arriving
+        # later then finds the row released and changes nothing). If even that fails, these
+        # bytes may be in the ledger, and recovery would send them: say so.
+        try:
+            await services.ledger.release(slot, "the signed bytes could not be stored")
+        except DatabaseUnavailable:
+            raise SendOutcomeUnknown("0x" + signed.hash.hex()) from None
+        raise
+    return signed
+
+
+async def _give_back(services: Services, caller: Caller, key: AsyncSigner, slot: Slot,
+                     reason: str) -> None:  # fmt: skip
+    """Release the slot's nonce; when a higher nonce is already taken, fill the hole at once."""
     ledger = services.ledger
     try:
-        if not await ledger.release(slot, reason):
-            return
-        await ledger.fill(
-            slot.account, _origin(caller),
-            functools.partial(_sign_fill, services, key, tx),
-            functools.partial(_send_fill, services, caller, slot.account),
-        )  # fmt: skip
+        if await ledger.release(slot, reason):
+            await ledger.fill(slot.account, _origin(caller), key, caller.forward_headers)
     except Exception:
         # The caller gets the first failure; recovery fills what is left.
         log.warning("could not give back nonce %d of %s at once; recovery will", slot.nonce,
                     checksum(slot.account), exc_info=True)  # fmt: skip
-
-
-def fill_transaction(like: Transaction, account: bytes, nonce: int) -> Transaction:
-    """A 0-value self-transfer at `nonce`, priced as `like` (the network's price: 0 on Quorum)."""
-    return Transaction(type=2 if like.type == 2 else 0, chain_id=like.chain_id, nonce=nonce,
-                       gas=21000, to=account, value=0, data=b"", gas_price=like.gas_price,
-                       max_fee_per_gas=like.max_fee_per_gas,
-                       max_priority_fee_per_gas=like.max_priority_fee_per_gas)  # fmt: skip
-
-
-async def _sign_fill(services: Services, key: AsyncSigner, like: Transaction,
-                     nonce: int) -> SignedTransaction:  # fmt: skip
-    return await _sign(services, key, fill_transaction(like, key.address, nonce))
-
-
-async def _send_fill(services: Services, caller: Caller, account: bytes,
-                     signed: SignedTransaction) -> str:  # fmt: skip
-    _, node = await services.pool.submit(
-        "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
-        headers=caller.forward_headers, affinity=account,
-    )  # fmt: skip
-    return node
 
 
 async def _sign(services: Services, key: AsyncSigner, tx: Transaction) -> SignedTransaction:
@@ -263,21 +272,16 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
     build = await _prepare(services, parsed)
-    if parsed.nonce is not None:
-        tx = build(nonce=parsed.nonce)
-        signed = await _sign(services, key, tx)
-        return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
     build(nonce=0)  # refused before a nonce is taken
-    ledger = services.ledger
+    ledger, origin = services.ledger, _origin(caller)
+    given = parsed.nonce if services.settings.caller_nonces == "respect" else None
     async with ledger.turn(parsed.sender):
-        slot = await ledger.reserve(parsed.sender, _origin(caller), kind="sign")
+        if given is not None:  # checked against the ledger, as for eth_sendTransaction
+            slot = await ledger.claim(parsed.sender, given, origin, kind="sign")
+        else:
+            slot = await ledger.reserve(parsed.sender, origin, kind="sign")
         tx = build(nonce=slot.nonce)
-        try:
-            signed = await _sign(services, key, tx)
-        except BaseException:
-            await _give_back(services, caller, key, tx, slot, "not signed: the HSM failed")
-            raise
-        await ledger.store(slot, signed)
+        signed = await _sign_and_store(services, caller, key, tx, slot)
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 
@@ -365,7 +369,7 @@ async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
     tx_hash = keccak256(raw)
-    result, node = await services.pool.submit(
+    result, _ = await services.pool.submit(
         request.method,
         list(params),
         "0x" + tx_hash.hex(),
@@ -373,6 +377,10 @@ async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -
         answers_hash=SUBMISSIONS[request.method],
     )
     if request.method == "eth_sendRawTransaction":
-        # Bytes of our own eth_signTransaction arriving: their reservation is settled.
-        await services.ledger.reconcile(tx_hash, node)
+        # Bytes of our own eth_signTransaction arriving: their reservation is settled. Best
+        # effort: the node took them already, and recovery settles by hash in any case.
+        try:
+            await services.ledger.reconcile(tx_hash)
+        except DatabaseUnavailable:
+            log.warning("could not mark %s sent in the ledger", "0x" + tx_hash.hex())
     return result

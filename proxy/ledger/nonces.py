@@ -35,18 +35,27 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from proxy.errors import InvalidParams, RateLimited, ReservationLost
+from proxy.errors import (
+    InvalidParams,
+    NodeError,
+    NoNodeAvailable,
+    RateLimited,
+    ReservationLost,
+    SendOutcomeUnknown,
+)
 from proxy.ledger.metrics import LedgerMetrics
 from proxy.nodes.pool import NodePool
 from proxy.store import BoundedPool
-from signer.base import SignedTransaction, checksum
+from signer.base import AsyncSigner, SignedTransaction, checksum
+from signer.transactions import Transaction, sign_transaction_async
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +110,41 @@ class _Wanted:
     kind: str
     idempotency: Idempotency | None
     answer: asyncio.Future[Slot | None]
+
+
+# A node's refusal that means the nonce is taken on chain or in its pool by another transaction
+# (someone sent from the account outside the proxy): the nonce is not a hole.
+_NONCE_TAKEN = re.compile(r"nonce too low|replacement transaction underpriced|already known|"
+                          r"known transaction|already imported", re.IGNORECASE)  # fmt: skip
+# Refusals that geth, GoQuorum, Besu and anvil give before a transaction enters any pool: its
+# nonce may be given to another transaction. Anything else (a gateway's 5xx, an internal error)
+# may have come after the node took it: the outcome is unknown and only these bytes are resent.
+_DEFINITE = re.compile(
+    r"insufficient funds|intrinsic gas|gas limit|exceeds block gas|transaction underpriced|"
+    r"gas price below|less than block base fee|fee cap less than|max fee per gas less than|"
+    r"priority fee per gas higher than|invalid sender|invalid signature|invalid chain ?id|"
+    r"chain ?id mismatch|only replay-protected|pool is full|txpool is full|nonce too high|"
+    r"nonce too far|exceeds the configured cap|oversized data|init ?code size|"
+    r"transaction type not supported|tx type not supported", re.IGNORECASE)  # fmt: skip
+
+
+def refusal_kind(error: NodeError) -> str:
+    """'taken' (the nonce went to another transaction), 'definite' (refused before any pool:
+    the nonce is free), or 'unknown' (it may have been taken: keep the nonce and these bytes)."""
+    if error.http_status >= 500:
+        return "unknown"
+    if _NONCE_TAKEN.search(error.message):
+        return "taken"
+    if _DEFINITE.search(error.message):
+        return "definite"
+    return "unknown"
+
+
+def fill_transaction(chain_id: int, account: bytes, nonce: int, gas_price: int) -> Transaction:
+    """A 0-value transfer from the account to itself at `nonce`: what closes a hole. Legacy, so
+    that one form is accepted by GoQuorum (no EIP-1559) and fee-market chains alike."""
+    return Transaction(type=0, chain_id=chain_id, nonce=nonce, gas=21000, to=account, value=0,
+                       data=b"", gas_price=gas_price)  # fmt: skip
 
 
 class _Account:
@@ -182,10 +226,13 @@ class Ledger:
         return account.mined, account.pending
 
     async def _read_counts(self, address: bytes, account: _Account) -> None:
+        # From the node the account's transactions go to: its counts are the ones that matter.
         mined, pending = await asyncio.gather(
-            self.pool.call("eth_getTransactionCount", [checksum(address), "latest"]),
-            self.pool.call("eth_getTransactionCount", [checksum(address), "pending"]),
-        )
+            self.pool.call("eth_getTransactionCount", [checksum(address), "latest"],
+                           affinity=address),
+            self.pool.call("eth_getTransactionCount", [checksum(address), "pending"],
+                           affinity=address),
+        )  # fmt: skip
         account.mined = max(account.mined, int(mined, 16))
         account.pending = int(pending, 16)
         account.read_at = time.monotonic()
@@ -398,15 +445,18 @@ class Ledger:
         return None if value is None else int(value)
 
     async def wait_for_hash(self, slot: Slot) -> bytes | None:
-        """An Idempotency-Key's earlier transaction: its hash once it is signed, or None if that
-        request failed meanwhile (its key was given up: this request goes ahead on its own)."""
+        """An Idempotency-Key's earlier transaction: its hash once a node took it (or once the
+        send's outcome is unknown past QSIGNER_READ_TIMEOUT: its bytes will be resent), or None
+        if that request failed meanwhile (its key was given up: this request goes ahead)."""
         deadline = time.monotonic() + self.pool.read_timeout
         while True:
-            if slot.tx_hash is not None and slot.state not in ("reserved", "released"):
+            if slot.state in ("sent", "mined", "replaced") and slot.tx_hash is not None:
                 return slot.tx_hash
             if slot.state == "released":
                 return None
             if time.monotonic() >= deadline:
+                if slot.tx_hash is not None:  # signed, outcome unknown: these bytes or none
+                    return slot.tx_hash
                 raise RateLimited("the first request with this Idempotency-Key is still under "
                                   "way; try again shortly")  # fmt: skip
             await asyncio.sleep(0.05)
@@ -457,9 +507,18 @@ class Ledger:
                     _settle(answer, slot.row_id in stored)
         finally:
             self._writing -= 1
+            if self._sent:  # marks that came while this store ran: the writer takes them
+                self._wake_writer.set()
 
     async def _write(self, batch: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]],
                      sent: list[tuple[int, str]]) -> set[int]:  # fmt: skip
+        try:
+            return await self._write_once(batch, sent)
+        except asyncpg.DeadlockDetectedError:  # with the tracker's marks, rows in another order
+            return await self._write_once(batch, sent)
+
+    async def _write_once(self, batch: list[tuple[Slot, SignedTransaction, asyncio.Future[bool]]],
+                          sent: list[tuple[int, str]]) -> set[int]:  # fmt: skip
         self.metrics.db_round_trips.inc()
         rows = await self.db.fetch(
             """WITH stored AS (
@@ -522,7 +581,8 @@ class Ledger:
                SELECT EXISTS (
                    SELECT 1 FROM ledger_transactions t, released r
                     WHERE t.chain_id = r.chain_id AND t.account = r.account
-                      AND t.nonce > r.nonce AND t.state IN ('signed', 'sent')) AS higher,
+                      AND t.nonce > r.nonce
+                      AND t.state IN ('reserved', 'signed', 'sent')) AS higher,
                       (SELECT count(*) FROM released) AS released""",
             slot.row_id, reason[:500], hole,
         )  # fmt: skip
@@ -531,22 +591,37 @@ class Ledger:
             self.metrics.nonces.labels("released").inc()
         return bool(row["higher"]) and hole
 
-    async def fill(self, address: bytes, origin: Origin,
-                   sign_fill: Callable[[int], Awaitable[SignedTransaction]],
-                   send: Callable[[SignedTransaction], Awaitable[str]]) -> int | None:  # fmt: skip
-        """Fill the lowest hole of `address` with a 0-value self-transfer (signed by
-        `sign_fill(nonce)`, sent with `send`); answers its nonce, or None when no hole was left
-        (another request took it meanwhile: nothing to do)."""
+    async def fill(self, address: bytes, origin: Origin, key: AsyncSigner,
+                   headers: Mapping[str, str] | None = None) -> int | None:  # fmt: skip
+        """Fill the lowest hole of `address` with a 0-value self-transfer at the network's gas
+        price (0 on Quorum), signed with `key`; answers its nonce, or None when no hole was left
+        (another request took it meanwhile). A fill the node refuses for sure is given back, so
+        that the hole is tried again rather than held by bytes no node takes."""
         slot = await self._reserve_hole(address, origin)
         if slot is None:
             return None
         try:
-            signed = await sign_fill(slot.nonce)
+            price = int(await self.pool.call("eth_gasPrice"), 16)
+            signed = await sign_transaction_async(fill_transaction(
+                self.chain_id, address, slot.nonce, price), key)  # fmt: skip
         except BaseException:
-            await self.release(slot, "the fill could not be signed")
+            await self.release(slot, "the fill could not be priced or signed")
             raise
         await self.store(slot, signed)
-        node = await send(signed)
+        try:
+            _, node = await self.pool.submit(
+                "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
+                headers=headers, affinity=address,
+            )  # fmt: skip
+        except NoNodeAvailable as failure:
+            if not isinstance(failure, SendOutcomeUnknown):
+                await self.release(slot, "the fill was not sent: no node available")
+            raise
+        except NodeError as refusal:
+            if refusal_kind(refusal) != "unknown":
+                await self.release(slot, f"the fill was refused: {refusal.message}",
+                                   hole=refusal_kind(refusal) == "definite")  # fmt: skip
+            raise
         self.sent(slot, node)
         self.metrics.nonces.labels("filled").inc()
         log.warning("filled nonce %d of %s with a 0-value self-transfer", slot.nonce,
@@ -567,15 +642,16 @@ class Ledger:
             return None
         return Slot(rows[0]["row_id"], address, rows[0]["nonce"])
 
-    async def reconcile(self, tx_hash: bytes, node: str) -> None:
-        """Bytes from eth_signTransaction arrived through eth_sendRawTransaction: mark them sent."""
+    async def reconcile(self, tx_hash: bytes) -> None:
+        """Bytes from eth_signTransaction arrived through eth_sendRawTransaction: mark them sent
+        (the node is not recorded: a caller's raw send goes to any node)."""
         self.metrics.db_round_trips.inc()
         await self.db.execute(
             """UPDATE ledger_transactions
-                  SET state = 'sent', node = $2, sent_at = now(), updated_at = now(),
+                  SET state = 'sent', sent_at = now(), updated_at = now(),
                       send_attempts = send_attempts + 1
                 WHERE tx_hash = $1 AND state = 'signed'""",
-            tx_hash, node,
+            tx_hash,
         )  # fmt: skip
 
 

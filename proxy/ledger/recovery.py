@@ -40,18 +40,20 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+
+import asyncpg
 
 from proxy.errors import NodeError, NoNodeAvailable, ProxyError, SendOutcomeUnknown
 from proxy.keyring import Keyring
-from proxy.ledger.nonces import Ledger, Origin
-from signer.base import SignedTransaction, checksum
-from signer.transactions import Transaction, sign_transaction_async
+from proxy.ledger.nonces import Ledger, Origin, refusal_kind
+from signer.base import checksum
 
 log = logging.getLogger(__name__)
 
 OPEN = ("reserved", "signed", "sent")
+_TRACKER = b"receipt tracker"  # the affinity of the tracker's reads: all from one node
 RECOVERY = Origin("recovery", None, "")
 
 
@@ -99,26 +101,29 @@ class Recovery:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.tick()
-            except ProxyError as exc:  # the database or the nodes: try again next time
-                log.warning("ledger recovery: %s", exc)
-            except Exception:
-                log.exception("ledger recovery failed")
+            await self._part("recovery", self.tick())
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> None:
+        """One round of every part; a part that fails is logged and stops no other part."""
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + 60
-            await self.ledger.expire_keys()
-        await self._track()
+            await self._part("expiring Idempotency-Keys", self.ledger.expire_keys())
+        await self._part("tracking receipts", self._track())
         for row in await self._lease_accounts():
-            try:
-                await self._recover(row["account"], row["lease_token"])
-            except _LeaseLost:
-                continue
-            except (ProxyError, NodeError) as exc:
-                log.warning("ledger recovery of %s: %s", checksum(row["account"]), exc)
+            await self._part(f"recovery of {checksum(row['account'])}",
+                             self._recover(row["account"], row["lease_token"]))  # fmt: skip
+        await self._part("filling holes", self._fill_known_holes())
+
+    async def _part(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except _LeaseLost:
+            pass
+        except ProxyError as exc:  # the database or the nodes: try again next time
+            log.warning("ledger %s: %s", what, exc)
+        except Exception:
+            log.exception("ledger %s failed", what)
 
     # -- leases ------------------------------------------------------------------------
 
@@ -205,7 +210,7 @@ class Recovery:
     async def _settle_below(self, account: bytes, token: int, rows: list[Any]) -> None:
         for row in rows:
             if row["state"] == "reserved":
-                await self._set_state(account, token, row["id"], "released",
+                await self._set_state(account, token, row["id"], "reserved", "released",
                                       "the chain used this nonce")  # fmt: skip
                 continue
             receipt = await self.ledger.pool.call(
@@ -225,6 +230,7 @@ class Recovery:
                     account,
                     token,
                     row["id"],
+                    row["state"],
                     "released",
                     "the chain used this nonce for another transaction",
                 )
@@ -234,7 +240,7 @@ class Recovery:
             if row["state"] == "reserved" and row["stale"]:
                 log.warning("nonce %d of %s was reserved and never stored (a replica died?): "
                             "given back", row["nonce"], checksum(account))  # fmt: skip
-                await self._set_state(account, token, row["id"], "released",
+                await self._set_state(account, token, row["id"], "reserved", "released",
                                       "reserved and never stored", hole=True)  # fmt: skip
 
     async def _resend(self, account: bytes, token: int, rows: list[Any]) -> None:
@@ -257,9 +263,19 @@ class Recovery:
             except (SendOutcomeUnknown, NoNodeAvailable):
                 return  # next time
             except NodeError as refusal:
-                # Mined meanwhile ("nonce too low" on a hash the node does not hold): rule 2
-                # settles it next time, from the receipt.
                 log.warning("resending %s: %s", tx_hash, refusal.message)
+                if refusal_kind(refusal) == "definite":  # dropped, and now refused for sure
+                    await self._set_state(
+                        account,
+                        token,
+                        row["id"],
+                        row["state"],
+                        "released",
+                        f"refused when resent: {refusal.message}",
+                        hole=True,
+                    )
+                # "taken" (mined meanwhile, or another transaction has the nonce): rule 2
+                # settles it from the receipt once the count passes it.
                 continue
             self.ledger.metrics.resent.inc()
             async with self._fenced(account, token) as conn:
@@ -288,7 +304,7 @@ class Recovery:
             log.warning("%s (eth_signTransaction, nonce %d of %s) never appeared within "
                         "QSIGNER_SIGNED_TX_TIMEOUT: its nonce will be filled", tx_hash,
                         row["nonce"], checksum(account))  # fmt: skip
-            await self._set_state(account, token, row["id"], "replaced",
+            await self._set_state(account, token, row["id"], "signed", "replaced",
                                   "signed and never sent within QSIGNER_SIGNED_TX_TIMEOUT",
                                   hole=True)  # fmt: skip
 
@@ -349,37 +365,43 @@ class Recovery:
     async def _fill(self, account: bytes, holes: int) -> None:
         key = self.keyring.known(account)
         if key is None:
-            log.warning("%s has %d nonce hole(s) below transactions in flight; the account's "
-                        "next request takes them (no caller has opened its key here)",
-                        checksum(account), holes)  # fmt: skip
+            log.warning("%s has %d nonce hole(s) below transactions in flight; a replica where "
+                        "a caller opened its key fills them, or the account's next request "
+                        "takes them", checksum(account), holes)  # fmt: skip
             return
-        price = int(await self.ledger.pool.call("eth_gasPrice"), 16)
-
-        async def sign_fill(nonce: int) -> SignedTransaction:
-            tx = Transaction(type=0, chain_id=self.ledger.chain_id, nonce=nonce, gas=21000,
-                             to=account, value=0, data=b"", gas_price=price)  # fmt: skip
-            return await sign_transaction_async(tx, key)
-
-        async def send_fill(signed: SignedTransaction) -> str:
-            _, node = await self.ledger.pool.submit(
-                "eth_sendRawTransaction", ["0x" + signed.raw.hex()], "0x" + signed.hash.hex(),
-                affinity=account)  # fmt: skip
-            return node
-
         for _ in range(holes):
-            if await self.ledger.fill(account, RECOVERY, sign_fill, send_fill) is None:
+            if await self.ledger.fill(account, RECOVERY, key) is None:
                 return
 
-    async def _set_state(self, account: bytes, token: int, row_id: int, state: str,
+    async def _fill_known_holes(self) -> None:
+        """Holes below a transaction in flight, of accounts whose key a caller opened in this
+        replica, whichever replica holds their lease (filling takes a hole atomically, so any
+        replica may)."""
+        rows = await self.db.fetch(
+            """SELECT h.account, count(*) AS holes FROM ledger_holes h
+                WHERE h.chain_id = $1 AND EXISTS (
+                      SELECT 1 FROM ledger_transactions t
+                       WHERE t.chain_id = h.chain_id AND t.account = h.account
+                         AND t.nonce > h.nonce AND t.state IN ('signed', 'sent'))
+                GROUP BY h.account""",
+            self.ledger.chain_id,
+        )  # fmt: skip
+        for row in rows:
+            if self.keyring.known(row["account"]) is not None:
+                await self._fill(row["account"], row["holes"])
+
+    async def _set_state(self, account: bytes, token: int, row_id: int, seen: str, state: str,
                          reason: str, *, hole: bool = False) -> None:  # fmt: skip
+        """Move a row on from the state this round `seen` it in, only if it is still there: a
+        reservation stored and sent meanwhile, or bytes sent meanwhile, are left alone."""
         async with self._fenced(account, token) as conn:
             changed = await conn.fetchrow(
                 """UPDATE ledger_transactions
                       SET state = $2, reason = $3, idem_key = NULL, idem_user = NULL,
                           updated_at = now()
-                    WHERE id = $1 AND state IN ('reserved', 'signed', 'sent')
+                    WHERE id = $1 AND state = $4
                 RETURNING chain_id, account, nonce""",
-                row_id, state, reason,
+                row_id, state, reason, seen,
             )  # fmt: skip
             if changed is not None and hole:
                 await conn.execute(
@@ -406,10 +428,12 @@ class Recovery:
         if lease is None:
             return
         pool = self.ledger.pool
-        head = int(await pool.call("eth_blockNumber"), 16)
+        head = int(await pool.call("eth_blockNumber", affinity=_TRACKER), 16)
         cursor = lease["cursor"] if lease["cursor"] is not None else head - 1
         for number in range(cursor + 1, min(head, cursor + 20) + 1):
             mined = await self._receipts_of(number)
+            if mined is None:
+                return  # the node has not got that block after all: next time
             if mined:
                 await self._mark_mined(mined)
             done = await self.db.fetchval(
@@ -418,34 +442,55 @@ class Recovery:
             if done is None:
                 return  # another replica took the tracking over
 
-    async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int]]:
-        """(hash, block, status) of the transactions mined in block `number`: one call where
-        the node has eth_getBlockReceipts, else one receipt per transaction of ours in it."""
+    async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int]] | None:
+        """(hash, block, status) of the transactions mined in block `number` (None while the
+        node does not have the block): one call where the node has eth_getBlockReceipts, else
+        one receipt per transaction of ours in it. Every read goes to one node (affinity)."""
         pool = self.ledger.pool
         if self._block_receipts:
             try:
-                receipts = await pool.call("eth_getBlockReceipts", [hex(number)])
-            except NodeError:  # GoQuorum (geth 1.10 base) has no eth_getBlockReceipts
-                self._block_receipts = False
+                receipts = await pool.call("eth_getBlockReceipts", [hex(number)],
+                                           affinity=_TRACKER)  # fmt: skip
+            except NodeError as error:
+                if error.code != -32601 and "not" not in error.message.lower():
+                    raise
+                self._block_receipts = False  # GoQuorum (geth 1.10 base) has none
             else:
+                if receipts is None:
+                    return None
                 return [(bytes.fromhex(r["transactionHash"][2:]), number, _status(r))
-                        for r in receipts or ()]  # fmt: skip
-        block = await pool.call("eth_getBlockByNumber", [hex(number), False])
-        hashes = [bytes.fromhex(h[2:]) for h in (block or {}).get("transactions", [])]
+                        for r in receipts]  # fmt: skip
+        block = await pool.call("eth_getBlockByNumber", [hex(number), False], affinity=_TRACKER)
+        if block is None:
+            return None
+        hashes = [bytes.fromhex(h[2:]) for h in block.get("transactions", [])]
         if not hashes:
             return []
         ours = await self.db.fetch(
             "SELECT tx_hash FROM ledger_transactions WHERE tx_hash = ANY($1::bytea[]) "
             "AND state IN ('signed', 'sent')", hashes)  # fmt: skip
         found = await asyncio.gather(*(
-            pool.call("eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()])
+            pool.call("eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()],
+                      affinity=_TRACKER)
             for row in ours))  # fmt: skip
         return [(row["tx_hash"], number, _status(receipt))
                 for row, receipt in zip(ours, found, strict=True)
                 if isinstance(receipt, dict)]  # fmt: skip
 
     async def _mark_mined(self, mined: list[tuple[bytes, int, int]]) -> None:
-        rows = await self.db.fetch(
+        try:
+            rows = await self._mined_rows(mined)
+        except asyncpg.DeadlockDetectedError:  # with a store's sent marks, in another order
+            rows = await self._mined_rows(mined)
+        top: dict[bytes, int] = {}
+        for row in rows:
+            self.ledger.metrics.request_to_mined.observe(float(row["age"]))
+            top[row["account"]] = max(top.get(row["account"], 0), row["nonce"] + 1)
+        for account, count in top.items():
+            self.ledger.saw_mined(account, count)
+
+    async def _mined_rows(self, mined: list[tuple[bytes, int, int]]) -> list[Any]:
+        rows: list[Any] = await self.db.fetch(
             """UPDATE ledger_transactions t
                   SET state = 'mined', block_number = u.block, receipt_status = u.status,
                       mined_at = now(), updated_at = now()
@@ -454,12 +499,7 @@ class Recovery:
             RETURNING t.account, t.nonce, extract(epoch FROM now() - t.created_at) AS age""",
             [m[0] for m in mined], [m[1] for m in mined], [m[2] for m in mined],
         )  # fmt: skip
-        top: dict[bytes, int] = {}
-        for row in rows:
-            self.ledger.metrics.request_to_mined.observe(float(row["age"]))
-            top[row["account"]] = max(top.get(row["account"], 0), row["nonce"] + 1)
-        for account, count in top.items():
-            self.ledger.saw_mined(account, count)
+        return rows
 
 
 def _status(receipt: Any) -> int:

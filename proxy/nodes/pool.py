@@ -152,19 +152,26 @@ class NodePool:
         return sum(node.healthy for node in self._nodes)
 
     async def call(
-        self, method: str, params: Any = None, *, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        affinity: bytes | None = None,
     ) -> Any:
         """One JSON-RPC request to a healthy node; a transport failure is retried once elsewhere.
 
         Reads only: a retried submission could be one that reached the first node (`send`).
         A read that outlasts the read timeout fails for its caller alone (NodeTimeout), as does
         an answer over the size cap (NodeAnswerTooLarge): the node stays in rotation and the
-        read is not tried elsewhere, where it would fare the same.
+        read is not tried elsewhere, where it would fare the same. With `affinity`, the read
+        goes where `submit` sends that sender's transactions (while that node is healthy), so
+        that reads that must agree with each other come from one node.
         """
         tried: list[_Node] = []
         busy = False
         for _attempt in range(2):
-            node = self._pick(tried)
+            node = self._pick(tried, affinity)
             if node is None:
                 break
             tried.append(node)
