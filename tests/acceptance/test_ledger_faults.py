@@ -502,3 +502,33 @@ async def test_signed_but_never_sent_is_filled(team: Team, tmp_path: Path) -> No
             lambda: f"(nonce, kind, state) seen: {sorted(kinds)}",
         )
     print(f"signed, never sent: the next transaction mined {took:.1f} s after it was accepted")
+
+
+async def test_signed_then_sent_elsewhere_is_reconciled(team: Team, tmp_path: Path) -> None:
+    """Bytes from eth_signTransaction sent straight to a node, not through the proxy: once mined,
+    the reservation is theirs (never filled, even after QSIGNER_SIGNED_TX_TIMEOUT)."""
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    with replicas(team.env(SIGNED_TX_TIMEOUT="3"), 1, tmp_path) as group:
+        url = group.urls[0]
+        headers = team.headers("user4")
+        async with aiohttp.ClientSession() as session:
+            signed = await call(session, url, headers, "eth_signTransaction",
+                                [{"from": address, "to": RECIPIENT, "value": hex(41)}])  # fmt: skip
+            assert signed.ok, signed.describe()
+            raw = str(signed.result["raw"])
+            tx_hash = await asyncio.to_thread(chain.rpc, "eth_sendRawTransaction", [raw])
+            assert str(tx_hash).lower() == "0x" + keccak(bytes.fromhex(raw[2:])).hex()
+            await mined(chain, {str(tx_hash).lower()}, timeout=10)
+            await asyncio.sleep(4.5)  # past QSIGNER_SIGNED_TX_TIMEOUT, and a recovery tick
+            after = await send(session, url, team, address, 42, user="user4")
+            assert after.ok, after.describe()
+            await mined(chain, {str(after.result).lower()}, timeout=6)
+        await settled(chain, team.database_url, timeout=10)
+        history = chain.check()
+        assert [tx.hash for tx in history] == [str(tx_hash).lower(), str(after.result).lower()]
+        rows = await ledger_rows(team.database_url, address)
+        assert not [row for row in rows if row["kind"] == "fill"], rows
+        live = {(row["nonce"], row["kind"]) for row in rows
+                if row["state"] not in ("released", "replaced")}  # fmt: skip
+        assert live == {(0, "sign"), (1, "send")}, rows
