@@ -276,12 +276,19 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     ledger, origin = services.ledger, _origin(caller)
     given = parsed.nonce if services.settings.caller_nonces == "respect" else None
     async with ledger.turn(parsed.sender):
-        if given is not None:  # checked against the ledger, as for eth_sendTransaction
-            slot = await ledger.claim(parsed.sender, given, origin, kind="sign")
+        if given is not None:  # a nonce the proxy used is refused, as for eth_sendTransaction
+            slot = await ledger.claim(parsed.sender, given, origin, kind="sign",
+                                      unrecorded_ahead=True)  # fmt: skip
         else:
             slot = await ledger.reserve(parsed.sender, origin, kind="sign")
-        tx = build(nonce=slot.nonce)
-        signed = await _sign_and_store(services, caller, key, tx, slot)
+        if slot is None:
+            # Ahead of the ledger: signed as given (a node would queue it), and not recorded;
+            # sending it before the nonces below it are used is the caller's choice.
+            tx = build(nonce=given)
+            signed = await _sign(services, key, tx)
+        else:
+            tx = build(nonce=slot.nonce)
+            signed = await _sign_and_store(services, caller, key, tx, slot)
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 

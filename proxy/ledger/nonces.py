@@ -37,6 +37,7 @@ import json
 import logging
 import re
 import time
+import typing
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -367,11 +368,24 @@ class Ledger:
                 self.metrics.nonces.labels("reused" if row["reused"] else "allocated").inc()
         return slots
 
+    @typing.overload
+    async def claim(self, address: bytes, nonce: int, origin: Origin, *, kind: str = ...,
+                    idempotency: Idempotency | None = ...,
+                    unrecorded_ahead: typing.Literal[False] = ...) -> Slot: ...  # fmt: skip
+
+    @typing.overload
+    async def claim(self, address: bytes, nonce: int, origin: Origin, *, kind: str = ...,
+                    idempotency: Idempotency | None = ...,
+                    unrecorded_ahead: bool) -> Slot | None: ...  # fmt: skip
+
     async def claim(self, address: bytes, nonce: int, origin: Origin, *, kind: str = "send",
-                    idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
+                    idempotency: Idempotency | None = None,
+                    unrecorded_ahead: bool = False) -> Slot | None:  # fmt: skip
         """The nonce the caller chose (QSIGNER_CALLER_NONCES=respect), if no transaction the
         proxy made holds it, and if it leaves no gap. With an Idempotency-Key already used for
-        this very request, that request's row (`existing`) instead of a refusal."""
+        this very request, that request's row (`existing`) instead of a refusal. With
+        `unrecorded_ahead`, a nonce ahead of the ledger answers None (nothing recorded) instead
+        of a refusal: eth_signTransaction signs such a nonce as given."""
         mined, pending = await self.chain_counts(address)
         self.metrics.db_round_trips.inc()
         try:
@@ -396,6 +410,8 @@ class Ledger:
                 f"(next: {row['next_nonce']})"
             )
         if row["outcome"] == "ahead":
+            if unrecorded_ahead:
+                return None
             raise InvalidParams(
                 f"nonce {nonce} of {checksum(address)} is ahead of the account's next nonce "
                 f"{row['next_nonce']}: the nonces in between would be a gap that holds up every "

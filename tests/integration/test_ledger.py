@@ -251,3 +251,19 @@ async def test_an_idempotency_key_with_a_caller_nonce_answers_the_first_transact
         assert other["error"]["code"] == -32602 and "Idempotency-Key" in other["error"]["message"]
         await proxy.wait_mined(1)
         assert len(await proxy.rows()) == 1
+
+
+async def test_sign_transaction_refuses_a_nonce_the_proxy_used_and_signs_one_ahead(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module) as proxy:
+        await proxy.result(
+            "eth_sendTransaction",
+            [{"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x1"}],
+        )
+        tx = {"from": proxy.stack.address, "to": proxy.stack.address, "value": "0x5"}
+        _, used = await proxy.call("eth_signTransaction", [{**tx, "nonce": "0x0"}])
+        assert used["error"]["code"] == -32602 and "already used" in used["error"]["message"]
+        ahead = await proxy.result("eth_signTransaction", [{**tx, "nonce": "0x9"}])
+        assert ahead["tx"]["nonce"] == "0x9"
+        assert len(await proxy.rows()) == 1  # the nonce ahead is not recorded
