@@ -91,8 +91,10 @@ async def test_database_frozen_stopped_and_back_under_load(
         "newcomer": {},
     }
     expected = {"newcomer": 401}
-    unsigned = {"from": stack.address, "to": stack.address, "nonce": "0x0", "gas": "0x5208",
-                "gasPrice": "0x0"}  # fmt: skip
+    # A nonce far ahead of the ledger: checked against it (the database) on every request, and
+    # signed as given without being recorded, so that the same request can repeat all along.
+    unsigned = {"from": stack.address, "to": stack.address, "nonce": "0x100000",
+                "gas": "0x5208", "gasPrice": "0x0"}  # fmt: skip
 
     # Failed authentications are not throttled here: the newcomer fails on purpose.
     async with in_process(replace(stack.settings, auth_failure_rate=0)) as (url, session):
