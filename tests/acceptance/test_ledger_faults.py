@@ -532,3 +532,50 @@ async def test_signed_then_sent_elsewhere_is_reconciled(team: Team, tmp_path: Pa
         live = {(row["nonce"], row["kind"]) for row in rows
                 if row["state"] not in ("released", "replaced")}  # fmt: skip
         assert live == {(0, "sign"), (1, "send")}, rows
+
+
+@pytest.fixture
+def own_chain(postgres: str, tmp_path: Path) -> Iterator[Team]:
+    """A team with a chain and database of its own, for a test that turns the chain back."""
+    with ledger_team(postgres, tmp_path / "team", users=2) as built:
+        yield built
+
+
+async def test_the_node_is_reset_behind_the_ledger(own_chain: Team, tmp_path: Path) -> None:
+    """A dev chain reset under the proxy (anvil's evm_revert to before the account's first
+    transactions): the ledger is ahead of the chain (issue 14's recovery: "rewinds or fills when
+    the ledger is ahead of the chain (a node reset)"), so that the account's next transaction
+    is mined."""
+    team = own_chain
+    address = await team.new_account()
+    chain = Chain(team.node_url, address)
+    snapshot = await asyncio.to_thread(chain.rpc, "evm_snapshot", [])
+    with replicas(team.env(RESEND_SECONDS="2"), 1, tmp_path / "serve") as group:
+        url = group.urls[0]
+        async with aiohttp.ClientSession() as session:
+            first = [await send(session, url, team, address, value) for value in (1, 2, 3)]
+            assert all(reply.ok for reply in first), [reply.describe() for reply in first]
+            await mined(chain, {str(reply.result).lower() for reply in first}, timeout=10)
+            await asyncio.sleep(1.5)  # the ledger marks them mined
+            assert await asyncio.to_thread(chain.rpc, "evm_revert", [snapshot])
+            assert chain.count() == 0
+            after = await send(session, url, team, address, 4)
+            assert after.ok, after.describe()
+            try:
+                took = await mined(chain, {str(after.result).lower()}, timeout=15)
+            except AssertionError as exc:
+                rows = await ledger_rows(team.database_url, address)
+                seen = [(row["nonce"], row["state"], row["kind"]) for row in rows]
+                next_nonce = await ledger_next_nonce(team.database_url, address)
+                raise AssertionError(
+                    f"{exc}; ledger rows {seen}, next nonce {next_nonce}, node "
+                    f"count {chain.count()}"
+                ) from None
+        await settled(chain, team.database_url, timeout=10)
+    chain = Chain(team.node_url, address)  # the blocks read before the reset are gone
+    history = chain.check()
+    assert history[-1].hash == str(after.result).lower()
+    print(
+        f"node reset: the next transaction mined in {took:.1f} s, at nonce "
+        f"{history[-1].nonce} ({len(history) - 1} before it)"
+    )
