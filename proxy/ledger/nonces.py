@@ -155,7 +155,7 @@ class _Account:
         self.mined = 0  # the chain's mined transaction count, as last read
         self.pending = 0  # the node's pending count, as last read (a hint)
         self.read_at = float("-inf")
-        self.reading: asyncio.Future[None] | None = None
+        self.reading: asyncio.Future[tuple[int, int]] | None = None
         self.queue: list[_Wanted] = []
         self.flushing = 0  # reservation statements under way
         self.waiting = 0  # requests in turn(): in the pipeline or waiting for a place
@@ -213,20 +213,21 @@ class Ledger:
 
     async def chain_counts(self, address: bytes, *, fresh: bool = False) -> tuple[int, int]:
         """(mined, pending) transaction counts of `address` on the nodes, read at most once per
-        `counts_max_age` seconds by this replica (one read serves every request waiting)."""
+        `counts_max_age` seconds by this replica (one read serves every request waiting). A
+        read answers the node's own counts; between reads, the highest mined count seen."""
         account = self._account(address)
         if fresh or time.monotonic() - account.read_at > self._counts_max_age:
             if account.reading is None:
                 account.reading = asyncio.ensure_future(self._read_counts(address, account))
             reading = account.reading
             try:
-                await asyncio.shield(reading)
+                return await asyncio.shield(reading)
             finally:
                 if reading.done() and account.reading is reading:
                     account.reading = None
         return account.mined, account.pending
 
-    async def _read_counts(self, address: bytes, account: _Account) -> None:
+    async def _read_counts(self, address: bytes, account: _Account) -> tuple[int, int]:
         # From the node the account's transactions go to: its counts are the ones that matter.
         mined, pending = await asyncio.gather(
             self.pool.call("eth_getTransactionCount", [checksum(address), "latest"],
@@ -237,6 +238,13 @@ class Ledger:
         account.mined = max(account.mined, int(mined, 16))
         account.pending = int(pending, 16)
         account.read_at = time.monotonic()
+        return int(mined, 16), account.pending
+
+    def reset_counts(self, address: bytes, mined: int) -> None:
+        """The node went back (a reset): forget the higher mined count seen before."""
+        account = self._account(address)
+        account.mined = mined
+        account.read_at = float("-inf")
 
     def saw_mined(self, address: bytes, mined: int) -> None:
         """The tracker or recovery read the chain's mined count: waiting requests may have room."""

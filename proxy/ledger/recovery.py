@@ -23,8 +23,11 @@ for each account it holds, with M the chain's *mined* count (the pending count i
 7. Holes below a live transaction are filled with a 0-value self-transfer, signed with the
    account's key if a caller's credentials opened it in this process (recovery holds no PIN);
    otherwise the account's next request takes the hole.
-8. Rewind: the ledger is ahead of the chain with nothing live above M (a node reset, or every
-   nonce above M given back): next nonce := M, holes above it dropped.
+8. Rewind: the ledger is ahead of the chain with nothing live above M (every nonce above M
+   given back): next nonce := M, holes above it dropped.
+9. Node reset: transactions the ledger saw mined at or above M whose receipts the node no
+   longer has (a dev chain reverted, a node resynced) go back to `sent` and are sent again, the
+   same bytes in nonce order (rule 4), so the account's later transactions are not stuck.
 
 Tracking (receipts): one replica at a time (a lease row in `ledger_leases`, with the block it
 has reached) reads each new block's receipts and marks the ledger's transactions in it mined,
@@ -168,6 +171,7 @@ class Recovery:
     async def _recover(self, account: bytes, token: int) -> None:
         ledger, chain_id = self.ledger, self.ledger.chain_id
         mined, _ = await ledger.chain_counts(account, fresh=True)
+        mined = await self._undo_reset(account, token, mined)  # rule 9
         ledger.saw_mined(account, mined)
         async with self._fenced(account, token) as conn:
             next_nonce = await conn.fetchval(
@@ -206,6 +210,43 @@ class Recovery:
         ledger.metrics.unmined.labels(checksum(account)).set(
             sum(row["state"] == "sent" for row in above)
         )
+
+    async def _undo_reset(self, account: bytes, token: int, mined: int) -> int:
+        """Rule 9: transactions the ledger saw mined at or above the node's mined count, whose
+        receipts the node no longer has, were lost by a node reset (a dev chain reverted, a
+        node resynced from scratch): they go back to `sent`, due at once, so that rule 4 sends
+        the very same bytes again in nonce order. A node merely behind still has the receipts:
+        nothing changes. Answers the mined count to go on with."""
+        chain_id = self.ledger.chain_id
+        lost = await self.db.fetch(
+            """SELECT id, nonce, tx_hash FROM ledger_transactions
+                WHERE chain_id = $1 AND account = $2 AND state = 'mined' AND nonce >= $3
+                ORDER BY nonce DESC""",
+            chain_id, account, mined,
+        )  # fmt: skip
+        if not lost:
+            return mined
+        receipt = await self.ledger.pool.call(
+            "eth_getTransactionReceipt", ["0x" + lost[0]["tx_hash"].hex()], affinity=account
+        )
+        if receipt:
+            return mined  # behind, not reset: the tracker's view is ahead of this node's
+        log.warning("the node lost %d mined transactions of %s (a reset?): sending them again",
+                    len(lost), checksum(account))  # fmt: skip
+        async with self._fenced(account, token) as conn:
+            await conn.execute(
+                """UPDATE ledger_transactions
+                      SET state = 'sent', block_number = NULL, receipt_status = NULL,
+                          mined_at = NULL, sent_at = now() - make_interval(secs => $2),
+                          updated_at = now()
+                    WHERE id = ANY($1::bigint[]) AND state = 'mined'""",
+                [row["id"] for row in lost], float(self.resend_after) + 1,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE ledger_accounts SET mined_count = $3 WHERE chain_id = $1 AND account = $2",
+                chain_id, account, mined)  # fmt: skip
+        self.ledger.reset_counts(account, mined)
+        return mined
 
     async def _settle_below(self, account: bytes, token: int, rows: list[Any]) -> None:
         for row in rows:

@@ -78,6 +78,22 @@ CREATE TABLE ledger_holes (
     PRIMARY KEY (chain_id, account, nonce)
 );
 
+-- The account's row, created at its first use and locked until the calling statement's
+-- transaction ends (every allocation takes this lock first: they run one at a time per account).
+-- The chain's counts move it forward, never back.
+CREATE FUNCTION ledger_lock_account(p_chain bigint, p_account bytea, p_floor bigint,
+                                    p_start bigint)
+RETURNS TABLE (next_nonce bigint, mined_count bigint)
+LANGUAGE sql AS $$
+    INSERT INTO ledger_accounts AS a (chain_id, account, next_nonce, mined_count)
+        VALUES (p_chain, p_account, greatest(p_floor, p_start), p_floor)
+        ON CONFLICT (chain_id, account) DO UPDATE
+            SET next_nonce = greatest(a.next_nonce, excluded.next_nonce),
+                mined_count = greatest(a.mined_count, excluded.mined_count),
+                updated_at = now()
+        RETURNING a.next_nonce, a.mined_count;
+$$;
+
 -- Allocation in one statement: the account row is locked for the length of this call only (never
 -- across a node or HSM call). Takes holes at or above the chain's mined count first, then fresh
 -- nonces, at most `p_room` in flight beyond the mined count; inserts one `reserved` row per
@@ -97,13 +113,8 @@ DECLARE
     v_found record;
     v_count integer := coalesce(array_length(p_users, 1), 0);
 BEGIN
-    INSERT INTO ledger_accounts AS a (chain_id, account, next_nonce, mined_count)
-        VALUES (p_chain, p_account, greatest(p_floor, p_start), p_floor)
-        ON CONFLICT (chain_id, account) DO UPDATE
-            SET next_nonce = greatest(a.next_nonce, excluded.next_nonce),
-                mined_count = greatest(a.mined_count, excluded.mined_count),
-                updated_at = now()
-        RETURNING a.next_nonce, a.mined_count INTO v_next, v_floor;
+    SELECT l.next_nonce, l.mined_count INTO v_next, v_floor
+        FROM ledger_lock_account(p_chain, p_account, p_floor, p_start) AS l;
     -- Holes below what the chain has mined were used by someone else: forget them.
     DELETE FROM ledger_holes h
         WHERE h.chain_id = p_chain AND h.account = p_account AND h.nonce < v_floor;
@@ -168,13 +179,8 @@ DECLARE
     v_next bigint;
     v_floor bigint;
 BEGIN
-    INSERT INTO ledger_accounts AS a (chain_id, account, next_nonce, mined_count)
-        VALUES (p_chain, p_account, greatest(p_floor, p_start), p_floor)
-        ON CONFLICT (chain_id, account) DO UPDATE
-            SET next_nonce = greatest(a.next_nonce, excluded.next_nonce),
-                mined_count = greatest(a.mined_count, excluded.mined_count),
-                updated_at = now()
-        RETURNING a.next_nonce, a.mined_count INTO v_next, v_floor;
+    SELECT l.next_nonce, l.mined_count INTO v_next, v_floor
+        FROM ledger_lock_account(p_chain, p_account, p_floor, p_start) AS l;
     IF EXISTS (SELECT 1 FROM ledger_transactions t
                WHERE t.chain_id = p_chain AND t.account = p_account AND t.nonce = p_nonce
                  AND t.state NOT IN ('released', 'replaced')) THEN

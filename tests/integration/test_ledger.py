@@ -267,3 +267,22 @@ async def test_sign_transaction_refuses_a_nonce_the_proxy_used_and_signs_one_ahe
         ahead = await proxy.result("eth_signTransaction", [{**tx, "nonce": "0x9"}])
         assert ahead["tx"]["nonce"] == "0x9"
         assert len(await proxy.rows()) == 1  # the nonce ahead is not recorded
+
+
+async def test_after_a_node_reset_the_lost_transactions_are_sent_again(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    async with ledgered(anvil, database_url, softhsm_module, resend_seconds=2) as proxy:
+        snapshot = await _rpc(anvil, "evm_snapshot", [])
+        sent = [(await proxy.send())[1]["result"] for _ in range(3)]
+        await proxy.wait_mined(3)
+        for _ in range(50):  # the tracker marks them mined
+            if all(row["state"] == "mined" for row in await proxy.rows()):
+                break
+            await asyncio.sleep(0.1)
+        assert await _rpc(anvil, "evm_revert", [snapshot])
+        assert await proxy.mined() == 0
+        _, after = await proxy.send()  # nonce 3, behind three lost transactions
+        await proxy.wait_mined(4, seconds=20)
+        for tx_hash in [*sent, after["result"]]:  # the same bytes, mined again
+            assert (await _rpc(anvil, "eth_getTransactionReceipt", [tx_hash]))["status"] == "0x1"
