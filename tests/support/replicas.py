@@ -24,7 +24,8 @@ class Replica:
     def __init__(self, index: int, env: dict[str, str], log_path: Path) -> None:
         self.index = index
         self.port = free_port()
-        self.env = {**env, "QSIGNER_LISTEN": f"127.0.0.1:{self.port}"}
+        # PYTHONFAULTHANDLER: a replica that will not stop is shown, not just killed
+        self.env = {"PYTHONFAULTHANDLER": "1", **env, "QSIGNER_LISTEN": f"127.0.0.1:{self.port}"}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -70,8 +71,13 @@ class Replica:
         try:
             self.process.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            # With PYTHONFAULTHANDLER set, SIGABRT writes every thread's stack to the log first.
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             return False
         return True
 
@@ -168,5 +174,6 @@ def replicas(env: dict[str, str], count: int, directory: Path,
         raise
     group.stop()
     assert not group.forced, (
-        f"replica(s) {group.forced} did not stop within 20 s of SIGINT (Ctrl-C): killed"
+        f"replica(s) {group.forced} did not stop within 20 s of SIGINT (Ctrl-C): killed; their "
+        f"stacks at the end of {[str(group[i].log_path) for i in group.forced]}"
     )
