@@ -38,7 +38,7 @@ import logging
 import re
 import time
 import typing
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,10 +106,16 @@ class Slot:
 
 
 @dataclass
-class _Wanted:
+class _Ask:
+    """What one reservation is for: kept on its row."""
+
     origin: Origin
     kind: str
     idempotency: Idempotency | None
+
+
+@dataclass
+class _Wanted(_Ask):
     answer: asyncio.Future[Slot | None]
 
 
@@ -350,12 +356,14 @@ class Ledger:
         finally:
             account.flushing -= 1
 
-    async def _reserve_rows(self, address: bytes, account: _Account,
-                            batch: list[_Wanted]) -> list[Slot | None]:  # fmt: skip
+    async def _reserve_rows(self, address: bytes, account: _Account, batch: Sequence[_Ask],
+                            room: int = _UNBOUNDED) -> list[Slot | None]:  # fmt: skip
+        """One ledger_reserve statement for `batch`: a slot each, None where it got no nonce
+        (with `room` 0, where no hole was left)."""
         self.metrics.db_round_trips.inc()
         rows = await self.db.fetch(
             "SELECT * FROM ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            self.chain_id, address, account.mined, account.pending, _UNBOUNDED,
+            self.chain_id, address, account.mined, account.pending, room,
             [w.origin.user_id for w in batch], [w.origin.org_id for w in batch],
             [w.origin.request_id for w in batch], [w.kind for w in batch],
             [w.idempotency.key if w.idempotency else None for w in batch],
@@ -655,18 +663,11 @@ class Ledger:
         return slot.nonce
 
     async def _reserve_hole(self, address: bytes, origin: Origin) -> Slot | None:
-        account = self._account(address)
+        """The account's lowest hole for a fill (room 0: never a fresh nonce), or None."""
         await self.chain_counts(address)
-        self.metrics.db_round_trips.inc()
-        rows = await self.db.fetch(
-            "SELECT * FROM ledger_reserve($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11)",
-            self.chain_id, address, account.mined, account.pending, [origin.user_id],
-            [origin.org_id], [origin.request_id], ["fill"], [None], [None],
-            float(self.idempotency_ttl),
-        )  # fmt: skip
-        if not rows:
-            return None
-        return Slot(rows[0]["row_id"], address, rows[0]["nonce"])
+        (slot,) = await self._reserve_rows(address, self._account(address),
+                                           [_Ask(origin, "fill", None)], room=0)  # fmt: skip
+        return slot
 
     async def reconcile(self, tx_hash: bytes) -> None:
         """Bytes from eth_signTransaction arrived through eth_sendRawTransaction: mark them sent

@@ -55,7 +55,6 @@ from signer.base import checksum
 
 log = logging.getLogger(__name__)
 
-OPEN = ("reserved", "signed", "sent")
 _TRACKER = b"receipt tracker"  # the affinity of the tracker's reads: all from one node
 RECOVERY = Origin("recovery", None, "")
 
