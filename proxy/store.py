@@ -98,6 +98,9 @@ UNREACHABLE = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidCatalogNameError,
+    # A connection whose server went away while it sat idle in the pool (the server's FATAL
+    # arrived unasked): asyncpg's protocol is left mid-state and refuses the next statement.
+    asyncpg.exceptions.InternalClientError,
 )  # fmt: skip
 
 
@@ -117,12 +120,14 @@ class BoundedPool:
         with _unavailable_on_failure():
             # The acquire timeout also bounds giving the connection back (asyncpg applies it).
             async with self.pool.acquire(timeout=self.timeout) as conn:
-                yield conn
+                with _discard_broken(conn):
+                    yield conn
 
     async def _statement(self, method: str, query: str, *args: Any) -> Any:
         async def attempt() -> Any:
             async with self.pool.acquire(timeout=self.timeout) as conn:
-                return await getattr(conn, method)(query, *args)
+                with _discard_broken(conn):
+                    return await getattr(conn, method)(query, *args)
 
         # Cancelling a statement on a hung server makes asyncpg wait for the server to confirm
         # (bounded only by the acquire timeout): the caller stops waiting at the deadline while
@@ -150,6 +155,17 @@ def _consume_outcome(attempt: asyncio.Future[Any]) -> None:
     that asyncio does not report it as never retrieved."""
     if not attempt.cancelled():
         attempt.exception()
+
+
+@contextlib.contextmanager
+def _discard_broken(conn: asyncpg.Connection) -> Iterator[None]:
+    """A connection whose protocol state asyncpg no longer trusts is closed, never given to
+    the next statement."""
+    try:
+        yield
+    except asyncpg.exceptions.InternalClientError:
+        conn.terminate()
+        raise
 
 
 @contextlib.contextmanager
