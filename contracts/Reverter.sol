@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.20;
 
-/// Reverts in each way a pre-flight `eth_call` must decode: a reason string, a custom error with
-/// arguments, and a panic; `succeed` is the call that goes through.
+/// Reverts in each way a pre-flight `eth_call` must decode: a reason string, no reason, a custom
+/// error with arguments, and a panic; `succeed` is the call that goes through.
 contract Reverter {
     error Refused(address who, uint256 amount);
 
@@ -10,6 +10,10 @@ contract Reverter {
 
     function failWithReason() external pure {
         require(false, "no reason to go on");
+    }
+
+    function failWithoutReason() external pure {
+        revert();
     }
 
     function failWithCustom(uint256 amount) external view {
