@@ -262,10 +262,14 @@ _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 
 
 def revert_data(error: Mapping[str, Any]) -> bytes | None:
-    """The revert's return data in a node's JSON-RPC error object, or None when it holds none.
-    anvil, geth and GoQuorum answer `{"code": 3, "message": "execution reverted...", "data":
-    "0x..."}`; others nest it (`data.data`, `data.result`), or write "Reverted 0x..."."""
-    return _find_hex(error.get("data"), depth=0)
+    """The revert's return data in a node's JSON-RPC error object, or None when it is no revert.
+    anvil, geth and GoQuorum answer `{"code": 3, "message": "execution reverted: ...", "data":
+    "0x..."}`; others nest it (`data.data`, `data.result`) or write "Reverted 0x...". geth sends
+    no `data` for a revert without return data, only the message "execution reverted"."""
+    found = _find_hex(error.get("data"), depth=0)
+    if found is None and str(error.get("message", "")).strip() == "execution reverted":
+        return b""
+    return found
 
 
 def _find_hex(value: Any, depth: int) -> bytes | None:
