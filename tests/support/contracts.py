@@ -48,7 +48,7 @@ def rpc(url: str, method: str, params: Sequence[Any] = ()) -> Any:
 
 def dev_account(url: str, index: int = 0) -> str:
     """One of anvil's funded, unlocked accounts (checksummed)."""
-    return str(rpc(url, "eth_accounts")[index])
+    return _address(str(rpc(url, "eth_accounts")[index]))
 
 
 def _address(value: bytes | str) -> str:
