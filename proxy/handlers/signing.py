@@ -7,9 +7,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from policy import abi
 from proxy import filling
 from proxy.context import Caller, Services
 from proxy.errors import (
@@ -18,10 +19,12 @@ from proxy.errors import (
     InvalidParams,
     NodeError,
     NoNodeAvailable,
+    PolicyRefused,
     RateLimited,
     SendOutcomeUnknown,
     Unauthorized,
 )
+from proxy.guard import preflight
 from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest, refusal_kind
 from proxy.rpc import RpcRequest
 from signer.base import AsyncSigner, Signature, SignedTransaction, checksum
@@ -32,7 +35,6 @@ from signer.transactions import (
     Transaction,
     parse_address,
     parse_hex,
-    parse_optional_quantity,
     sign_transaction_async,
 )
 
@@ -72,57 +74,84 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> Asyn
     return key
 
 
-async def _prepare(services: Services, request: filling.Request) -> Callable[..., Transaction]:
-    """Read what filling needs from the nodes (concurrently, and shared between requests within
-    a block's time: ChainFacts), before any nonce is held; the result builds the transaction
-    once the nonce is known."""
-    facts = services.chain_facts
+async def _prepare(
+    services: Services, request: filling.Request, errors: Iterable[abi.AbiSignature] = ()
+) -> Callable[..., Transaction]:
+    """Read what filling and the checks before signing need from the nodes (concurrently, and
+    shared between requests within a block's time: ChainFacts), and refuse what cannot succeed
+    (preflight: funds, token balance, a revert), before any nonce is held; the result builds
+    the transaction once the nonce is known. `errors`: custom errors to decode a revert with."""
+    facts, pool = services.chain_facts, services.pool
+    fields, sender = request.fields, request.sender
+    to = parse_address("to", fields.get("to"))
+    payload = parse_hex("data", fields.get("data") or fields.get("input") or "0x")
+    estimate_failed: list[NodeError] = []
 
-    async def gas() -> int:
+    async def gas() -> int | None:
         if request.gas is not None:
             return request.gas
-        if await _plain_transfer(services, request):
+        if await _plain_transfer(services, request, to, payload):
             return filling.TX_GAS
-        estimate_fields = {k: v for k, v in request.fields.items()
+        estimate_fields = {k: v for k, v in fields.items()
                            if k in ("to", "value", "data", "input", "accessList")}  # fmt: skip
-        estimate_fields["from"] = "0x" + request.sender.hex()
-        return int(await services.pool.call("eth_estimateGas", [estimate_fields]), 16)
+        estimate_fields["from"] = "0x" + sender.hex()
+        try:
+            return int(await pool.call("eth_estimateGas", [estimate_fields]), 16)
+        except NodeError as error:
+            if not (preflight.is_revert(error) or preflight.lacks_funds(error)):
+                raise
+            estimate_failed.append(error)  # said once the balance is known: which check speaks
+            return None
 
-    (base_fee, gas_limit), gas_value = await asyncio.gather(facts.block(), gas())
+    async def given_gas_call() -> PolicyRefused | None:
+        # With the gas given there is no estimate: the pre-flight call is made for it, unless
+        # the request is a plain transfer to an address without code (nothing to run).
+        if request.gas is None or (to is not None and not payload and not fields.get("accessList")
+                                   and not await facts.has_code(to)):  # fmt: skip
+            return None
+        return await preflight.call_reverts(pool, sender, fields, request.gas, errors)
+
+    (base_fee, gas_limit), gas_value, balance, token_refusal, call_refusal = await asyncio.gather(
+        facts.block(), gas(), pool.call("eth_getBalance", ["0x" + sender.hex(), "latest"]),
+        preflight.token_shortfall(pool, preflight.token_move(sender, to, payload)),
+        given_gas_call(),
+    )  # fmt: skip
     fee_market = filling.uses_fee_market(request, base_fee)
     if fee_market and base_fee is None:
         raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
     tip_value = price = None
-    if fee_market and "maxPriorityFeePerGas" not in request.fields:
+    if fee_market and "maxPriorityFeePerGas" not in fields:
         tip_value = await facts.tip()
-    if not fee_market and "gasPrice" not in request.fields:
+    if not fee_market and "gasPrice" not in fields:
         price = await facts.gas_price()
-    return functools.partial(
-        filling.build, request, chain_id=services.pool.chain_id, gas=gas_value,
-        block_gas_limit=gas_limit, fee_market=fee_market, base_fee=base_fee, gas_price=price,
-        tip=tip_value,
+    build = functools.partial(
+        filling.build, request, chain_id=pool.chain_id, block_gas_limit=gas_limit,
+        fee_market=fee_market, base_fee=base_fee, gas_price=price, tip=tip_value,
     )  # fmt: skip
+    # Cheapest first: the native balance (for the least gas that could do, when the estimate
+    # failed), the token balance, then the call.
+    at_least = gas_value or filling.intrinsic_gas(payload, to is None, fields.get("accessList"))
+    preflight.check_funds(sender, int(balance, 16), build(nonce=0, gas=at_least))
+    if token_refusal is not None:
+        raise token_refusal
+    if estimate_failed:
+        error = estimate_failed[0]
+        raise preflight.reverted(error, errors) if preflight.is_revert(error) else error
+    if call_refusal is not None:
+        raise call_refusal
+    assert gas_value is not None  # noqa: S101 (the estimate failed or gave a value)
+    return functools.partial(build, gas=gas_value)
 
 
-async def _plain_transfer(services: Services, request: filling.Request) -> bool:
+async def _plain_transfer(services: Services, request: filling.Request, to: bytes | None,
+                          payload: bytes) -> bool:  # fmt: skip
     """Whether the request is a value transfer to an account without code, which costs exactly
-    21000 gas everywhere, and the sender can pay for it: then eth_estimateGas adds nothing (a
-    transfer above the balance still goes to the node's estimate, which refuses it before any
-    nonce is taken)."""
-    fields = request.fields
-    payload = fields.get("data") or fields.get("input") or "0x"
-    to = parse_address("to", fields.get("to"))
+    21000 gas everywhere: then eth_estimateGas adds nothing."""
     # Precompiles (low addresses) have no code and cost more than 21000.
-    if to is None or payload not in ("0x", "0X") or fields.get("accessList") or (
+    if to is None or payload or request.fields.get("accessList") or (
             int.from_bytes(to, "big") < 0x10000):  # fmt: skip
         return False
-    facts = services.chain_facts
-    has_code, price, balance = await asyncio.gather(
-        facts.has_code(to), facts.gas_price(),
-        services.pool.call("eth_getBalance", ["0x" + request.sender.hex(), "latest"]),
-    )  # fmt: skip
-    value = parse_optional_quantity("value", fields.get("value")) or 0
-    return not has_code and int(balance, 16) >= value + filling.TX_GAS * price
+    return not await services.chain_facts.has_code(to)
 
 
 def _first_param(request: RpcRequest) -> Any:

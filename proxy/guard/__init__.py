@@ -1,0 +1,1 @@
+"""Checks before signing: the chain (balances, a pre-flight call) and the policy."""
