@@ -87,7 +87,9 @@ def parse_amount(
         return TokenAmount(unit, number)
     exponent = ETHER_UNITS.get(unit or "wei")
     if exponent is None:
-        known = ", ".join(ETHER_UNITS) + (f", or a contract: {', '.join(sorted(tokens))}" if tokens else "")
+        known = ", ".join(ETHER_UNITS) + (
+            f", or a contract: {', '.join(sorted(tokens))}" if tokens else ""
+        )
         raise ValueError(f'"{value}": unknown unit "{unit}" (known: {known})')
     scaled = number * 10**exponent
     if scaled.denominator != 1:
@@ -118,9 +120,7 @@ def parse_duration(value: object) -> int:
     """Seconds from "30s", "5m", "24h", "7d"; at least one second. Raises ValueError."""
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(
-            f'expected a duration such as "30s", "5m", "24h" or "7d", not {value!r}'
-        )
+        raise ValueError(f'expected a duration such as "30s", "5m", "24h" or "7d", not {value!r}')
     seconds = int(match.group("count")) * DURATION_UNITS[match.group("unit")]
     if seconds <= 0:
         raise ValueError(f'"{value}" is no time at all: a duration is at least 1s')

@@ -52,7 +52,7 @@ class Decision:
         return self.action == "allow" or not self.enforced
 
 
-class _Unmatchable(Exception):  # noqa: N818 - a signal caught in this module
+class _Unmatchable(Exception):
     """A rule cannot be decided: calldata it needs does not decode, or one of its token
     amounts cannot be scaled. Such a rule matches as a deny (fail closed)."""
 
@@ -83,7 +83,9 @@ def evaluate(
             unmatchable = unmatchable or (rule, signal.detail)
             continue
         if rule.action == "deny":
-            return _decided(policy, "deny", "denied", rule.name, f"rule {rule.name} denies this request")
+            return _decided(
+                policy, "deny", "denied", rule.name, f"rule {rule.name} denies this request"
+            )
         if rule.action == "hold":
             hold = hold or rule
         else:
@@ -104,7 +106,9 @@ def evaluate(
         return _decided(policy, "deny", "denied", limit, f"limit {limit}: {error}")
     crossed = first_exceeded(request_charges, used)
     if crossed is not None:
-        detail = _limit_detail(policy, crossed, used.get((crossed.limit, crossed.scope), 0), decimals)
+        detail = _limit_detail(
+            policy, crossed, used.get((crossed.limit, crossed.scope), 0), decimals
+        )
         return _decided(policy, "deny", "limit_exceeded", crossed.limit, detail, request_charges)
 
     if hold is not None and not approved:
@@ -119,8 +123,12 @@ def evaluate(
         detail = f"allowed by rule {allow.name}"
         return _decided(policy, "allow", None, allow.name, detail, request_charges)
     if policy.default == "deny":
-        return _decided(policy, "deny", "denied", None, "no rule allows this request", request_charges)
-    return _decided(policy, "allow", None, None, "no rule matched: allowed by default", request_charges)
+        return _decided(
+            policy, "deny", "denied", None, "no rule allows this request", request_charges
+        )
+    return _decided(
+        policy, "allow", None, None, "no rule matched: allowed by default", request_charges
+    )
 
 
 def _decided(
@@ -139,7 +147,7 @@ def _decided(
 class _Context:
     """One request's facts plus what evaluating it computes once (decoded calls)."""
 
-    __slots__ = ("decimals", "facts", "_decoded")
+    __slots__ = ("_decoded", "decimals", "facts")
 
     def __init__(self, facts: RequestFacts, decimals: Mapping[str, int]) -> None:
         self.facts = facts

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
 from eth_utils.address import to_checksum_address
@@ -22,6 +22,7 @@ from policy.model import (
     TRANSACTION_METHODS,
     TYPED_DATA_METHODS,
     AccountSet,
+    Action,
     Approvals,
     ArgCondition,
     Condition,
@@ -32,6 +33,7 @@ from policy.model import (
     Match,
     Operand,
     Operator,
+    Per,
     Policy,
     Rule,
     TypedDataMatch,
@@ -50,6 +52,26 @@ _MAX_KEYS = {
     "max_amount": "token",
 }
 _T = TypeVar("_T")
+_MATCH_KEYS = (
+    "users",
+    "roles",
+    "accounts",
+    "method",
+    "to",
+    "to_not_in",
+    "contract",
+    "function",
+    "args",
+    "value",
+    "deploy",
+    "private",
+    "private_for_not_in",
+    "typed_data",
+)
+_MODES: tuple[Literal["enforce", "shadow"], ...] = ("enforce", "shadow")
+_DEFAULTS: tuple[Literal["allow", "deny"], ...] = ("allow", "deny")
+_ACTIONS: tuple[Action, ...] = ("allow", "deny", "hold")
+_PERS: tuple[Per, ...] = ("user", "account", "organisation")
 # The "type" of a transaction's value: a uint256 whose amounts are in wei, never in a token.
 _NATIVE = "native"
 
@@ -89,14 +111,14 @@ class _Loader(yaml.SafeLoader):
     """The safe loader's composer, refusing aliases: a few lines of `*a` references can expand
     into millions of nodes, and a policy has no need for them."""
 
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:  # type: ignore[override]
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise PolicyError(
                 "anchors and aliases (*name) are not supported: write each value out",
                 event.start_mark.line + 1,
             )
-        return super().compose_node(parent, index)  # type: ignore[no-untyped-call, no-any-return]
+        return super().compose_node(parent, index)
 
 
 def _line(node: Node) -> int:
@@ -119,7 +141,7 @@ class _Parser:
         if not isinstance(node, ScalarNode):
             kind = "list" if isinstance(node, SequenceNode) else "mapping"
             _fail(node, field, f"expected a single value here, not a {kind}")
-        return self._constructor.construct_object(node)  # type: ignore[no-untyped-call]
+        return self._constructor.construct_object(node)
 
     def text(self, node: Node, field: str) -> str:
         """A scalar as written: names, ids and addresses stay text even when YAML would read
@@ -191,7 +213,9 @@ class _Parser:
             _fail(node, field, f"expected at least {minimum}, not {value}")
         return value
 
-    def amount(self, node: Node, field: str, tokens: Collection[str], signed: bool = False) -> Amount:
+    def amount(
+        self, node: Node, field: str, tokens: Collection[str], signed: bool = False
+    ) -> Amount:
         try:
             return parse_amount(self.value(node, field), tokens, signed=signed)
         except ValueError as error:
@@ -225,8 +249,10 @@ class _Parser:
         version_node = top["version"][1]
         if self.value(version_node, "version") != FORMAT_VERSION:
             _fail(version_node, "version", f"the policy format version is {FORMAT_VERSION}")
-        mode = self.choice(top["mode"][1], "mode", ("enforce", "shadow")) if "mode" in top else "enforce"
-        default = self.choice(top["default"][1], "default", ("allow", "deny")) if "default" in top else "allow"
+        mode = self.choice(top["mode"][1], "mode", _MODES) if "mode" in top else "enforce"
+        default = (
+            self.choice(top["default"][1], "default", _DEFAULTS) if "default" in top else "allow"
+        )
         if "contracts" in top:
             self.contracts_section(top["contracts"][1])
         rules = self.rules(top["rules"][1]) if "rules" in top else ()
@@ -236,7 +262,11 @@ class _Parser:
         for i, limit in enumerate(limits):
             if limit.name in names:
                 node = top["limits"][1].value[i]
-                _fail(node, f"limits[{i}].name", f'"{limit.name}" is already the name of {names[limit.name]}')
+                _fail(
+                    node,
+                    f"limits[{i}].name",
+                    f'"{limit.name}" is already the name of {names[limit.name]}',
+                )
             names[limit.name] = "a limit"
         return Policy(FORMAT_VERSION, mode, default, dict(self.contracts), rules, limits, approvals)
 
@@ -245,7 +275,11 @@ class _Parser:
         for name, (key_node, value_node) in self.mapping(node, "contracts", None).items():
             field = f"contracts.{name}"
             if not _NAME.fullmatch(name):
-                _fail(key_node, field, "a contract name is letters, digits, _ and -, starting with a letter")
+                _fail(
+                    key_node,
+                    field,
+                    "a contract name is letters, digits, _ and -, starting with a letter",
+                )
             if name in ETHER_UNITS:
                 _fail(key_node, field, f'"{name}" is a unit of ether: name the contract otherwise')
             entry = self.mapping(
@@ -253,7 +287,11 @@ class _Parser:
             )
             address = self.address(entry["address"][1], f"{field}.address")
             if address in by_address:
-                _fail(entry["address"][1], f"{field}.address", f"the same address as {by_address[address]}")
+                _fail(
+                    entry["address"][1],
+                    f"{field}.address",
+                    f"the same address as {by_address[address]}",
+                )
             by_address[address] = name
             standard = None
             functions: list[AbiSignature] = []
@@ -261,11 +299,21 @@ class _Parser:
                 standard = self.choice(entry["standard"][1], f"{field}.standard", ("erc20",))
                 functions.extend(ERC20_FUNCTIONS)
             if "functions" in entry:
-                functions.extend(self.signatures(entry["functions"][1], f"{field}.functions", functions))
-            errors = self.signatures(entry["errors"][1], f"{field}.errors", []) if "errors" in entry else ()
-            self.contracts[name] = Contract(name, address, standard, tuple(functions), tuple(errors))
+                functions.extend(
+                    self.signatures(entry["functions"][1], f"{field}.functions", functions)
+                )
+            errors = (
+                self.signatures(entry["errors"][1], f"{field}.errors", [])
+                if "errors" in entry
+                else ()
+            )
+            self.contracts[name] = Contract(
+                name, address, standard, tuple(functions), tuple(errors)
+            )
 
-    def signatures(self, node: Node, field: str, known: list[AbiSignature]) -> tuple[AbiSignature, ...]:
+    def signatures(
+        self, node: Node, field: str, known: list[AbiSignature]
+    ) -> tuple[AbiSignature, ...]:
         found: list[AbiSignature] = []
         for i, item in self.sequence(node, field):
             here = f"{field}[{i}]"
@@ -284,12 +332,14 @@ class _Parser:
         names: set[str] = set()
         for i, item in self.sequence(node, "rules"):
             field = f"rules[{i}]"
-            entry = self.mapping(item, field, ("name", "action", "match"), ("name", "action", "match"))
+            entry = self.mapping(
+                item, field, ("name", "action", "match"), ("name", "action", "match")
+            )
             name = self.text(entry["name"][1], f"{field}.name")
             if name in names:
                 _fail(entry["name"][1], f"{field}.name", f'another rule is named "{name}"')
             names.add(name)
-            action = self.choice(entry["action"][1], f"{field}.action", ("allow", "deny", "hold"))
+            action = self.choice(entry["action"][1], f"{field}.action", _ACTIONS)
             rules.append(Rule(name, action, self.match(entry["match"][1], f"{field}.match")))
         return tuple(rules)
 
@@ -302,13 +352,16 @@ class _Parser:
             name = self.text(entry["name"][1], f"{field}.name")
             if any(limit.name == name for limit in limits):
                 _fail(entry["name"][1], f"{field}.name", f'another limit is named "{name}"')
-            per = self.choice(entry["per"][1], f"{field}.per", ("user", "account", "organisation"))
+            per = self.choice(entry["per"][1], f"{field}.per", _PERS)
             window = self.duration(entry["window"][1], f"{field}.window")
             given = [key for key in _MAX_KEYS if key in entry]
             if len(given) != 1:
                 what = "one of" if not given else "only one of"
-                _fail(item, f"{field}.{given[1] if given else 'max_transactions'}",
-                      f"a limit takes {what} {', '.join(_MAX_KEYS)}")  # fmt: skip
+                _fail(
+                    item,
+                    f"{field}.{given[1] if given else 'max_transactions'}",
+                    f"a limit takes {what} {', '.join(_MAX_KEYS)}",
+                )
             key = given[0]
             kind: LimitKind = _MAX_KEYS[key]  # type: ignore[assignment]
             max_node = entry[key][1]
@@ -321,7 +374,11 @@ class _Parser:
                 token = self.text(token_node, f"{field}.token")
                 if token not in self.contracts:
                     known_names = ", ".join(self.contracts) or "none declared"
-                    _fail(token_node, f"{field}.token", f'"{token}" is not in contracts ({known_names})')
+                    _fail(
+                        token_node,
+                        f"{field}.token",
+                        f'"{token}" is not in contracts ({known_names})',
+                    )
                 maximum = self.amount(max_node, f"{field}.{key}", (token,))
                 if isinstance(maximum, TokenAmount) and maximum.contract != token:
                     _fail(max_node, f"{field}.{key}", f"counts {token}, not {maximum.contract}")
@@ -337,20 +394,22 @@ class _Parser:
 
     def approvals(self, node: Node) -> Approvals:
         entry = self.mapping(node, "approvals", ("approvers", "expire"))
-        approvers = self.count(entry["approvers"][1], "approvals.approvers", 1) if "approvers" in entry else 1
-        expire = self.duration(entry["expire"][1], "approvals.expire") if "expire" in entry else 3600
+        approvers = (
+            self.count(entry["approvers"][1], "approvals.approvers", 1)
+            if "approvers" in entry
+            else 1
+        )
+        expire = (
+            self.duration(entry["expire"][1], "approvals.expire") if "expire" in entry else 3600
+        )
         return Approvals(approvers, expire)
 
     # -- match -------------------------------------------------------------------------------
 
     def match(self, node: Node, field: str) -> Match:
-        known = (
-            "users", "roles", "accounts", "method", "to", "to_not_in", "contract", "function",
-            "args", "value", "deploy", "private", "private_for_not_in", "typed_data",
-        )  # fmt: skip
         if isinstance(node, ScalarNode) and self.value(node, field) is None:
             _fail(node, field, "match is empty: write {} to match every request")
-        entry = self.mapping(node, field, known)
+        entry = self.mapping(node, field, _MATCH_KEYS)
         keys: dict[str, Any] = {}
 
         def here(key: str) -> str:
@@ -362,7 +421,11 @@ class _Parser:
             roles = self.texts(entry["roles"][1], here("roles"))
             for role, role_node in roles:
                 if role not in ROLES:
-                    _fail(role_node, here("roles"), f'"{role}" is not a role ({", ".join(sorted(ROLES))})')
+                    _fail(
+                        role_node,
+                        here("roles"),
+                        f'"{role}" is not a role ({", ".join(sorted(ROLES))})',
+                    )
             keys["roles"] = frozenset(role for role, _ in roles)
         if "accounts" in entry:
             addresses: set[bytes] = set()
@@ -377,8 +440,10 @@ class _Parser:
             methods = self.texts(entry["method"][1], here("method"))
             for method, method_node in methods:
                 if method not in SIGNING_METHODS:
-                    _fail(method_node, here("method"),
-                          f'"{method}" is not a signing method ({", ".join(sorted(SIGNING_METHODS))})')  # fmt: skip
+                    known = ", ".join(sorted(SIGNING_METHODS))
+                    _fail(
+                        method_node, here("method"), f'"{method}" is not a signing method ({known})'
+                    )
             keys["methods"] = frozenset(method for method, _ in methods)
         for key in ("to", "to_not_in"):
             if key in entry:
@@ -391,14 +456,20 @@ class _Parser:
             contract = self.contracts.get(name)
             if contract is None:
                 known_names = ", ".join(self.contracts) or "none declared"
-                _fail(contract_node, here("contract"), f'"{name}" is not in contracts ({known_names})')
+                _fail(
+                    contract_node, here("contract"), f'"{name}" is not in contracts ({known_names})'
+                )
             keys["contract"] = name
             keys["contract_address"] = contract.address
         if "function" in entry:
             keys["function"] = self.function(entry, contract, keys.get("to"), field)
         if "args" in entry:
             if "function" not in entry:
-                _fail(entry["args"][0], here("args"), "args needs function: the call whose arguments it reads")
+                _fail(
+                    entry["args"][0],
+                    here("args"),
+                    "args needs function: the call whose arguments it reads",
+                )
             keys["args"] = self.args(entry["args"][1], keys["function"], here("args"))
         if "value" in entry:
             keys["value"] = tuple(
@@ -417,21 +488,33 @@ class _Parser:
         self.check_can_match(built, entry, field)
         return built
 
-    def check_can_match(self, match: Match, entry: Mapping[str, tuple[Node, Node]], field: str) -> None:
+    def check_can_match(
+        self, match: Match, entry: Mapping[str, tuple[Node, Node]], field: str
+    ) -> None:
         """Refuse a match that no request can satisfy: such a deny rule would silently allow."""
         methods = match.methods
         transaction_key = next((k for k in entry if k in _TRANSACTION_KEYS), None)
-        if transaction_key is not None and methods is not None and not methods & TRANSACTION_METHODS:
-            _fail(entry[transaction_key][0], f"{field}.{transaction_key}",
-                  f"{transaction_key} applies to transactions, and method names none")  # fmt: skip
+        if (
+            transaction_key is not None
+            and methods is not None
+            and not methods & TRANSACTION_METHODS
+        ):
+            _fail(
+                entry[transaction_key][0],
+                f"{field}.{transaction_key}",
+                f"{transaction_key} applies to transactions, and method names none",
+            )
         if match.typed_data is not None:
             if transaction_key is not None:
-                _fail(entry["typed_data"][0], f"{field}.typed_data",
-                      f"typed_data applies to typed data, {transaction_key} to transactions: "
-                      "no request has both")  # fmt: skip
+                _fail(
+                    entry["typed_data"][0],
+                    f"{field}.typed_data",
+                    f"typed_data applies to typed data, {transaction_key} to transactions: "
+                    "no request has both",
+                )
             if methods is not None and not methods & TYPED_DATA_METHODS:
-                _fail(entry["typed_data"][0], f"{field}.typed_data",
-                      "typed_data applies to eth_signTypedData*, and method names none")  # fmt: skip
+                message = "typed_data applies to eth_signTypedData*, and method names none"
+                _fail(entry["typed_data"][0], f"{field}.typed_data", message)
         if match.deploy is True and (match.to is not None or match.contract is not None):
             key = "to" if match.to is not None else "contract"
             _fail(entry[key][0], f"{field}.{key}", "a deployment has no `to`: this never matches")
@@ -466,9 +549,12 @@ class _Parser:
         if not _NAME.fullmatch(text):
             _fail(node, here, f'"{text}" is neither a function name nor a signature')
         if not contracts or (contract is None and to is not None and len(contracts) != len(to)):
-            _fail(node, here,
-                  "a function by name needs contract (or to naming contracts only); or write the "
-                  'full signature, such as "transfer(address,uint256)"')  # fmt: skip
+            _fail(
+                node,
+                here,
+                "a function by name needs contract (or to naming contracts only); or write the "
+                'full signature, such as "transfer(address,uint256)"',
+            )
         by_address = {}
         for c in contracts:
             named = tuple(f for f in c.functions if f.name == text)
@@ -491,21 +577,31 @@ class _Parser:
                 found.append(ArgCondition(key, condition))
         return tuple(found)
 
-    def argument_type(self, signatures: Collection[AbiSignature], key: str | int, node: Node, field: str) -> str:
+    def argument_type(
+        self, signatures: Collection[AbiSignature], key: str | int, node: Node, field: str
+    ) -> str:
         types: set[str] = set()
         for signature in sorted(signatures, key=lambda s: s.text):
             if isinstance(key, int):
                 if key >= len(signature.types):
-                    _fail(node, field, f"{signature.text} has {len(signature.types)} parameters (index from 0)")
+                    _fail(
+                        node,
+                        field,
+                        f"{signature.text} has {len(signature.types)} parameters (index from 0)",
+                    )
                 types.add(signature.types[key])
             elif key in signature.names:
                 types.add(signature.types[signature.names.index(key)])
             else:
-                _fail(node, field,
-                      f'{signature.text} has no parameter "{key}" (it has: {", ".join(signature.names)})')  # fmt: skip
+                known = ", ".join(signature.names)
+                _fail(node, field, f'{signature.text} has no parameter "{key}" (it has: {known})')
         kinds = {_kind(t) for t in types}
         if len(kinds) > 1:
-            _fail(node, field, f"the parameter has different types in the functions named ({', '.join(sorted(types))})")
+            _fail(
+                node,
+                field,
+                f"the parameter's type differs between the functions ({', '.join(sorted(types))})",
+            )
         abi_type = sorted(types)[0]
         if _kind(abi_type) == "unsupported":
             _fail(node, field, f"comparing {abi_type} arguments is not supported")
@@ -520,7 +616,11 @@ class _Parser:
             op = next(o for o in _OPERATORS if o == op_text)
             here = f"{field}.{op}"
             if op in _ORDERING and _kind(abi_type) != "number":
-                _fail(value_node, here, f"{op} compares numbers; this is {abi_type}: use eq, ne, in or not_in")
+                _fail(
+                    value_node,
+                    here,
+                    f"{op} compares numbers; this is {abi_type}: use eq, ne, in or not_in",
+                )
             if op in ("in", "not_in"):
                 items = [
                     self.operand(item, f"{here}[{i}]", abi_type)
@@ -562,7 +662,11 @@ class _Parser:
         domain: dict[str, str | int | bytes] = {}
         if "domain" in entry:
             here = f"{field}.domain"
-            fields = self.mapping(entry["domain"][1], here, ("name", "version", "chainId", "verifyingContract", "salt"))
+            fields = self.mapping(
+                entry["domain"][1],
+                here,
+                ("name", "version", "chainId", "verifyingContract", "salt"),
+            )
             for key, (_, value_node) in fields.items():
                 at = f"{here}.{key}"
                 if key == "chainId":
@@ -573,14 +677,27 @@ class _Parser:
                     domain[key] = self.operand(value_node, at, "bytes32")  # type: ignore[assignment]
                 else:
                     domain[key] = self.text(value_node, at)
-        primary = self.text(entry["primary_type"][1], f"{field}.primary_type") if "primary_type" in entry else None
+        primary = (
+            self.text(entry["primary_type"][1], f"{field}.primary_type")
+            if "primary_type" in entry
+            else None
+        )
         return TypedDataMatch(domain, primary)
 
 
 _TRANSACTION_KEYS = frozenset(
-    {"to", "to_not_in", "contract", "function", "args", "value", "deploy", "private",
-     "private_for_not_in"}
-)  # fmt: skip
+    {
+        "to",
+        "to_not_in",
+        "contract",
+        "function",
+        "args",
+        "value",
+        "deploy",
+        "private",
+        "private_for_not_in",
+    }
+)
 
 
 def _kind(abi_type: str) -> str:
@@ -605,5 +722,9 @@ def _address(text: str, node: Node, field: str) -> bytes:
     body = text[2:]
     if body != body.lower() and body != body.upper():
         if to_checksum_address(text) != text:
-            _fail(node, field, f'"{text}" has a wrong EIP-55 checksum (mixed case): check it, or write it in lower case')
+            _fail(
+                node,
+                field,
+                f'"{text}" has a wrong EIP-55 checksum: check it, or write it in lower case',
+            )
     return bytes.fromhex(body)
