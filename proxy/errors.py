@@ -48,7 +48,11 @@ Lower layers' exceptions, as `translate()` maps them (the first matching line wi
     Overloaded                                                  -> RateLimited
     TokenNotFound, KeyNotFound, NotLoggedIn, ModuleNotFound     -> HsmUnavailable
     SignatureInvalid, HsmError, SignerError                     -> HsmFailure
+    PolicyError, AmountError                                    -> InternalError
     SettingsError, ChainError, SystemFailure, anything else     -> InternalError
+
+policy's PolicyError is a file that `policy set` refuses before installing it (bad input there,
+never raised while serving); evaluate turns an AmountError into a deny.
 
 Handlers and services raise; `translate()` is the one place that turns them into responses
 (the command line turns them into exit codes). Messages are shown to callers: they name what to
