@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import re
 import sys
@@ -20,8 +21,10 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 
 from proxy import store
+from proxy.audit.log import AuditLog
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
+from proxy.guard import admin as guard_admin
 from proxy.identity.auth import issue_token
 from proxy.ledger import queries
 from proxy.settings import Settings
@@ -335,6 +338,64 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def _policy_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"cannot read {path}: not UTF-8 text") from None
+
+
+def _with_audit(settings: Settings,
+                work: Callable[[Identity, AuditLog], Awaitable[T]]) -> T:  # fmt: skip
+    async def run(pool: asyncpg.Pool) -> T:
+        audit = AuditLog(pool)
+        try:
+            return await work(Identity(pool, settings), audit)
+        finally:
+            await audit.close()
+
+    return _with_pool(settings, run, max_size=2)
+
+
+def _policy_set(args: argparse.Namespace, settings: Settings) -> int:
+    text = _policy_file(args.file)
+    if args.dry_run:
+        guard_admin.validate(text)
+        changed = _with_audit(settings, lambda identity, _audit: guard_admin.dry_run(
+            identity, args.org, text, args.last))  # fmt: skip
+        for line in changed:
+            print(line)
+        _progress(f"{len(changed)} decision(s) would change; nothing was installed")
+        return 0
+    version = _with_audit(settings, lambda identity, audit: guard_admin.install(
+        identity, audit, args.org, text))  # fmt: skip
+    _progress(f"{args.org}: policy version {version} in force")
+    print(version)
+    return 0
+
+
+def _policy_show(args: argparse.Namespace, settings: Settings) -> int:
+    found = _with_identity(settings, lambda identity: guard_admin.current(identity, args.org))
+    if found is None:
+        _progress(f"{args.org} has no policy: everything a role may do is allowed")
+        return 0
+    version, source = found
+    _progress(f"{args.org}: policy version {version}")
+    sys.stdout.write(source if source.endswith("\n") else source + "\n")
+    return 0
+
+
+def _vote(args: argparse.Namespace, settings: Settings, approve: bool) -> int:
+    password = _read_secret(args.password_file, "Password")
+    vote = _with_audit(settings, lambda identity, audit: guard_admin.vote(
+        identity, audit, args.id, args.user, password, approve))  # fmt: skip
+    _progress(f"{vote.approval_id}: {vote.state} ({vote.votes} of {vote.needed} approvals)")
+    print(vote.state)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="quorum-signer",
@@ -471,6 +532,35 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--user", required=True)
     issue.add_argument("--ttl", type=int, default=3600, help="seconds (default: %(default)s)")
     issue.set_defaults(handler=_token_issue)
+
+    policy = commands.add_parser("policy", help="the organisation's policy").add_subparsers(
+        dest="policy_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
+    policy_set = policy.add_parser(
+        "set", help="validate and install a policy file (a new version)",
+        description="Validate FILE (an error names its line and field, and nothing is "
+        "installed), then make it the organisation's policy on every replica within a second. "
+        "With --dry-run, install nothing: replay the organisation's last audited requests "
+        "against FILE and print one line per decision that would change.",
+    )  # fmt: skip
+    policy_set.add_argument("--org", required=True)
+    policy_set.add_argument("file", metavar="FILE")
+    policy_set.add_argument("--dry-run", action="store_true")
+    policy_set.add_argument("--last", type=int, default=1000, metavar="N",
+                            help="requests a dry-run replays (default: %(default)s)")  # fmt: skip
+    policy_set.set_defaults(handler=_policy_set)
+    policy_show = policy.add_parser("show", help="print the policy in force")
+    policy_show.add_argument("--org", required=True)
+    policy_show.set_defaults(handler=_policy_show)
+    for name, approve in (("approve", True), ("reject", False)):
+        vote = commands.add_parser(
+            name, help=f"{name} a request that policy held (reason approval_required)",
+            description=f"An admin of the request's organisation, other than its requester, "
+            f"{name}s it, proving who they are with their own password.",
+        )  # fmt: skip
+        vote.add_argument("id", metavar="ID", help="the approval id the requester was given")
+        vote.add_argument("--user", required=True, help="the admin")
+        vote.add_argument("--password-file", metavar="F")
+        vote.set_defaults(handler=functools.partial(_vote, approve=approve))
 
     tx = commands.add_parser("tx", help="what the nonce ledger knows").add_subparsers(
         dest="tx_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

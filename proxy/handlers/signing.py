@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from policy import abi
@@ -25,6 +25,8 @@ from proxy.errors import (
     Unauthorized,
 )
 from proxy.guard import preflight
+from proxy.guard.gate import Verdict
+from proxy.handlers import decisions
 from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest, refusal_kind
 from proxy.rpc import RpcRequest
 from signer.base import AsyncSigner, Signature, SignedTransaction, checksum
@@ -184,10 +186,27 @@ class _NonceTakenOutside(Exception):
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
-    build = await _prepare(services, parsed)
-    build(nonce=0)  # what no node could accept is refused here, before a nonce is taken
-    ledger, origin = services.ledger, _origin(caller)
+    policy = await services.gate.in_force(caller.principal.organisation_id)
+    to = parse_address("to", parsed.fields.get("to"))
+    build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    # What no node could accept is refused here, then what the policy refuses: before a nonce.
+    probe = build(nonce=0)
     idempotency = _idempotency(caller, request)
+    verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
+                                              probe)  # fmt: skip
+    try:
+        return await _send(services, caller, request, key, parsed, build, idempotency, verdict)
+    except SendOutcomeUnknown:
+        raise  # it may have reached a node: it stays counted
+    except BaseException:
+        await decisions.give_back(services, caller, verdict)
+        raise
+
+
+async def _send(services: Services, caller: Caller, request: RpcRequest, key: AsyncSigner,
+                parsed: filling.Request, build: Callable[..., Transaction],
+                idempotency: Idempotency | None, verdict: Verdict) -> str:  # fmt: skip
+    ledger, origin = services.ledger, _origin(caller)
     given = parsed.nonce if services.settings.caller_nonces == "respect" else None
     last: Exception = RateLimited("the account's nonces moved under this request three times; "
                                   "nothing was sent, try again")  # fmt: skip
@@ -200,7 +219,11 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
             if not slot.existing:
                 try:
                     tx = build(nonce=slot.nonce)
-                    return await _sign_store_send(services, caller, key, tx, slot)
+                    result = await _sign_store_send(services, caller, key, tx, slot)
+                    await decisions.signed(services, caller, verdict, request.method,
+                                           slot.account, bytes.fromhex(result[2:]), slot.nonce,
+                                           "sent")  # fmt: skip
+                    return result
                 except _NonceTakenOutside as taken:
                     if given is not None:
                         raise taken.refusal from None
@@ -210,6 +233,7 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
                     continue
         earlier = await ledger.wait_for_hash(slot)  # an Idempotency-Key's first request
         if earlier is not None:
+            await decisions.give_back(services, caller, verdict)  # that one was counted
             return "0x" + earlier.hex()
         # That request failed and gave its key up: this one goes ahead.
     raise last
@@ -306,8 +330,25 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     QSIGNER_SIGNED_TX_TIMEOUT recovery fills the nonce."""
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
-    build = await _prepare(services, parsed)
-    build(nonce=0)  # refused before a nonce is taken
+    policy = await services.gate.in_force(caller.principal.organisation_id)
+    to = parse_address("to", parsed.fields.get("to"))
+    build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    probe = build(nonce=0)  # refused before a nonce is taken
+    verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
+                                              probe)  # fmt: skip
+    try:
+        tx, signed, nonce = await _sign_only(services, caller, key, parsed, build)
+    except BaseException:
+        await decisions.give_back(services, caller, verdict)
+        raise
+    await decisions.signed(services, caller, verdict, request.method, parsed.sender,
+                           signed.hash, nonce, "signed")  # fmt: skip
+    return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
+
+
+async def _sign_only(services: Services, caller: Caller, key: AsyncSigner, parsed: filling.Request,
+                     build: Callable[..., Transaction],
+                     ) -> tuple[Transaction, SignedTransaction, int]:  # fmt: skip
     ledger, origin = services.ledger, _origin(caller)
     given = parsed.nonce if services.settings.caller_nonces == "respect" else None
     async with ledger.turn(parsed.sender):
@@ -324,7 +365,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
         else:
             tx = build(nonce=slot.nonce)
             signed = await _sign_and_store(services, caller, key, tx, slot)
-    return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
+    return tx, signed, tx.nonce
 
 
 def _message_bytes(value: Any) -> bytes:
@@ -343,7 +384,10 @@ def _looks_like_address(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 42 and value[:2] in ("0x", "0X")
 
 
-async def _sign_digest(services: Services, key: AsyncSigner, digest: bytes) -> str:
+async def _sign_digest(services: Services, caller: Caller, request: RpcRequest,
+                       key: AsyncSigner, digest: bytes,
+                       typed: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+    await decisions.for_message(services, caller, request, key.address, digest, typed)
     started = time.perf_counter()
     signature: Signature = await key.sign_digest_async(digest)
     services.metrics.hsm_sign.observe(time.perf_counter() - started)
@@ -355,7 +399,8 @@ async def eth_sign(services: Services, caller: Caller, request: RpcRequest) -> A
     if len(params) < 2:
         raise InvalidParams("expected [address, message]")
     key = await signer_for(services, caller, _address_param(params[0]))
-    return await _sign_digest(services, key, personal_message_digest(_message_bytes(params[1])))
+    return await _sign_digest(services, caller, request, key,
+                              personal_message_digest(_message_bytes(params[1])))
 
 
 async def personal_sign(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -367,7 +412,8 @@ async def personal_sign(services: Services, caller: Caller, request: RpcRequest)
     if _looks_like_address(message) and not _looks_like_address(address):
         message, address = address, message
     key = await signer_for(services, caller, _address_param(address))
-    return await _sign_digest(services, key, personal_message_digest(_message_bytes(message)))
+    return await _sign_digest(services, caller, request, key,
+                              personal_message_digest(_message_bytes(message)))
 
 
 async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -389,7 +435,7 @@ async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcReq
     except (InvalidMessage, InvalidTransaction, ValueError) as exc:
         raise InvalidParams(str(exc)) from None
     key = await signer_for(services, caller, _address_param(params[0]))
-    return await _sign_digest(services, key, digest)
+    return await _sign_digest(services, caller, request, key, digest, data)
 
 
 # A caller's own signed transaction, submitted to a node: each method with whether the node

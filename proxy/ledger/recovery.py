@@ -261,7 +261,7 @@ class Recovery:
             )
             if isinstance(receipt, dict) and receipt.get("blockNumber"):
                 await self._mark_mined([(row["tx_hash"], int(receipt["blockNumber"], 16),
-                                         _status(receipt))])  # fmt: skip
+                                         _status(receipt), _gas_used(receipt))])  # fmt: skip
             else:
                 log.warning(
                     "nonce %d of %s was used by another transaction; %s dropped",
@@ -485,8 +485,8 @@ class Recovery:
             if done is None:
                 return  # another replica took the tracking over
 
-    async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int]] | None:
-        """(hash, block, status) of the transactions mined in block `number` (None while the
+    async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int, int]] | None:
+        """(hash, block, status, gas used) of the transactions mined in block `number` (None while the
         node does not have the block): one call where the node has eth_getBlockReceipts, else
         one receipt per transaction of ours in it. Every read goes to one node (affinity)."""
         pool = self.ledger.pool
@@ -501,7 +501,7 @@ class Recovery:
             else:
                 if receipts is None:
                     return None
-                return [(bytes.fromhex(r["transactionHash"][2:]), number, _status(r))
+                return [(bytes.fromhex(r["transactionHash"][2:]), number, _status(r), _gas_used(r))
                         for r in receipts]  # fmt: skip
         block = await pool.call("eth_getBlockByNumber", [hex(number), False], affinity=_TRACKER)
         if block is None:
@@ -516,11 +516,11 @@ class Recovery:
             pool.call("eth_getTransactionReceipt", ["0x" + row["tx_hash"].hex()],
                       affinity=_TRACKER)
             for row in ours))  # fmt: skip
-        return [(row["tx_hash"], number, _status(receipt))
+        return [(row["tx_hash"], number, _status(receipt), _gas_used(receipt))
                 for row, receipt in zip(ours, found, strict=True)
                 if isinstance(receipt, dict)]  # fmt: skip
 
-    async def _mark_mined(self, mined: list[tuple[bytes, int, int]]) -> None:
+    async def _mark_mined(self, mined: list[tuple[bytes, int, int, int]]) -> None:
         try:
             rows = await self._mined_rows(mined)
         except asyncpg.DeadlockDetectedError:  # with a store's sent marks, in another order
@@ -532,15 +532,25 @@ class Recovery:
         for account, count in top.items():
             self.ledger.saw_mined(account, count)
 
-    async def _mined_rows(self, mined: list[tuple[bytes, int, int]]) -> list[Any]:
+    async def _mined_rows(self, mined: list[tuple[bytes, int, int, int]]) -> list[Any]:
+        # A gas limit counted a transaction's gas limit when it let it through; once mined, the
+        # gas it used is what counts (the policy's counters, in the same statement).
         rows: list[Any] = await self.db.fetch(
-            """UPDATE ledger_transactions t
-                  SET state = 'mined', block_number = u.block, receipt_status = u.status,
-                      mined_at = now(), updated_at = now()
-                 FROM unnest($1::bytea[], $2::bigint[], $3::smallint[]) AS u(hash, block, status)
-                WHERE t.tx_hash = u.hash AND t.state IN ('signed', 'sent')
-            RETURNING t.account, t.nonce, extract(epoch FROM now() - t.created_at) AS age""",
+            """WITH m AS (
+                 UPDATE ledger_transactions t
+                    SET state = 'mined', block_number = u.block, receipt_status = u.status,
+                        mined_at = now(), updated_at = now()
+                   FROM unnest($1::bytea[], $2::bigint[], $3::smallint[], $4::bigint[])
+                        AS u(hash, block, status, gas)
+                  WHERE t.tx_hash = u.hash AND t.state IN ('signed', 'sent')
+              RETURNING t.account, t.nonce, t.tx_hash, u.gas,
+                        extract(epoch FROM now() - t.created_at) AS age),
+               g AS (
+                 UPDATE policy_usage p SET amount = m.gas
+                   FROM m WHERE p.tx_hash = m.tx_hash AND p.kind = 'gas' AND m.gas >= 0)
+               SELECT account, nonce, age FROM m""",
             [m[0] for m in mined], [m[1] for m in mined], [m[2] for m in mined],
+            [m[3] for m in mined],
         )  # fmt: skip
         return rows
 
@@ -552,6 +562,12 @@ def _still_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _gas_used(receipt: Any) -> int:
+    """The receipt's gasUsed, or -1 where a node left it out (the count then stays as it was)."""
+    value = receipt.get("gasUsed") if isinstance(receipt, dict) else None
+    return int(value, 16) if isinstance(value, str) else -1
 
 
 def _status(receipt: Any) -> int:

@@ -1,0 +1,180 @@
+"""What the command line does with policies and held requests: install a policy version (after
+validating it, announced to every replica), show it, and approve or reject a held request. The
+same rows the gate reads; each change is audited."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from policy.evaluate import evaluate
+from policy.limits import charges
+from policy.model import Policy, RequestFacts
+from policy.parse import PolicyError, parse_policy
+from proxy.audit.log import AuditLog
+from proxy.audit.records import AuditEvent, parse_timestamp
+from proxy.errors import BadInput, Forbidden
+from proxy.identity import Identity
+from proxy.identity.rowcache import RowCache
+
+
+def validate(text: str) -> None:
+    """A policy file that does not parse is input to fix: its line and field are named."""
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        raise BadInput(f"policy file: {exc}") from None
+
+
+async def install(identity: Identity, audit: AuditLog, organisation: str, text: str) -> int:
+    """Store `text` as the organisation's next policy version; every replica takes it within
+    a second (NOTIFY). Returns the version."""
+    validate(text)
+    org_id = await identity.organisation_id(organisation)
+    async with identity.pool.acquire() as conn, conn.transaction():
+        # Versions of one organisation are numbered in order even when two operators race.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           f"policy:{org_id}")  # fmt: skip
+        version = int(await conn.fetchval(
+            "SELECT coalesce(max(version), 0) + 1 FROM policy_versions WHERE organisation_id = $1",
+            org_id))  # fmt: skip
+        await conn.execute(
+            "INSERT INTO policy_versions (organisation_id, version, source) VALUES ($1, $2, $3)",
+            org_id, version, text)  # fmt: skip
+        await RowCache.notify(conn, "policy", str(org_id))
+        await audit.append_in(conn, [AuditEvent(
+            kind="security", organisation=organisation, user=None, action="policy_set",
+            policy_version=version)])  # fmt: skip
+    return version
+
+
+async def current(identity: Identity, organisation: str) -> tuple[int, str] | None:
+    org_id = await identity.organisation_id(organisation)
+    row = await identity.pool.fetchrow(
+        "SELECT version, source FROM policy_versions WHERE organisation_id = $1 "
+        "ORDER BY version DESC LIMIT 1", org_id)  # fmt: skip
+    return None if row is None else (int(row["version"]), str(row["source"]))
+
+
+@dataclass(frozen=True)
+class Vote:
+    approval_id: str
+    state: str  # the approval's state after this vote: pending, approved or rejected
+    votes: int
+    needed: int
+
+
+async def vote(identity: Identity, audit: AuditLog, approval_id: str, admin: str,
+               password: str, approve: bool) -> Vote:  # fmt: skip
+    """An admin of the approval's organisation, other than its requester, proving who they are
+    with their own password, approves or rejects a held request."""
+    principal, _ = await identity.unlock_with_password(admin, password)
+    if principal.role != "admin":
+        raise Forbidden(f"{admin} is not an admin: only admins approve or reject")
+    async with identity.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """SELECT organisation_id, requester, state, needed, expires_at <= now() AS expired
+               FROM approvals WHERE id = $1 FOR UPDATE""", approval_id)  # fmt: skip
+        if row is None or row["organisation_id"] != principal.organisation_id:
+            raise BadInput(f"no held request {approval_id} in {principal.organisation}")
+        if row["requester"] == admin:
+            raise Forbidden("the requester cannot approve or reject their own request")
+        if row["state"] != "pending":
+            raise BadInput(f"{approval_id} is already {row['state']}")
+        if row["expired"]:
+            raise BadInput(f"{approval_id} expired; the requester may ask again")
+        try:
+            await conn.execute(
+                "INSERT INTO approval_votes (approval_id, user_id, vote) VALUES ($1, $2, $3)",
+                approval_id, admin, "approve" if approve else "reject")  # fmt: skip
+        except asyncpg.UniqueViolationError:
+            raise BadInput(f"{admin} already voted on {approval_id}") from None
+        votes = int(await conn.fetchval(
+            "SELECT count(*) FROM approval_votes WHERE approval_id = $1 AND vote = 'approve'",
+            approval_id))  # fmt: skip
+        state = "rejected" if not approve else (
+            "approved" if votes >= row["needed"] else "pending")  # fmt: skip
+        if state != "pending":
+            # A granted approval stays usable for the policy's expiry from now.
+            await conn.execute(
+                """UPDATE approvals SET state = $2, decided_at = now(),
+                       expires_at = CASE WHEN $2 = 'approved'
+                                         THEN now() + (expires_at - created_at) ELSE expires_at END
+                   WHERE id = $1""", approval_id, state)  # fmt: skip
+        await audit.append_in(conn, [AuditEvent(
+            kind="security", organisation=principal.organisation, user=admin,
+            action="approved" if approve else "rejected",
+            detail={"approval_id": approval_id, "requester": row["requester"], "state": state})])  # fmt: skip
+    return Vote(approval_id, state, votes, int(row["needed"]))
+
+
+def _replayed(content: dict[str, Any]) -> RequestFacts | None:
+    """The facts of an audited decision, as the gate saw them (None for rows a dry-run cannot
+    replay: calldata cut for length)."""
+    detail = content.get("detail") or {}
+    if detail.get("data_cut"):
+        return None
+    to = detail.get("to")
+    return RequestFacts(
+        method=content["method"], organisation=content["organisation"], user=content["user"],
+        role=detail.get("role", ""), account=bytes.fromhex(content["account"][2:]),
+        account_name=detail.get("account_name"),
+        to=bytes.fromhex(to[2:]) if to else None, value=int(detail.get("value", 0)),
+        data=bytes.fromhex(detail.get("data", "0x")[2:]), gas=int(detail.get("gas", 0)),
+        deploy=detail.get("to") is None and "gas" in detail,
+        typed_domain=detail.get("typed_domain"), typed_primary_type=detail.get("typed_primary_type"),
+    )  # fmt: skip
+
+
+def _label(action: str, rule: str | None) -> str:
+    return f"{action}({rule})" if rule else action
+
+
+def replay(draft: Policy, decisions: list[dict[str, Any]]) -> list[str]:
+    """Each audited decision (oldest first) decided again under `draft`, its limits counted
+    over the replayed history itself: one line per decision that changes (request id, old and
+    new decision, rule). Pure."""
+    counted: list[tuple[datetime, str, str, int]] = []
+    changed: list[str] = []
+    for content in decisions:
+        facts = _replayed(content)
+        if facts is None:
+            continue
+        moment = parse_timestamp(content["time"])
+        used: dict[tuple[str, str], int] = {}
+        for charge in charges(draft, facts, {}):
+            used[(charge.limit, charge.scope)] = sum(
+                amount for at, limit, scope, amount in counted
+                if limit == charge.limit and scope == charge.scope
+                and (moment - at).total_seconds() < charge.window_seconds)  # fmt: skip
+        decision = evaluate(draft, facts, used, {})
+        if decision.proceeds:
+            counted.extend((moment, c.limit, c.scope, c.amount) for c in decision.charges)
+        new = decision.action if decision.enforced else f"shadow-{decision.action}"
+        new = "allow" if new == "shadow-allow" else new
+        old = str(content["action"])
+        if new != old:
+            changed.append(f"{content.get('request_id')}\t{_label(old, content.get('rule'))}"
+                           f"\t{_label(new, decision.rule)}")  # fmt: skip
+    return changed
+
+
+async def dry_run(identity: Identity, organisation: str, text: str, last: int) -> list[str]:
+    """The organisation's last `last` audited signing decisions replayed against the policy
+    `text`: the lines of those that would change."""
+    try:
+        draft = parse_policy(text)
+    except PolicyError as exc:
+        raise BadInput(f"policy file: {exc}") from None
+    await identity.organisation_id(organisation)  # an unknown organisation is input to fix
+    rows = await identity.pool.fetch(
+        """SELECT content FROM (
+               SELECT seq, content FROM audit_log
+               WHERE chain = $1 AND content LIKE '{%"kind":"decision"%'
+               ORDER BY seq DESC LIMIT $2) recent
+           ORDER BY seq""", organisation, last)  # fmt: skip
+    return replay(draft, [json.loads(r["content"]) for r in rows])

@@ -1,0 +1,253 @@
+"""Where a signing request meets its organisation's policy: the policy in force (versions in
+PostgreSQL, announced to every replica by NOTIFY), the limits' counters reserved in the same
+transaction as the decision and its audit row, and requests held for approval. `policy/` decides;
+this module reads and writes what the decision needs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+
+from policy import abi
+from policy.evaluate import Decision, evaluate
+from policy.limits import Charge, charges
+from policy.model import Policy, RequestFacts
+from policy.parse import parse_policy
+from proxy.audit.log import AuditLog
+from proxy.audit.records import AuditEvent
+from proxy.errors import PolicyRefused
+from proxy.identity.rowcache import RowCache
+from proxy.nodes.pool import NodePool
+from proxy.store import BoundedPool
+from signer.base import checksum
+
+log = logging.getLogger(__name__)
+
+# The organisation's policy in force, cached by organisation id (NOTIFY `policy:<id>`). `id` is
+# NULL so that dropping a user's rows (matched on `id`) never drops it.
+_CURRENT_QUERY = """
+    SELECT NULL::text AS id, version, source, installed_at
+    FROM policy_versions WHERE organisation_id = $1::text::bigint
+    ORDER BY version DESC LIMIT 1"""
+
+# A limit's counter: what it let through in its window, since its policy version was installed.
+_USED_QUERY = """
+    SELECT coalesce(sum(amount), 0) FROM policy_usage
+    WHERE organisation_id = $1 AND limit_name = $2 AND scope = $3 AND state = 'reserved'
+      AND at > greatest(now() - make_interval(secs => $4), $5)"""
+
+
+@dataclass(frozen=True)
+class InForce:
+    version: int
+    policy: Policy
+    installed_at: Any  # datetime
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A request's decision, once recorded: `decision` is None without a policy."""
+
+    decision: Decision | None
+    policy_version: int | None
+    approval_id: str | None = None
+    ticket: str = ""  # names the counters this decision reserved
+    gas_counted: bool = False  # a gas limit counted it: corrected to the gas used once mined
+
+    @property
+    def charged(self) -> bool:
+        return self.decision is not None and bool(self.decision.charges)
+
+
+def request_digest(user: str, method: str, params: Any) -> bytes:
+    """What an approval is bound to: the caller, the method and the exact parameters."""
+    canonical = json.dumps([user, method, params], sort_keys=True, separators=(",", ":"),
+                           default=str)  # fmt: skip
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def refusal_for(decision: Decision, version: int | None,
+                approval_id: str | None = None) -> PolicyRefused:  # fmt: skip
+    data: dict[str, Any] = {"reason": decision.reason, "rule": decision.rule,
+                            "detail": decision.detail, "policy_version": version}  # fmt: skip
+    if approval_id is not None:
+        data["approval_id"] = approval_id
+    return PolicyRefused(f"refused by policy: {decision.detail}", data)
+
+
+class Gate:
+    def __init__(self, db: BoundedPool, rows: RowCache, pool: NodePool, audit: AuditLog) -> None:
+        self.db = db
+        self.rows = rows
+        self.pool = pool
+        self.audit = audit
+        self._parsed: dict[tuple[int, int], InForce] = {}
+        self._decimals: dict[bytes, int] = {}
+
+    async def in_force(self, organisation_id: int) -> InForce | None:
+        row = await self.rows.row("policy", str(organisation_id), _CURRENT_QUERY)
+        if row is None:
+            return None
+        key = (organisation_id, int(row["version"]))
+        cached = self._parsed.get(key)
+        if cached is None:
+            cached = InForce(key[1], parse_policy(row["source"]), row["installed_at"])
+            self._parsed[key] = cached
+        return cached
+
+    def revert_errors(self, policy: InForce | None, to: bytes | None) -> tuple[abi.AbiSignature, ...]:
+        """The custom errors the policy names for the contract at `to`, to decode a revert."""
+        if policy is None or to is None:
+            return ()
+        contract = policy.policy.contract_at(to)
+        return contract.errors if contract is not None else ()
+
+    async def _decimals_of(self, policy: Policy) -> dict[str, int]:
+        """decimals() of the tokens whose units the policy uses; read once per address (a
+        token's decimals never change). A token that does not answer is left out: evaluation
+        then refuses what needs it."""
+        names = policy.decimals_needed()
+        missing = [policy.contracts[n].address for n in names
+                   if policy.contracts[n].address not in self._decimals]  # fmt: skip
+
+        async def read(address: bytes) -> None:
+            try:
+                answer = await self.pool.call("eth_call", [
+                    {"to": "0x" + address.hex(), "data": "0x" + abi.encode_call(abi.DECIMALS, []).hex()},
+                    "latest"])  # fmt: skip
+                if isinstance(answer, str) and len(answer) == 66:
+                    self._decimals[address] = int(answer, 16)
+            except Exception:  # noqa: BLE001 (a token that cannot tell is judged without it)
+                log.warning("decimals() of %s could not be read", checksum(address))
+
+        if missing:
+            await asyncio.gather(*(read(a) for a in missing))
+        return {n: self._decimals[policy.contracts[n].address] for n in names
+                if policy.contracts[n].address in self._decimals}  # fmt: skip
+
+    async def decide(self, organisation_id: int, facts: RequestFacts, event: AuditEvent,
+                     digest: bytes, policy: InForce | None) -> Verdict:  # fmt: skip
+        """Decide, reserve the limits' counters and append the decision's audit row, all in one
+        transaction when anything is counted; refuse (PolicyRefused) what does not proceed."""
+        if policy is None:
+            await self.audit.append(replace(event, action="allow"))
+            return Verdict(None, None)
+        decimals = await self._decimals_of(policy.policy)
+        try:
+            counted = charges(policy.policy, facts, decimals)
+        except ValueError:
+            counted = ()  # calldata or units that do not resolve: evaluate refuses them
+        first = evaluate(policy.policy, facts, {}, decimals)
+        if (first.action == "deny" and first.enforced) or (not counted and first.action != "hold"):
+            # Decided without counters: a deny wins whatever they hold (and a limit crossed
+            # with nothing used is crossed), and nothing is counted or held otherwise.
+            await self.audit.append(self._event(event, first, policy.version))
+            if not first.proceeds:
+                raise refusal_for(first, policy.version)
+            return Verdict(first, policy.version)
+        async with self.db.acquire() as conn, conn.transaction():
+            used = await self._used(conn, organisation_id, policy, counted)
+            decision = evaluate(policy.policy, facts, used, decimals)
+            approval_id: str | None = None
+            if decision.action == "hold" and decision.enforced:
+                decision, approval_id = await self._held(
+                    conn, organisation_id, facts, digest, policy, used, decimals, decision)
+            ticket = secrets.token_hex(12)
+            kinds = {limit.name: limit.kind for limit in policy.policy.limits}
+            if decision.proceeds and decision.charges:
+                await conn.executemany(
+                    """INSERT INTO policy_usage (organisation_id, limit_name, kind, scope, amount,
+                                                 ticket, request_id)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                    [(organisation_id, c.limit, kinds[c.limit], c.scope, c.amount, ticket,
+                      event.request_id or "") for c in decision.charges])  # fmt: skip
+            await self.audit.append_in(conn, [self._event(event, decision, policy.version,
+                                                          approval_id)])  # fmt: skip
+        if not decision.proceeds:
+            raise refusal_for(decision, policy.version, approval_id)
+        gas = any(kinds[c.limit] == "gas" for c in decision.charges)
+        return Verdict(decision, policy.version, approval_id, ticket, gas)
+
+    @staticmethod
+    def _event(event: AuditEvent, decision: Decision, version: int,
+               approval_id: str | None = None) -> AuditEvent:  # fmt: skip
+        action = decision.action if decision.enforced else (
+            "allow" if decision.action == "allow" else f"shadow-{decision.action}")
+        detail = dict(event.detail)
+        if approval_id is not None:
+            detail["approval_id"] = approval_id
+        if decision.detail:
+            detail["why"] = decision.detail
+        return replace(event, action=action, reason=decision.reason, rule=decision.rule,
+                       policy_version=version, detail=detail)  # fmt: skip
+
+    async def _used(self, conn: asyncpg.Connection, organisation_id: int, policy: InForce,
+                    counted: tuple[Charge, ...]) -> dict[tuple[str, str], int]:  # fmt: skip
+        """Each applicable counter, locked (per organisation, limit and scope) until this
+        transaction ends, so that concurrent requests on every replica see each other."""
+        used: dict[tuple[str, str], int] = {}
+        for charge in sorted(counted, key=lambda c: (c.limit, c.scope)):
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                               f"limit:{organisation_id}:{charge.limit}:{charge.scope}")  # fmt: skip
+            used[(charge.limit, charge.scope)] = int(await conn.fetchval(
+                _USED_QUERY, organisation_id, charge.limit, charge.scope,
+                float(charge.window_seconds), policy.installed_at))  # fmt: skip
+        return used
+
+    async def _held(self, conn: asyncpg.Connection, organisation_id: int, facts: RequestFacts,
+                    digest: bytes, policy: InForce, used: Mapping[tuple[str, str], int],
+                    decimals: Mapping[str, int], held: Decision,
+                    ) -> tuple[Decision, str | None]:  # fmt: skip
+        """A held request: through once if approved (the approval is used up here), else its
+        approval's id (created on the first request), or why it will not go through."""
+        row = await conn.fetchrow(
+            """SELECT id, state, expires_at <= now() AS expired FROM approvals
+               WHERE requester = $1 AND request_digest = $2 AND used_at IS NULL
+               ORDER BY created_at DESC LIMIT 1 FOR UPDATE""", facts.user, digest)  # fmt: skip
+        if row is not None and row["state"] == "approved" and not row["expired"]:
+            decision = evaluate(policy.policy, facts, used, decimals, approved=True)
+            if decision.proceeds:
+                await conn.execute(
+                    "UPDATE approvals SET state = 'used', used_at = now() WHERE id = $1", row["id"])
+            return decision, row["id"]
+        if row is not None and (row["state"] == "rejected" or row["expired"]):
+            # Told once; a later repeat asks for a new approval.
+            await conn.execute("UPDATE approvals SET used_at = now() WHERE id = $1", row["id"])
+            reason = "approval_rejected" if row["state"] == "rejected" else "approval_expired"
+            detail = (f"approval {row['id']} was rejected" if reason == "approval_rejected" else
+                      f"approval {row['id']} expired; repeat the request to ask again")  # fmt: skip
+            return replace(held, action="deny", reason=reason, detail=detail), row["id"]
+        if row is not None:  # pending
+            return held, row["id"]
+        approval_id = "apr_" + secrets.token_hex(8)
+        summary = {"account": checksum(facts.account), "method": facts.method,
+                   "to": checksum(facts.to) if facts.to else None, "value": str(facts.value)}
+        await conn.execute(
+            """INSERT INTO approvals (id, organisation_id, requester, request_digest, method,
+                   summary, rule, policy_version, needed, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9,
+                       now() + make_interval(secs => $10))""",
+            approval_id, organisation_id, facts.user, digest, facts.method, json.dumps(summary),
+            held.rule or "", policy.version, policy.policy.approvals.approvers,
+            float(policy.policy.approvals.expire_seconds))  # fmt: skip
+        return held, approval_id
+
+    async def release(self, ticket: str) -> None:
+        """The request failed before reaching a node: what it counted is given back."""
+        await self.db.execute(
+            "UPDATE policy_usage SET state = 'released' WHERE ticket = $1 AND state = 'reserved'",
+            ticket)  # fmt: skip
+
+    async def sent(self, ticket: str, tx_hash: bytes) -> None:
+        """The transaction a gas limit counted: its receipt will correct the count."""
+        await self.db.execute(
+            "UPDATE policy_usage SET tx_hash = $2 WHERE ticket = $1 AND kind = 'gas'",
+            ticket, tx_hash)  # fmt: skip

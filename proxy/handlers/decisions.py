@@ -1,0 +1,107 @@
+"""A signing request's decision, as the handlers ask for it: the request's facts for the policy,
+the decision recorded in the audit log (with what a dry-run replays), the counters given back
+when the request fails before reaching a node, and the signed outcome appended after."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from policy.model import RequestFacts
+from proxy.audit.records import AuditEvent
+from proxy.context import Caller, Services
+from proxy.errors import DatabaseUnavailable
+from proxy.guard.gate import InForce, Verdict, request_digest
+from proxy.rpc import RpcRequest
+from signer.base import checksum
+from signer.transactions import Transaction
+
+log = logging.getLogger(__name__)
+
+# Calldata kept in a decision's audit row for a dry-run to replay; longer is cut (and marked).
+REPLAY_DATA_BYTES = 4096
+
+
+def _event(caller: Caller, method: str, account: bytes, detail: Mapping[str, Any],
+           digest: str | None = None) -> AuditEvent:  # fmt: skip
+    principal = caller.principal
+    return AuditEvent(kind="decision", organisation=principal.organisation,
+                      user=principal.user_id, action="allow", request_id=caller.request_id,
+                      account=checksum(account), method=method, digest=digest,
+                      detail=dict(detail))  # fmt: skip
+
+
+async def _account_name(services: Services, caller: Caller, account: bytes) -> str | None:
+    return (await services.identity.account_for(caller.principal, account)).name
+
+
+async def for_transaction(services: Services, caller: Caller, request: RpcRequest,
+                          policy: InForce | None, sender: bytes, tx: Transaction,
+                          ) -> Verdict:  # fmt: skip
+    principal = caller.principal
+    facts = RequestFacts(
+        method=request.method, organisation=principal.organisation, user=principal.user_id,
+        role=principal.role, account=sender,
+        account_name=await _account_name(services, caller, sender), to=tx.to, value=tx.value,
+        data=tx.data, gas=tx.gas, deploy=tx.to is None,
+    )  # fmt: skip
+    replay = {"role": principal.role, "account_name": facts.account_name,
+              "to": checksum(tx.to) if tx.to else None,
+              "value": str(tx.value), "gas": tx.gas,
+              "data": "0x" + tx.data[:REPLAY_DATA_BYTES].hex(),
+              "data_cut": len(tx.data) > REPLAY_DATA_BYTES}  # fmt: skip
+    digest = request_digest(principal.user_id, request.method, request.positional)
+    return await services.gate.decide(principal.organisation_id, facts,
+                                      _event(caller, request.method, sender, replay), digest,
+                                      policy)  # fmt: skip
+
+
+async def for_message(services: Services, caller: Caller, request: RpcRequest, account: bytes,
+                      digest: bytes, typed: Mapping[str, Any] | None = None) -> Verdict:  # fmt: skip
+    principal = caller.principal
+    domain = dict(typed.get("domain") or {}) if typed is not None else None
+    primary = str(typed.get("primaryType")) if typed is not None else None
+    facts = RequestFacts(
+        method=request.method, organisation=principal.organisation, user=principal.user_id,
+        role=principal.role, account=account,
+        account_name=await _account_name(services, caller, account), typed_domain=domain,
+        typed_primary_type=primary,
+    )  # fmt: skip
+    replay = {"role": principal.role, "account_name": facts.account_name,
+              "typed_domain": domain, "typed_primary_type": primary}
+    policy = await services.gate.in_force(principal.organisation_id)
+    bound = request_digest(principal.user_id, request.method, request.positional)
+    return await services.gate.decide(
+        principal.organisation_id, facts,
+        _event(caller, request.method, account, replay, "0x" + digest.hex()), bound, policy)
+
+
+async def give_back(services: Services, caller: Caller, verdict: Verdict) -> None:
+    """The request failed before reaching a node: what it counted against limits is freed."""
+    if not verdict.charged:
+        return
+    try:
+        await services.gate.release(verdict.ticket)
+    except DatabaseUnavailable:
+        # The reservation stays counted until its window passes: the safe side of a limit.
+        log.warning("could not give back request %s's limit counts", caller.request_id)
+
+
+async def signed(services: Services, caller: Caller, verdict: Verdict, method: str,
+                 account: bytes, tx_hash: bytes, nonce: int | None, outcome: str,
+                 ) -> None:  # fmt: skip
+    """The outcome of an allowed request: its transaction hash and nonce ("sent" or "signed")."""
+    principal = caller.principal
+    try:
+        if verdict.gas_counted:
+            await services.gate.sent(verdict.ticket, tx_hash)
+        await services.audit.append(AuditEvent(
+            kind="signed", organisation=principal.organisation, user=principal.user_id,
+            action=outcome, request_id=caller.request_id, account=checksum(account),
+            method=method, tx_hash="0x" + tx_hash.hex(), nonce=nonce))  # fmt: skip
+    except DatabaseUnavailable:
+        # The decision's row is in already; the caller's transaction is out and must not be
+        # answered as failed. The ledger keeps the hash and nonce in any case.
+        log.warning("could not audit the outcome of request %s (%s)", caller.request_id,
+                    "0x" + tx_hash.hex())  # fmt: skip

@@ -1,0 +1,224 @@
+"""The organisation's policy on the signing path, with the proxy in process in front of real
+anvil, PostgreSQL and SoftHSM: deny rules, holds and the approval flow, limits that hold across
+two replicas under concurrency, shadow mode, the audit rows each decision leaves, and a dry-run
+of a draft against them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from proxy import store
+from proxy.audit.log import AuditLog
+from proxy.errors import BadInput, Forbidden
+from proxy.guard import admin
+from proxy.identity import Identity
+from signer.pkcs11 import Hsm
+from tests.support.anvil import rpc, run_anvil
+from tests.support.proxy_client import Proxy
+from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
+
+ADMIN_PASSWORD = "admin-pw-" + "q" * 8
+SINK = "0x000000000000000000000000000000000000dEaD"
+
+
+@pytest.fixture
+def anvil() -> Iterator[str]:
+    with run_anvil(chain_id=CHAIN_ID, quorum_like=True) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def governed(stack: Stack) -> AsyncIterator[tuple[Identity, AuditLog]]:
+    pool = await store.connect(stack.database_url, max_size=2)
+    audit = AuditLog(pool)
+    try:
+        yield Identity(pool, stack.settings), audit
+    finally:
+        await audit.close()
+        await pool.close()
+
+
+async def _stack_with_admins(anvil: str, database_url: str, module: str) -> Stack:
+    stack = await build_stack(anvil, database_url, module)
+    async with governed(stack) as (identity, _audit):
+        with Hsm(module, sessions_per_token=1) as hsm:
+            for name in ("ada", "bob"):
+                await identity.add_user("acme", name, "admin", hsm, stack.pin, ADMIN_PASSWORD,
+                                        token_label=stack.token_label)  # fmt: skip
+    return stack
+
+
+async def _install(stack: Stack, text: str) -> int:
+    async with governed(stack) as (identity, audit):
+        return await admin.install(identity, audit, "acme", textwrap.dedent(text))
+
+
+async def _vote(stack: Stack, approval_id: str, who: str, approve: bool = True) -> admin.Vote:
+    async with governed(stack) as (identity, audit):
+        return await admin.vote(identity, audit, approval_id, who, ADMIN_PASSWORD, approve)
+
+
+async def _send(proxy: Proxy, to: str = SINK, value: int = 1) -> dict[str, Any]:
+    status, answer = await proxy.call("eth_sendTransaction", [
+        {"from": proxy.stack.address, "to": to, "value": hex(value)}])  # fmt: skip
+    assert status == 200, answer
+    return dict(answer)
+
+
+async def _decisions(stack: Stack) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await conn.fetch("SELECT content FROM audit_log WHERE chain = 'acme' ORDER BY seq")
+    finally:
+        await conn.close()
+    return [c for c in (json.loads(r["content"]) for r in rows) if c["kind"] == "decision"]
+
+
+async def _ledger_rows(stack: Stack) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM ledger_transactions"))
+    finally:
+        await conn.close()
+
+
+def _refused(answer: dict[str, Any], reason: str, rule: str | None) -> dict[str, Any]:
+    assert "error" in answer, answer
+    assert answer["error"]["code"] == -32003, answer
+    data = answer["error"]["data"]
+    assert data["reason"] == reason and data["rule"] == rule, data
+    assert isinstance(data["policy_version"], int), data
+    return dict(data)
+
+
+async def test_a_deny_rule_refuses_takes_no_nonce_and_is_audited(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    version = await _install(stack, f"""
+        version: 1
+        default: allow
+        rules:
+          - name: only-the-sink
+            action: deny
+            match: {{to_not_in: ["{SINK}"]}}
+          - name: no-eth-sign
+            action: deny
+            match: {{method: [eth_sign]}}
+        """)  # fmt: skip
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        data = _refused(await _send(proxy, to=stack.other_address), "denied", "only-the-sink")
+        assert data["policy_version"] == version
+        assert await _ledger_rows(stack) == 0
+        status, answer = await proxy.call("eth_sign", [stack.address, "0x68656c6c6f"])
+        _refused(answer, "denied", "no-eth-sign")
+        assert "result" in await _send(proxy)  # the sink is allowed
+        status, answer = await proxy.call("personal_sign", ["0x68656c6c6f", stack.address])
+        assert "result" in answer, answer
+    decisions = await _decisions(stack)
+    assert [(d["method"], d["action"], d["rule"]) for d in decisions] == [
+        ("eth_sendTransaction", "deny", "only-the-sink"), ("eth_sign", "deny", "no-eth-sign"),
+        ("eth_sendTransaction", "allow", None), ("personal_sign", "allow", None)]  # fmt: skip
+    assert all(d["policy_version"] == version and d["user"] == "alice" for d in decisions)
+
+
+async def test_a_held_request_goes_through_once_approved(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    await _install(stack, """
+        version: 1
+        rules:
+          - name: big-transfers
+            action: hold
+            match: {value: {gt: "1 ether"}}
+        approvals: {approvers: 1, expire: 1h}
+        """)
+    big = 2 * 10**18
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        held = _refused(await _send(proxy, value=big), "approval_required", "big-transfers")
+        approval = held["approval_id"]
+        # Asking again before anyone decided: the same approval.
+        again = _refused(await _send(proxy, value=big), "approval_required", "big-transfers")
+        assert again["approval_id"] == approval
+        assert await _ledger_rows(stack) == 0
+        with pytest.raises(Forbidden):  # alice is no admin, let alone her own approver
+            async with governed(stack) as (identity, audit):
+                await admin.vote(identity, audit, approval, "alice", stack.password, True)
+        assert (await _vote(stack, approval, "ada")).state == "approved"
+        with pytest.raises(BadInput):
+            await _vote(stack, approval, "bob")  # decided already
+        # Another body is another request: held on its own.
+        other = _refused(await _send(proxy, value=big + 1), "approval_required", "big-transfers")
+        assert other["approval_id"] != approval
+        sent = await _send(proxy, value=big)
+        assert "result" in sent, sent
+        # Exactly once: the next repeat needs a new approval.
+        third = _refused(await _send(proxy, value=big), "approval_required", "big-transfers")
+        assert third["approval_id"] != approval
+        assert (await _vote(stack, third["approval_id"], "bob", approve=False)).state == "rejected"
+        _refused(await _send(proxy, value=big), "approval_rejected", "big-transfers")
+    decisions = await _decisions(stack)
+    assert [d["action"] for d in decisions].count("allow") == 1
+
+
+async def test_a_limit_lets_exactly_its_max_through_across_two_replicas(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    await _install(stack, """
+        version: 1
+        limits:
+          - {name: ten-a-day, per: account, window: 24h, max_transactions: 10}
+        """)
+    async with in_process(stack.settings) as (url_a, session_a), \
+            in_process(stack.settings) as (url_b, session_b):  # fmt: skip
+        replicas = [Proxy(url_a, session_a, stack), Proxy(url_b, session_b, stack)]
+        answers = await asyncio.gather(*(_send(replicas[i % 2]) for i in range(100)))
+    through = [a for a in answers if "result" in a]
+    refused = [a for a in answers if "error" in a]
+    assert len(through) == 10, [a.get("error") for a in answers][:5]
+    for answer in refused:
+        _refused(answer, "limit_exceeded", "ten-a-day")
+    assert len(through) + len(refused) == 100
+    rpc(anvil, "evm_mine", [])
+    assert int(rpc(anvil, "eth_getTransactionCount", [stack.address, "pending"]), 16) == 10
+
+
+async def test_shadow_mode_refuses_nothing_and_audits_what_it_would_have(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    draft = f"""
+        version: 1
+        mode: shadow
+        rules:
+          - name: only-the-sink
+            action: deny
+            match: {{to_not_in: ["{SINK}"]}}
+        """
+    await _install(stack, draft)
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        assert "result" in await _send(proxy, to=stack.other_address)
+        assert "result" in await _send(proxy)
+    decisions = await _decisions(stack)
+    assert [(d["action"], d["rule"]) for d in decisions] == [
+        ("shadow-deny", "only-the-sink"), ("allow", None)]  # fmt: skip
+    # A dry-run of the same rules enforced shows the one decision that would change.
+    async with governed(stack) as (identity, _audit):
+        changed = await admin.dry_run(identity, "acme", textwrap.dedent(draft).replace(
+            "mode: shadow", "mode: enforce"), 1000)  # fmt: skip
+    assert len(changed) == 1, changed
+    assert "shadow-deny" in changed[0] and "deny(only-the-sink)" in changed[0], changed
