@@ -83,8 +83,9 @@ def evaluate(
             unmatchable = unmatchable or (rule, signal.detail)
             continue
         if rule.action == "deny":
+            detail = f"rule {rule.name} denies this request"
             return _decided(
-                policy, "deny", "denied", rule.name, f"rule {rule.name} denies this request"
+                policy, "deny", "denied", rule.name, detail, _shadow(policy, facts, decimals)
             )
         if rule.action == "hold":
             hold = hold or rule
@@ -92,7 +93,10 @@ def evaluate(
             allow = allow or rule
     if unmatchable is not None:
         rule, detail = unmatchable
-        return _decided(policy, "deny", "denied", rule.name, f"rule {rule.name}: {detail}")
+        detail = f"rule {rule.name}: {detail}"
+        return _decided(
+            policy, "deny", "denied", rule.name, detail, _shadow(policy, facts, decimals)
+        )
 
     try:
         request_charges = charges(policy, facts, decimals)
@@ -129,6 +133,17 @@ def evaluate(
     return _decided(
         policy, "allow", None, None, "no rule matched: allowed by default", request_charges
     )
+
+
+def _shadow(policy: Policy, facts: RequestFacts, decimals: Mapping[str, int]) -> tuple[Charge, ...]:
+    """A denied request's charges, which only shadow mode reserves (the request goes ahead and
+    counts, so that counters are right when enforcement starts); none it cannot count."""
+    if policy.mode == "enforce":
+        return ()
+    try:
+        return charges(policy, facts, decimals)
+    except (CalldataError, AmountError):
+        return ()
 
 
 def _decided(
