@@ -354,3 +354,42 @@ def test_token_amounts_round_trip_and_scale(units: int, places: int, decimals: i
 @given(st.integers(min_value=1, max_value=10**9))
 def test_durations_round_trip(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.text(max_size=300))
+def test_any_text_parses_or_is_a_policy_error(text: str) -> None:
+    try:
+        parse_policy(text)
+    except PolicyError as error:
+        assert error.line is None or error.line >= 1
+        assert "\n" not in str(error)
+
+
+@given(st.data())
+def test_an_edited_sample_parses_or_is_a_policy_error(data: st.DataObject) -> None:
+    """Typos where users make them: a line dropped, a character changed or removed."""
+    lines = sample().splitlines(keepends=True)
+    index = data.draw(st.integers(0, len(lines) - 1))
+    line = lines[index]
+    edit = data.draw(st.sampled_from(["drop", "delete", "replace"]))
+    at = data.draw(st.integers(0, max(len(line) - 1, 0)))
+    if edit == "drop":
+        line = ""
+    elif edit == "delete":
+        line = line[:at] + line[at + 1 :]
+    else:
+        line = line[:at] + data.draw(st.sampled_from(list(" :{}[],'\"#-!&*x0\t"))) + line[at + 1 :]
+    try:
+        parse_policy("".join([*lines[:index], line, *lines[index + 1 :]]))
+    except PolicyError as error:
+        assert error.line is None or 1 <= error.line <= len(lines) + 1, str(error)
+
+
+def test_explicit_tags_and_deep_nesting_are_policy_errors() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy("version: 1\nmode: !!python/name:os.system x\n")
+    assert caught.value.line == 2
+    with pytest.raises(PolicyError, match="mode"):
+        parse_policy("version: 1\nmode: !!binary aGVsbG8=\n")
+    with pytest.raises(PolicyError):
+        parse_policy("version: 1\nrules: " + "[" * 5000 + "]" * 5000 + "\n")
