@@ -102,7 +102,9 @@ def parse_policy(text: str) -> Policy:
         raise PolicyError(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
     except yaml.reader.ReaderError as error:
         line = text[: error.position].count("\n") + 1
-        raise PolicyError(f"not valid YAML: {error.reason} ({error.character!r})", line) from None
+        code = error.character
+        shown = f"#x{ord(code) if isinstance(code, str) else code:04x}"
+        raise PolicyError(f"not valid YAML: {error.reason} (character {shown})", line) from None
     except yaml.YAMLError as error:
         raise PolicyError(f"not valid YAML: {str(error).splitlines()[0]}") from None
     except RecursionError:
