@@ -1,1 +1,3 @@
-"""Balance checks and organisation policy rules (pure decisions over facts); to come."""
+"""Organisation policy (contract section 6), pure: `parse.parse_policy` validates the file,
+`evaluate.evaluate` decides a request over counters the proxy hands in, `limits.charges` says what
+it adds to them; `abi` reads signatures, calldata and reverts. No I/O, nothing from `proxy`."""

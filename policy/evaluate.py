@@ -53,8 +53,8 @@ class Decision:
 
 
 class _Unmatchable(Exception):
-    """A rule cannot be decided: calldata it needs does not decode, or one of its token
-    amounts cannot be scaled. Such a rule matches as a deny (fail closed)."""
+    """A rule cannot be decided: one of its token amounts cannot be scaled (calldata that does
+    not decode comes up as policy.abi's CalldataError). Such a rule matches as a deny."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -82,9 +82,13 @@ def evaluate(
         except _Unmatchable as signal:
             unmatchable = unmatchable or (rule, signal.detail)
             continue
+        except CalldataError as error:
+            unmatchable = unmatchable or (rule, f"the calldata does not decode: {error}")
+            continue
         if rule.action == "deny":
+            detail = f"rule {rule.name} denies this request"
             return _decided(
-                policy, "deny", "denied", rule.name, f"rule {rule.name} denies this request"
+                policy, "deny", "denied", rule.name, detail, _shadow(policy, facts, decimals)
             )
         if rule.action == "hold":
             hold = hold or rule
@@ -92,10 +96,13 @@ def evaluate(
             allow = allow or rule
     if unmatchable is not None:
         rule, detail = unmatchable
-        return _decided(policy, "deny", "denied", rule.name, f"rule {rule.name}: {detail}")
+        detail = f"rule {rule.name}: {detail}"
+        return _decided(
+            policy, "deny", "denied", rule.name, detail, _shadow(policy, facts, decimals)
+        )
 
     try:
-        request_charges = charges(policy, facts, decimals)
+        request_charges = charges(policy, facts, decimals, decode=context.decode)
     except CalldataError as error:
         limit = _token_limit_at(policy, facts)
         return _decided(
@@ -131,6 +138,17 @@ def evaluate(
     )
 
 
+def _shadow(policy: Policy, facts: RequestFacts, decimals: Mapping[str, int]) -> tuple[Charge, ...]:
+    """A denied request's charges, which only shadow mode reserves (the request goes ahead and
+    counts, so that counters are right when enforcement starts); none it cannot count."""
+    if policy.mode == "enforce":
+        return ()
+    try:
+        return charges(policy, facts, decimals)
+    except (CalldataError, AmountError):
+        return ()
+
+
 def _decided(
     policy: Policy,
     action: Literal["allow", "deny", "hold"],
@@ -152,15 +170,24 @@ class _Context:
     def __init__(self, facts: RequestFacts, decimals: Mapping[str, int]) -> None:
         self.facts = facts
         self.decimals = decimals
-        self._decoded: dict[tuple[AbiSignature, ...], DecodedCall | None] = {}
+        self._decoded: dict[AbiSignature, DecodedCall | CalldataError | None] = {}
 
     def decode(self, functions: tuple[AbiSignature, ...]) -> DecodedCall | None:
-        if functions not in self._decoded:
+        """The call among `functions` that the calldata makes, decoded once per request
+        (rules and token limits share it). Raises CalldataError, every time it is asked."""
+        data = self.facts.data
+        function = next((f for f in functions if f.selector == data[:4]), None)
+        if function is None or len(data) < 4:
+            return None
+        if function not in self._decoded:
             try:
-                self._decoded[functions] = decode_call(self.facts.data, functions)
+                self._decoded[function] = decode_call(data, (function,))
             except CalldataError as error:
-                raise _Unmatchable(f"the calldata does not decode: {error}") from error
-        return self._decoded[functions]
+                self._decoded[function] = error
+        found = self._decoded[function]
+        if isinstance(found, CalldataError):
+            raise found
+        return found
 
     def amount(self, operand: Operand) -> Any:
         """An operand ready to compare: a token amount scaled by its token's decimals."""
@@ -191,7 +218,7 @@ def _holds(match: Match, context: _Context) -> bool:
         return True
     if not facts.is_transaction:
         return False
-    if match.deploy is not None and (facts.to is None) != match.deploy:
+    if match.deploy is not None and (facts.deploy or facts.to is None) != match.deploy:
         return False
     if match.private is not None and facts.private != match.private:
         return False

@@ -3,10 +3,16 @@ the charges in the same database transaction as the decision, so replicas never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from policy.abi import ERC20_TRANSFER, ERC20_TRANSFER_FROM, decode_call
+from policy.abi import (
+    ERC20_TRANSFER,
+    ERC20_TRANSFER_FROM,
+    AbiSignature,
+    DecodedCall,
+    decode_call,
+)
 from policy.amounts import token_amount
 from policy.model import Limit, Per, Policy, RequestFacts
 
@@ -33,19 +39,26 @@ def scope(per: Per, facts: RequestFacts) -> str:
     return f"organisation:{facts.organisation}"
 
 
-def charges(policy: Policy, facts: RequestFacts, decimals: Mapping[str, int]) -> tuple[Charge, ...]:
+def charges(
+    policy: Policy,
+    facts: RequestFacts,
+    decimals: Mapping[str, int],
+    *,
+    decode: Callable[[tuple[AbiSignature, ...]], DecodedCall | None] | None = None,
+) -> tuple[Charge, ...]:
     """The limits that apply to this request and what it adds to each.
 
     Only signed transactions count. A token limit applies to ERC-20 transfer / transferFrom
     calls to its token's address and counts their `amount`. A zero amount adds nothing and is
     left out: a zero-value transaction never crosses a value limit. Raises policy.abi's
     CalldataError when a transfer to a limited token does not decode, and AmountError when a
-    limit's max is in a token unit whose decimals are not given."""
+    limit's max is in a token unit whose decimals are not given. `decode` lets evaluate share
+    the calls it has already decoded."""
     if not facts.is_transaction or not policy.limits:
         return ()
     found: list[Charge] = []
     for limit in policy.limits:
-        amount = _counted(policy, limit, facts)
+        amount = _counted(policy, limit, facts, decode)
         if amount <= 0:
             continue
         maximum = token_amount(limit.max, decimals)
@@ -65,7 +78,12 @@ def first_exceeded(
     return None
 
 
-def _counted(policy: Policy, limit: Limit, facts: RequestFacts) -> int:
+def _counted(
+    policy: Policy,
+    limit: Limit,
+    facts: RequestFacts,
+    decode: Callable[[tuple[AbiSignature, ...]], DecodedCall | None] | None,
+) -> int:
     if limit.kind == "transactions":
         return 1
     if limit.kind == "gas":
@@ -75,7 +93,7 @@ def _counted(policy: Policy, limit: Limit, facts: RequestFacts) -> int:
     contract = policy.contracts[limit.token] if limit.token is not None else None
     if contract is None or facts.to != contract.address:
         return 0
-    call = decode_call(facts.data, _TOKEN_MOVES)
+    call = decode(_TOKEN_MOVES) if decode is not None else decode_call(facts.data, _TOKEN_MOVES)
     if call is None:
         return 0
     amount = call.arg("amount")

@@ -100,8 +100,15 @@ def parse_policy(text: str) -> Policy:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or error.context or "not valid YAML"
         raise PolicyError(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as error:
+        line = text[: error.position].count("\n") + 1
+        code = error.character
+        shown = f"#x{ord(code) if isinstance(code, str) else code:04x}"
+        raise PolicyError(f"not valid YAML: {error.reason} (character {shown})", line) from None
     except yaml.YAMLError as error:
-        raise PolicyError(f"not valid YAML: {error}") from None
+        raise PolicyError(f"not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise PolicyError("not valid YAML: nested too deeply") from None
     if root is None:
         raise PolicyError("the policy is empty: it needs at least `version: 1`", 1)
     return _Parser().policy(root)
@@ -141,7 +148,10 @@ class _Parser:
         if not isinstance(node, ScalarNode):
             kind = "list" if isinstance(node, SequenceNode) else "mapping"
             _fail(node, field, f"expected a single value here, not a {kind}")
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError):  # an explicit !!tag, a date out of range
+            _fail(node, field, f"{node.value!r} cannot be read as {node.tag.rpartition(':')[2]}")
 
     def text(self, node: Node, field: str) -> str:
         """A scalar as written: names, ids and addresses stay text even when YAML would read

@@ -43,6 +43,7 @@
 Lower layers' exceptions, as `translate()` maps them (the first matching line wins):
 
     InvalidDigest, InvalidTransaction, InvalidMessage           -> InvalidParams
+    CalldataError                                               -> InvalidParams
     PinIncorrect, EnvelopeError                                 -> Unauthorized
     PinLocked                                                   -> TokenPinLocked
     Overloaded                                                  -> RateLimited
@@ -65,6 +66,7 @@ import logging
 import secrets
 from typing import Any
 
+from policy.abi import CalldataError
 from proxy import logs
 from signer.errors import (
     HsmError,
@@ -268,7 +270,7 @@ def translate(exc: Exception) -> ProxyError:
     """The one mapping of lower layers' exceptions to JSON-RPC errors (the table above)."""
     if isinstance(exc, ProxyError):
         return exc
-    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage):
+    if isinstance(exc, InvalidDigest | InvalidTransaction | InvalidMessage | CalldataError):
         return InvalidParams(str(exc))
     if isinstance(exc, PinIncorrect):
         # The PIN in the caller's envelope no longer opens the token (changed on the HSM).
