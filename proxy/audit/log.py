@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from proxy.audit.checkpoints import Checkpointer
 from proxy.audit.records import AuditEvent, content_of
 from proxy.store import BoundedPool
+from signer.pkcs11 import Hsm
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,24 @@ class _Pending:
 class AuditLog:
     """The audit log of one process (a replica or a command), over its database pool."""
 
-    def __init__(self, db: BoundedPool | asyncpg.Pool, *,
-                 on_appended: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    def __init__(self, db: BoundedPool | asyncpg.Pool, *, hsm: Hsm | None = None,
+                 checkpoint_rows: int = 1000, checkpoint_seconds: float = 60) -> None:  # fmt: skip
+        """With `hsm` (the server's), `start()` runs the checkpoint signer too."""
         self.db = db
         self._queues: dict[str, list[_Pending]] = {}
         self._flushing: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        # Called with the number of rows each statement committed (the checkpoint signer counts).
-        self._on_appended = on_appended
+        self.checkpointer = None if hsm is None else Checkpointer(
+            db, hsm, rows=checkpoint_rows, seconds=checkpoint_seconds)  # fmt: skip
+        # Told how many rows each statement committed: the checkpoint signer counts them.
+        self._on_appended: Callable[[int], None] | None = (
+            None if self.checkpointer is None else self.checkpointer.appended
+        )
+
+    async def start(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.start()
 
     @staticmethod
     def _prepare(event: AuditEvent) -> tuple[datetime, str]:
@@ -122,6 +133,8 @@ class AuditLog:
     async def close(self, timeout: float = 10.0) -> None:
         """Refuse new appends and let those under way finish (for at most `timeout` s)."""
         self._closed = True
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -63,11 +63,14 @@ async def test_concurrent_appends_from_two_replicas_keep_one_gap_free_chain(
             (first if n % 2 else second).append(decision(n)) for n in range(400)
         ), *(first.append(decision(n, "other")) for n in range(20)),
             *(second.append(decision(n, None)) for n in range(5)))  # fmt: skip
+
         # append_in, in transactions of the callers, meanwhile appends go on
         async def in_transaction(n: int) -> None:
             async with pools[n % 2].acquire() as conn, conn.transaction():
-                await (first if n % 2 else second).append_in(conn, [decision(1000 + n),
-                                                                    decision(2000 + n)])
+                await (first if n % 2 else second).append_in(
+                    conn, [decision(1000 + n), decision(2000 + n)]
+                )
+
         await asyncio.gather(*(in_transaction(n) for n in range(20)),
                              *(first.append(decision(3000 + n)) for n in range(50)))  # fmt: skip
     finally:
@@ -120,7 +123,9 @@ async def test_a_bad_event_fails_alone(pools: tuple[asyncpg.Pool, asyncpg.Pool])
     await audit.close()
 
 
-async def test_the_log_refuses_updates_and_deletes(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+async def test_the_log_refuses_updates_and_deletes(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
     audit = AuditLog(pools[0])
     await audit.append(decision(1))
     for sql in ("UPDATE audit_log SET content = '{}'", "DELETE FROM audit_log",
