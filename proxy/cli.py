@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 
 from proxy import store
+from proxy.audit import commands as audit_commands
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
@@ -491,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     tx_list.add_argument("--limit", type=int, default=50, metavar="N",
                          help="at most N transactions (default: %(default)s)")  # fmt: skip
     tx_list.set_defaults(handler=_tx_list)
+    audit_commands.add_parser(commands, _Parser)
     return parser
 
 
