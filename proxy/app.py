@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import logs, router, rpc, store
+from proxy.audit import AuditLog
 from proxy.context import Caller, Services
 from proxy.errors import (
     BodyTooLarge,
@@ -93,10 +94,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                                  command_timeout=settings.database_timeout,
                                  light_reset=True)  # fmt: skip
         opened.push_async_callback(db.close)
+        audit = AuditLog(store.BoundedPool(db, settings.database_timeout), hsm=hsm,
+                         checkpoint_rows=settings.audit_checkpoint_rows,
+                         checkpoint_seconds=settings.audit_checkpoint_seconds)  # fmt: skip
+        await audit.start()
+        opened.push_async_callback(audit.close)
         identity = Identity(
             store.BoundedPool(db, settings.database_timeout),
             settings,
             run_blocking=unlock_executor.run,
+            audit=audit,
         )
         opened.push_async_callback(identity.close)
         await identity.listen(settings.require_database())
@@ -117,7 +124,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
-            forwarding=Forwarding(pool), chain_facts=ChainFacts(pool),
+            forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

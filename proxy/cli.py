@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 
 from proxy import store
+from proxy.audit import commands as audit_commands
 from proxy.audit.log import AuditLog
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
 from proxy.identity import ROLES, Identity
@@ -581,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     tx_list.add_argument("--limit", type=int, default=50, metavar="N",
                          help="at most N transactions (default: %(default)s)")  # fmt: skip
     tx_list.set_defaults(handler=_tx_list)
+    audit_commands.add_parser(commands, _Parser)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from proxy.audit import AuditLog
 from proxy.forwarding import Forwarding
 from proxy.identity import Identity, Principal
 from proxy.identity.auth import JwtVerifier
@@ -37,6 +38,7 @@ class Services:
     hsm_probe: HsmProbe
     auth_failures: AuthFailureThrottle
     chain_facts: ChainFacts
+    audit: AuditLog
 
 
 @dataclass

@@ -59,6 +59,8 @@ class Settings:
     auth_failure_rate: int = 20
     auth_failure_burst: int = 40
     trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For counts
+    audit_checkpoint_rows: int = 1000  # a chain's head is signed after this many rows ...
+    audit_checkpoint_seconds: int = 60  # ... or this many seconds, whichever comes first
 
     @classmethod
     def from_env(
@@ -122,6 +124,10 @@ class Settings:
         if min(self.signed_tx_timeout, self.idempotency_ttl, self.resend_seconds) < 1:
             raise SettingsError("QSIGNER_SIGNED_TX_TIMEOUT, QSIGNER_IDEMPOTENCY_TTL and "
                                 "QSIGNER_RESEND_SECONDS must be at least 1 (seconds)")  # fmt: skip
+
+        if self.audit_checkpoint_rows < 1 or self.audit_checkpoint_seconds < 1:
+            raise SettingsError("QSIGNER_AUDIT_CHECKPOINT_ROWS and "
+                                "QSIGNER_AUDIT_CHECKPOINT_SECONDS must be at least 1")  # fmt: skip
 
     def require_database(self) -> str:
         if not self.database_url:

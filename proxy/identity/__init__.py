@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from proxy.audit import AuditLog
 from proxy.identity.model import ROLES, SIGNING_ROLES, Account, BlockingWork, NewApiKey, Principal
 from proxy.identity.provisioning import Provisioning
 from proxy.identity.rowcache import RowCache
@@ -22,13 +23,18 @@ class Identity:
     """The three identity services over one pool, wired together; callers use its methods."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings,
-                 run_blocking: Callable[..., Awaitable[Any]] | None = None) -> None:  # fmt: skip
+                 run_blocking: Callable[..., Awaitable[Any]] | None = None,
+                 audit: AuditLog | None = None) -> None:  # fmt: skip
         self.pool = pool
         self.settings = settings
         blocking = BlockingWork(run_blocking)
+        # Security events go into the audit log in the transaction of the change; a command's
+        # Identity gets a log over its own pool.
+        self.audit = audit if audit is not None else AuditLog(pool)
         self.rows = RowCache(pool, settings.unlock_cache_size, settings.row_cache_seconds)
-        self.unlocker = Unlocker(pool, settings, self.rows, blocking)
-        self.provisioning = Provisioning(pool, settings, self.rows, self.unlocker, blocking)
+        self.unlocker = Unlocker(pool, settings, self.rows, blocking, self.audit)
+        self.provisioning = Provisioning(pool, settings, self.rows, self.unlocker, blocking,
+                                         self.audit)  # fmt: skip
         # The operations callers use, by their old names (one object to pass around).
         self.listen = self.rows.listen
         self.close = self.rows.close

@@ -1,15 +1,17 @@
 """What provisioning and unlocking share: the values they hand out (principal, account, new API
-key), the security-event record both write, and how both push slow work off the event loop."""
+key), the security events both record (in the audit log), and how both push slow work off the
+event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+
+from proxy.audit import AuditEvent, AuditLog
 
 ROLES = ("signer", "viewer", "admin")
 SIGNING_ROLES = frozenset({"signer", "admin"})
@@ -59,9 +61,9 @@ class BlockingWork:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
-async def security_event(conn: asyncpg.Connection, user_id: str | None, kind: str,
+async def security_event(audit: AuditLog, conn: asyncpg.Connection, organisation: str | None,
+                         user_id: str | None, action: str,
                          detail: dict[str, Any]) -> None:  # fmt: skip
-    await conn.execute(
-        "INSERT INTO security_events (user_id, kind, detail) VALUES ($1, $2, $3)",
-        user_id, kind, json.dumps(detail),
-    )  # fmt: skip
+    """Record a security event in the audit log, in the transaction of the change it is about."""
+    await audit.append_in(conn, [AuditEvent("security", organisation, user_id, action,
+                                            detail=detail)])  # fmt: skip

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from proxy import logs
+from proxy.audit import AuditLog
 from proxy.errors import BadInput, Forbidden
 from proxy.identity.credentials import (
     Envelope,
@@ -71,8 +72,9 @@ class Provisioning:
     """Administration of the identity rows (and of keys and PINs in the HSM)."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, rows: RowCache,
-                 unlocker: Unlocker, blocking: BlockingWork) -> None:  # fmt: skip
+                 unlocker: Unlocker, blocking: BlockingWork, audit: AuditLog) -> None:  # fmt: skip
         self.pool = pool
+        self.audit = audit
         self.settings = settings
         self.rows = rows
         self.unlocker = unlocker
@@ -215,7 +217,8 @@ class Provisioning:
                 user_id, account_id, user["organisation_id"],
             )  # fmt: skip
             if granted:
-                await security_event(conn, user_id, "account_granted",
+                await security_event(self.audit, conn, user["organisation"], user_id,
+                                     "account_granted",
                                      {"account": checksum(address)})  # fmt: skip
                 await self.rows.notify(conn, "grants", user_id)
         self.rows.forget("grants", user_id)
@@ -233,7 +236,8 @@ class Provisioning:
             )  # fmt: skip
             if not revoked:
                 raise BadInput(f"{checksum(address)} is not granted to {user_id!r}")
-            await security_event(conn, user_id, "account_revoked",
+            await security_event(self.audit, conn, user["organisation"], user_id,
+                                 "account_revoked",
                                  {"account": checksum(address)})  # fmt: skip
             await self.rows.notify(conn, "grants", user_id)
         self.rows.forget("grants", user_id)
@@ -276,7 +280,7 @@ class Provisioning:
                 "INSERT INTO organisation_private_states (organisation_id, psi) VALUES ($1, $2)",
                 [(org_id, psi) for psi in wanted],
             )
-            await security_event(conn, None, "private_states_set",
+            await security_event(self.audit, conn, organisation, None, "private_states_set",
                                  {"organisation": organisation, "psis": wanted})  # fmt: skip
             await self.rows.notify(conn, "psis", str(org_id))
             await self.rows.notify(conn, "psis", _ANY_PRIVATE_STATES_KEY)
@@ -436,12 +440,14 @@ class Provisioning:
 
     async def disable_user(self, user_id: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            updated = await conn.fetchval(
-                "UPDATE users SET status = 'disabled' WHERE id = $1 RETURNING id", user_id
+            organisation = await conn.fetchval(
+                """UPDATE users u SET status = 'disabled' FROM organisations o
+                   WHERE u.id = $1 AND o.id = u.organisation_id RETURNING o.name""",
+                user_id,
             )
-            if updated is None:
+            if organisation is None:
                 raise BadInput(f"no user {user_id!r}")
-            await security_event(conn, user_id, "user_disabled", {})
+            await security_event(self.audit, conn, organisation, user_id, "user_disabled", {})
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 
@@ -463,20 +469,24 @@ class Provisioning:
             except asyncpg.ForeignKeyViolationError:
                 raise BadInput(f"no user {user_id!r} (deleted while this command ran)") from None
             await self._insert_envelope(conn, user_id, "apikey", key_id, 1, envelope)
-            await security_event(conn, user_id, "apikey_created", {"key_id": key_id})
+            await security_event(self.audit, conn, principal.organisation, user_id,
+                                 "apikey_created", {"key_id": key_id})  # fmt: skip
             await self.rows.notify(conn, "apikey", key_id)  # a remembered miss ends here
         self.rows.forget("apikey", key_id)
         return NewApiKey(key_id, f"qsk_{key_id}_{secret}")
 
     async def revoke_api_key(self, key_id: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            user_id = await conn.fetchval(
-                """UPDATE api_keys SET revoked_at = now()
-                   WHERE id = $1 AND revoked_at IS NULL RETURNING user_id""",
+            revoked = await conn.fetchrow(
+                """UPDATE api_keys k SET revoked_at = now() FROM users u, organisations o
+                   WHERE k.id = $1 AND k.revoked_at IS NULL AND u.id = k.user_id
+                     AND o.id = u.organisation_id
+                   RETURNING k.user_id, o.name AS organisation""",
                 key_id,
             )
-            if user_id is None:
+            if revoked is None:
                 raise BadInput(f"no active API key with id {key_id!r}")
-            await security_event(conn, user_id, "apikey_revoked", {"key_id": key_id})
+            await security_event(self.audit, conn, revoked["organisation"], revoked["user_id"],
+                                 "apikey_revoked", {"key_id": key_id})  # fmt: skip
             await self.rows.notify(conn, "apikey", key_id)
         self.rows.forget("apikey", key_id)

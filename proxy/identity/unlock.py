@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
+from proxy.audit import AuditLog
 from proxy.errors import EnvelopeError, LockedOut, RateLimited, Unauthorized
 from proxy.identity.credentials import (
     Envelope,
@@ -133,8 +134,9 @@ class Unlocker:
     """Opens users' envelopes (password or API key) and counts wrong passwords."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, rows: RowCache,
-                 blocking: BlockingWork) -> None:  # fmt: skip
+                 blocking: BlockingWork, audit: AuditLog) -> None:  # fmt: skip
         self.pool = pool
+        self.audit = audit
         self.settings = settings
         self.rows = rows
         self.unlock_cache: SecretCache[HsmCredentials] = SecretCache(
@@ -198,7 +200,7 @@ class Unlocker:
             try:
                 credentials = open_envelope(key, envelope, aad)
             except EnvelopeError:
-                await self._wrong_password(user_id, attempt)
+                await self._wrong_password(principal, attempt)
                 raise Unauthorized("unknown or disabled user, or wrong password") from None
             # Checked in the database after PBKDF2: a disable or passwd committed while it ran
             # wins. (A later hit passes the user's row again before it is served.)
@@ -296,18 +298,20 @@ class Unlocker:
             await self.rows.notify(conn, "attempts", user_id)
         self.rows.forget("attempts", user_id)
 
-    async def _wrong_password(self, user_id: str, attempt: int) -> None:
+    async def _wrong_password(self, principal: Principal, attempt: int) -> None:
         """Record the counted attempt as wrong; the one that reached the limit locks the user
         (exactly one does) and leaves an event."""
+        user_id, organisation = principal.user_id, principal.organisation
         async with self.pool.acquire() as conn, conn.transaction():
-            await security_event(conn, user_id, "wrong_password", {"attempts": attempt})
+            await security_event(self.audit, conn, organisation, user_id, "wrong_password",
+                                 {"attempts": attempt})  # fmt: skip
             if attempt >= self.settings.lockout_attempts:
                 await conn.execute(
                     """UPDATE users SET failed_attempts = 0,
                               locked_until = now() + make_interval(secs => $2) WHERE id = $1""",
                     user_id, float(self.settings.lockout_seconds),
                 )  # fmt: skip
-                await security_event(conn, user_id, "locked_out",
+                await security_event(self.audit, conn, organisation, user_id, "lockout",
                                      {"seconds": self.settings.lockout_seconds})  # fmt: skip
             await self.rows.notify(conn, "attempts", user_id)
         self.rows.forget("attempts", user_id)

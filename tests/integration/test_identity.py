@@ -111,8 +111,10 @@ async def test_lockout_after_wrong_passwords_and_unlock_after_the_period(world: 
     with pytest.raises(LockedOut):
         await world.identity.unlock_with_password("alice", "alice-password")
     kinds = [r["kind"] for r in await world.pool.fetch(
-        "SELECT kind FROM security_events WHERE user_id = 'alice' ORDER BY id")]  # fmt: skip
-    assert kinds == ["wrong_password"] * 3 + ["locked_out"]
+        "SELECT content::jsonb->>'action' AS kind FROM audit_log WHERE chain = 'acme' "
+        "AND content::jsonb->>'user' = 'alice' AND content::jsonb->>'kind' = 'security' "
+        "ORDER BY seq")]  # fmt: skip
+    assert kinds == ["wrong_password"] * 3 + ["lockout"]
     await asyncio.sleep(SETTINGS.lockout_seconds + 0.2)
     principal, _ = await world.identity.unlock_with_password("alice", "alice-password")
     assert principal.user_id == "alice"
