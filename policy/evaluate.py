@@ -26,7 +26,10 @@ from policy.model import (
 # RequestFacts lives in policy.model (limits need it too); the spec names it with evaluate.
 __all__ = ["Decision", "RequestFacts", "evaluate"]
 
-Reason = Literal["denied", "limit_exceeded", "approval_required"]
+# approval_rejected and approval_expired are told by the proxy, which keeps the approvals.
+Reason = Literal[
+    "denied", "limit_exceeded", "approval_required", "approval_rejected", "approval_expired"
+]
 
 _COMPARE: Mapping[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq,

@@ -31,6 +31,7 @@ from proxy.errors import (
     translate,
 )
 from proxy.forwarding import Forwarding
+from proxy.guard.gate import Gate
 from proxy.identity import Identity
 from proxy.identity.auth import bearer, build_verifier, is_api_key
 from proxy.keyring import Keyring
@@ -125,6 +126,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
+            gate=Gate(store.BoundedPool(db, settings.database_timeout), identity.rows, pool,
+                      audit),
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

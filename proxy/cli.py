@@ -21,11 +21,11 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 
 from proxy import store
+from proxy.audit import AuditLog
 from proxy.audit import commands as audit_commands
-from proxy.audit.log import AuditLog
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
-from proxy.identity import ROLES, Identity
 from proxy.guard import admin as guard_admin
+from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
 from proxy.ledger import queries
 from proxy.settings import Settings

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from proxy.audit import AuditLog
 from proxy.forwarding import Forwarding
+from proxy.guard.gate import Gate
 from proxy.identity import Identity, Principal
 from proxy.identity.auth import JwtVerifier
 from proxy.identity.credentials import HsmCredentials
@@ -39,6 +40,7 @@ class Services:
     auth_failures: AuthFailureThrottle
     chain_facts: ChainFacts
     audit: AuditLog
+    gate: Gate
 
 
 @dataclass

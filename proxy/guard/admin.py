@@ -15,7 +15,7 @@ from policy.evaluate import evaluate
 from policy.limits import charges
 from policy.model import Policy, RequestFacts
 from policy.parse import PolicyError, parse_policy
-from proxy.audit.log import AuditLog
+from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent, parse_timestamp
 from proxy.errors import BadInput, Forbidden
 from proxy.identity import Identity
@@ -108,7 +108,8 @@ async def vote(identity: Identity, audit: AuditLog, approval_id: str, admin: str
         await audit.append_in(conn, [AuditEvent(
             kind="security", organisation=principal.organisation, user=admin,
             action="approved" if approve else "rejected",
-            detail={"approval_id": approval_id, "requester": row["requester"], "state": state})])  # fmt: skip
+            detail={"approval_id": approval_id, "requester": row["requester"],
+                    "state": state})])  # fmt: skip
     return Vote(approval_id, state, votes, int(row["needed"]))
 
 
@@ -126,7 +127,8 @@ def _replayed(content: dict[str, Any]) -> RequestFacts | None:
         to=bytes.fromhex(to[2:]) if to else None, value=int(detail.get("value", 0)),
         data=bytes.fromhex(detail.get("data", "0x")[2:]), gas=int(detail.get("gas", 0)),
         deploy=detail.get("to") is None and "gas" in detail,
-        typed_domain=detail.get("typed_domain"), typed_primary_type=detail.get("typed_primary_type"),
+        typed_domain=detail.get("typed_domain"),
+        typed_primary_type=detail.get("typed_primary_type"),
     )  # fmt: skip
 
 

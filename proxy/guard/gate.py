@@ -21,7 +21,7 @@ from policy.evaluate import Decision, evaluate
 from policy.limits import Charge, charges
 from policy.model import Policy, RequestFacts
 from policy.parse import parse_policy
-from proxy.audit.log import AuditLog
+from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent
 from proxy.errors import PolicyRefused
 from proxy.identity.rowcache import RowCache
@@ -103,7 +103,9 @@ class Gate:
             self._parsed[key] = cached
         return cached
 
-    def revert_errors(self, policy: InForce | None, to: bytes | None) -> tuple[abi.AbiSignature, ...]:
+    def revert_errors(
+        self, policy: InForce | None, to: bytes | None
+    ) -> tuple[abi.AbiSignature, ...]:
         """The custom errors the policy names for the contract at `to`, to decode a revert."""
         if policy is None or to is None:
             return ()
@@ -120,12 +122,13 @@ class Gate:
 
         async def read(address: bytes) -> None:
             try:
-                answer = await self.pool.call("eth_call", [
-                    {"to": "0x" + address.hex(), "data": "0x" + abi.encode_call(abi.DECIMALS, []).hex()},
-                    "latest"])  # fmt: skip
+                data = "0x" + abi.encode_call(abi.DECIMALS, []).hex()
+                answer = await self.pool.call(
+                    "eth_call", [{"to": "0x" + address.hex(), "data": data}, "latest"]
+                )
                 if isinstance(answer, str) and len(answer) == 66:
                     self._decimals[address] = int(answer, 16)
-            except Exception:  # noqa: BLE001 (a token that cannot tell is judged without it)
+            except Exception:
                 log.warning("decimals() of %s could not be read", checksum(address))
 
         if missing:
@@ -159,7 +162,8 @@ class Gate:
             approval_id: str | None = None
             if decision.action == "hold" and decision.enforced:
                 decision, approval_id = await self._held(
-                    conn, organisation_id, facts, digest, policy, used, decimals, decision)
+                    conn, organisation_id, facts, digest, policy, used, decimals, decision
+                )
             ticket = secrets.token_hex(12)
             kinds = {limit.name: limit.kind for limit in policy.policy.limits}
             if decision.proceeds and decision.charges:
@@ -179,8 +183,11 @@ class Gate:
     @staticmethod
     def _event(event: AuditEvent, decision: Decision, version: int,
                approval_id: str | None = None) -> AuditEvent:  # fmt: skip
-        action = decision.action if decision.enforced else (
-            "allow" if decision.action == "allow" else f"shadow-{decision.action}")
+        action = (
+            decision.action
+            if decision.enforced
+            else ("allow" if decision.action == "allow" else f"shadow-{decision.action}")
+        )
         detail = dict(event.detail)
         if approval_id is not None:
             detail["approval_id"] = approval_id
@@ -195,8 +202,8 @@ class Gate:
         transaction ends, so that concurrent requests on every replica see each other."""
         used: dict[tuple[str, str], int] = {}
         for charge in sorted(counted, key=lambda c: (c.limit, c.scope)):
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                               f"limit:{organisation_id}:{charge.limit}:{charge.scope}")  # fmt: skip
+            counter = f"limit:{organisation_id}:{charge.limit}:{charge.scope}"
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", counter)
             used[(charge.limit, charge.scope)] = int(await conn.fetchval(
                 _USED_QUERY, organisation_id, charge.limit, charge.scope,
                 float(charge.window_seconds), policy.installed_at))  # fmt: skip
@@ -216,20 +223,28 @@ class Gate:
             decision = evaluate(policy.policy, facts, used, decimals, approved=True)
             if decision.proceeds:
                 await conn.execute(
-                    "UPDATE approvals SET state = 'used', used_at = now() WHERE id = $1", row["id"])
+                    "UPDATE approvals SET state = 'used', used_at = now() WHERE id = $1", row["id"]
+                )
             return decision, row["id"]
         if row is not None and (row["state"] == "rejected" or row["expired"]):
             # Told once; a later repeat asks for a new approval.
             await conn.execute("UPDATE approvals SET used_at = now() WHERE id = $1", row["id"])
-            reason = "approval_rejected" if row["state"] == "rejected" else "approval_expired"
-            detail = (f"approval {row['id']} was rejected" if reason == "approval_rejected" else
-                      f"approval {row['id']} expired; repeat the request to ask again")  # fmt: skip
-            return replace(held, action="deny", reason=reason, detail=detail), row["id"]
+            if row["state"] == "rejected":
+                told = replace(held, action="deny", reason="approval_rejected",
+                               detail=f"approval {row['id']} was rejected")  # fmt: skip
+            else:
+                told = replace(held, action="deny", reason="approval_expired", detail=(
+                    f"approval {row['id']} expired; repeat the request to ask again"))  # fmt: skip
+            return told, row["id"]
         if row is not None:  # pending
             return held, row["id"]
         approval_id = "apr_" + secrets.token_hex(8)
-        summary = {"account": checksum(facts.account), "method": facts.method,
-                   "to": checksum(facts.to) if facts.to else None, "value": str(facts.value)}
+        summary = {
+            "account": checksum(facts.account),
+            "method": facts.method,
+            "to": checksum(facts.to) if facts.to else None,
+            "value": str(facts.value),
+        }
         await conn.execute(
             """INSERT INTO approvals (id, organisation_id, requester, request_digest, method,
                    summary, rule, policy_version, needed, expires_at)

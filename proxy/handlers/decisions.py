@@ -58,7 +58,8 @@ async def for_transaction(services: Services, caller: Caller, request: RpcReques
 
 
 async def for_message(services: Services, caller: Caller, request: RpcRequest, account: bytes,
-                      digest: bytes, typed: Mapping[str, Any] | None = None) -> Verdict:  # fmt: skip
+                      digest: bytes, typed: Mapping[str, Any] | None = None,
+                      ) -> Verdict:  # fmt: skip
     principal = caller.principal
     domain = dict(typed.get("domain") or {}) if typed is not None else None
     primary = str(typed.get("primaryType")) if typed is not None else None
@@ -68,13 +69,21 @@ async def for_message(services: Services, caller: Caller, request: RpcRequest, a
         account_name=await _account_name(services, caller, account), typed_domain=domain,
         typed_primary_type=primary,
     )  # fmt: skip
-    replay = {"role": principal.role, "account_name": facts.account_name,
-              "typed_domain": domain, "typed_primary_type": primary}
+    replay = {
+        "role": principal.role,
+        "account_name": facts.account_name,
+        "typed_domain": domain,
+        "typed_primary_type": primary,
+    }
     policy = await services.gate.in_force(principal.organisation_id)
     bound = request_digest(principal.user_id, request.method, request.positional)
     return await services.gate.decide(
-        principal.organisation_id, facts,
-        _event(caller, request.method, account, replay, "0x" + digest.hex()), bound, policy)
+        principal.organisation_id,
+        facts,
+        _event(caller, request.method, account, replay, "0x" + digest.hex()),
+        bound,
+        policy,
+    )
 
 
 async def give_back(services: Services, caller: Caller, verdict: Verdict) -> None:

@@ -399,8 +399,9 @@ async def eth_sign(services: Services, caller: Caller, request: RpcRequest) -> A
     if len(params) < 2:
         raise InvalidParams("expected [address, message]")
     key = await signer_for(services, caller, _address_param(params[0]))
-    return await _sign_digest(services, caller, request, key,
-                              personal_message_digest(_message_bytes(params[1])))
+    return await _sign_digest(
+        services, caller, request, key, personal_message_digest(_message_bytes(params[1]))
+    )
 
 
 async def personal_sign(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -412,8 +413,9 @@ async def personal_sign(services: Services, caller: Caller, request: RpcRequest)
     if _looks_like_address(message) and not _looks_like_address(address):
         message, address = address, message
     key = await signer_for(services, caller, _address_param(address))
-    return await _sign_digest(services, caller, request, key,
-                              personal_message_digest(_message_bytes(message)))
+    return await _sign_digest(
+        services, caller, request, key, personal_message_digest(_message_bytes(message))
+    )
 
 
 async def sign_typed_data_v4(services: Services, caller: Caller, request: RpcRequest) -> Any:

@@ -486,9 +486,10 @@ class Recovery:
                 return  # another replica took the tracking over
 
     async def _receipts_of(self, number: int) -> list[tuple[bytes, int, int, int]] | None:
-        """(hash, block, status, gas used) of the transactions mined in block `number` (None while the
-        node does not have the block): one call where the node has eth_getBlockReceipts, else
-        one receipt per transaction of ours in it. Every read goes to one node (affinity)."""
+        """(hash, block, status, gas used) of the transactions mined in block `number` (None
+        while the node does not have the block): one call where the node has
+        eth_getBlockReceipts, else one receipt per transaction of ours in it. Every read goes to
+        one node (affinity)."""
         pool = self.ledger.pool
         if self._block_receipts:
             try:

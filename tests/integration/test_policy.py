@@ -1,11 +1,10 @@
 """The organisation's policy on the signing path, with the proxy in process in front of real
-anvil, PostgreSQL and SoftHSM: deny rules, holds and the approval flow, limits that hold across
-two replicas under concurrency, shadow mode, the audit rows each decision leaves, and a dry-run
-of a draft against them."""
+anvil, PostgreSQL and SoftHSM: deny rules, holds and the approval flow, shadow mode, the audit
+rows each decision leaves, and a dry-run of a draft against them. Limits across two replicas are
+in tests/acceptance/test_policy_limits.py (two `serve` processes)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import textwrap
@@ -22,7 +21,7 @@ from proxy.errors import BadInput, Forbidden
 from proxy.guard import admin
 from proxy.identity import Identity
 from signer.pkcs11 import Hsm
-from tests.support.anvil import rpc, run_anvil
+from tests.support.anvil import run_anvil
 from tests.support.proxy_client import Proxy
 from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 
@@ -120,10 +119,10 @@ async def test_a_deny_rule_refuses_takes_no_nonce_and_is_audited(
         data = _refused(await _send(proxy, to=stack.other_address), "denied", "only-the-sink")
         assert data["policy_version"] == version
         assert await _ledger_rows(stack) == 0
-        status, answer = await proxy.call("eth_sign", [stack.address, "0x68656c6c6f"])
+        _, answer = await proxy.call("eth_sign", [stack.address, "0x68656c6c6f"])
         _refused(answer, "denied", "no-eth-sign")
         assert "result" in await _send(proxy)  # the sink is allowed
-        status, answer = await proxy.call("personal_sign", ["0x68656c6c6f", stack.address])
+        _, answer = await proxy.call("personal_sign", ["0x68656c6c6f", stack.address])
         assert "result" in answer, answer
     decisions = await _decisions(stack)
     assert [(d["method"], d["action"], d["rule"]) for d in decisions] == [
@@ -136,14 +135,17 @@ async def test_a_held_request_goes_through_once_approved(
     anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
 ) -> None:
     stack = await _stack_with_admins(anvil, database_url, softhsm_module)
-    await _install(stack, """
+    await _install(
+        stack,
+        """
         version: 1
         rules:
           - name: big-transfers
             action: hold
             match: {value: {gt: "1 ether"}}
         approvals: {approvers: 1, expire: 1h}
-        """)
+        """,
+    )
     big = 2 * 10**18
     async with in_process(stack.settings) as (url, session):
         proxy = Proxy(url, session, stack)
@@ -171,29 +173,6 @@ async def test_a_held_request_goes_through_once_approved(
         _refused(await _send(proxy, value=big), "approval_rejected", "big-transfers")
     decisions = await _decisions(stack)
     assert [d["action"] for d in decisions].count("allow") == 1
-
-
-async def test_a_limit_lets_exactly_its_max_through_across_two_replicas(
-    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
-) -> None:
-    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
-    await _install(stack, """
-        version: 1
-        limits:
-          - {name: ten-a-day, per: account, window: 24h, max_transactions: 10}
-        """)
-    async with in_process(stack.settings) as (url_a, session_a), \
-            in_process(stack.settings) as (url_b, session_b):  # fmt: skip
-        replicas = [Proxy(url_a, session_a, stack), Proxy(url_b, session_b, stack)]
-        answers = await asyncio.gather(*(_send(replicas[i % 2]) for i in range(100)))
-    through = [a for a in answers if "result" in a]
-    refused = [a for a in answers if "error" in a]
-    assert len(through) == 10, [a.get("error") for a in answers][:5]
-    for answer in refused:
-        _refused(answer, "limit_exceeded", "ten-a-day")
-    assert len(through) + len(refused) == 100
-    rpc(anvil, "evm_mine", [])
-    assert int(rpc(anvil, "eth_getTransactionCount", [stack.address, "pending"]), 16) == 10
 
 
 async def test_shadow_mode_refuses_nothing_and_audits_what_it_would_have(
