@@ -365,7 +365,8 @@ def _policy_set(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         guard_admin.validate(text)
         changed = _with_audit(settings, lambda identity, _audit: guard_admin.dry_run(
-            identity, args.org, text, args.last))  # fmt: skip
+            identity, args.org, text, args.last,
+            settings.upstreams[0] if settings.upstreams else None))  # fmt: skip
         for line in changed:
             print(line)
         _progress(f"{len(changed)} decision(s) would change; nothing was installed")

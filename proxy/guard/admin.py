@@ -5,12 +5,15 @@ same rows the gate reads; each change is audited."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 
+from policy import abi
 from policy.evaluate import evaluate
 from policy.limits import charges
 from policy.model import Policy, RequestFacts
@@ -136,7 +139,8 @@ def _label(action: str, rule: str | None) -> str:
     return f"{action}({rule})" if rule else action
 
 
-def replay(draft: Policy, decisions: list[dict[str, Any]]) -> list[str]:
+def replay(draft: Policy, decisions: list[dict[str, Any]],
+           decimals: Mapping[str, int] | None = None) -> list[str]:  # fmt: skip
     """Each audited decision (oldest first) decided again under `draft`, its limits counted
     over the replayed history itself: one line per decision that changes (request id, old and
     new decision, rule). Pure."""
@@ -148,12 +152,16 @@ def replay(draft: Policy, decisions: list[dict[str, Any]]) -> list[str]:
             continue
         moment = parse_timestamp(content["time"])
         used: dict[tuple[str, str], int] = {}
-        for charge in charges(draft, facts, {}):
+        try:
+            counted_now = charges(draft, facts, decimals or {})
+        except ValueError:
+            counted_now = ()  # evaluate refuses what cannot be counted
+        for charge in counted_now:
             used[(charge.limit, charge.scope)] = sum(
                 amount for at, limit, scope, amount in counted
                 if limit == charge.limit and scope == charge.scope
                 and (moment - at).total_seconds() < charge.window_seconds)  # fmt: skip
-        decision = evaluate(draft, facts, used, {})
+        decision = evaluate(draft, facts, used, decimals or {})
         if decision.proceeds:
             counted.extend((moment, c.limit, c.scope, c.amount) for c in decision.charges)
         new = decision.action if decision.enforced else f"shadow-{decision.action}"
@@ -165,9 +173,39 @@ def replay(draft: Policy, decisions: list[dict[str, Any]]) -> list[str]:
     return changed
 
 
-async def dry_run(identity: Identity, organisation: str, text: str, last: int) -> list[str]:
+async def token_decimals(node_url: str | None, policy: Policy) -> dict[str, int]:
+    """decimals() of the tokens whose units `policy` uses, read from a node (none without one:
+    rules in those units then decide as the proxy does when a token cannot tell)."""
+    found: dict[str, int] = {}
+    if node_url is None or not policy.decimals_needed():
+        return found
+    call = "0x" + abi.encode_call(abi.DECIMALS, []).hex()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for name in policy.decimals_needed():
+            body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "eth_call",
+                "params": [
+                    {"to": "0x" + policy.contracts[name].address.hex(), "data": call},
+                    "latest",
+                ],
+            }
+            try:
+                async with session.post(node_url, json=body) as response:
+                    answer = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            result = answer.get("result") if isinstance(answer, dict) else None
+            if isinstance(result, str) and len(result) == 66:
+                found[name] = int(result, 16)
+    return found
+
+
+async def dry_run(identity: Identity, organisation: str, text: str, last: int,
+                  node_url: str | None = None) -> list[str]:  # fmt: skip
     """The organisation's last `last` audited signing decisions replayed against the policy
-    `text`: the lines of those that would change."""
+    `text`: the lines of those that would change. Token units are read from `node_url`."""
     try:
         draft = parse_policy(text)
     except PolicyError as exc:
@@ -179,4 +217,5 @@ async def dry_run(identity: Identity, organisation: str, text: str, last: int) -
                WHERE chain = $1 AND content LIKE '{%"kind":"decision"%'
                ORDER BY seq DESC LIMIT $2) recent
            ORDER BY seq""", organisation, last)  # fmt: skip
-    return replay(draft, [json.loads(r["content"]) for r in rows])
+    decimals = await token_decimals(node_url, draft)
+    return replay(draft, [json.loads(r["content"]) for r in rows], decimals)
