@@ -39,10 +39,19 @@ _CURRENT_QUERY = """
     ORDER BY version DESC LIMIT 1"""
 
 # A limit's counter: what it let through in its window, since its policy version was installed.
+# Counters are locked in one statement (in the order given: sorted, so that two requests never
+# wait on each other crosswise), then read in the next one: a statement sees what committed
+# before it started, so the read must come after the locks were granted, not with them.
+_LOCK_QUERY = (
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM unnest($1::text[]) k"
+)
 _USED_QUERY = """
-    SELECT coalesce(sum(amount), 0) FROM policy_usage
-    WHERE organisation_id = $1 AND limit_name = $2 AND scope = $3 AND state = 'reserved'
-      AND at > greatest(now() - make_interval(secs => $4), $5)"""
+    SELECT coalesce((SELECT sum(amount) FROM policy_usage p
+                     WHERE p.organisation_id = $1 AND p.limit_name = c.name
+                       AND p.scope = c.scope AND p.state = 'reserved'
+                       AND p.at > greatest(now() - make_interval(secs => c.seconds), $5)), 0)
+    FROM unnest($2::text[], $3::text[], $4::float8[]) WITH ORDINALITY AS c(name, scope, seconds, i)
+    ORDER BY c.i"""
 
 
 @dataclass(frozen=True)
@@ -200,14 +209,13 @@ class Gate:
                     counted: tuple[Charge, ...]) -> dict[tuple[str, str], int]:  # fmt: skip
         """Each applicable counter, locked (per organisation, limit and scope) until this
         transaction ends, so that concurrent requests on every replica see each other."""
-        used: dict[tuple[str, str], int] = {}
-        for charge in sorted(counted, key=lambda c: (c.limit, c.scope)):
-            counter = f"limit:{organisation_id}:{charge.limit}:{charge.scope}"
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", counter)
-            used[(charge.limit, charge.scope)] = int(await conn.fetchval(
-                _USED_QUERY, organisation_id, charge.limit, charge.scope,
-                float(charge.window_seconds), policy.installed_at))  # fmt: skip
-        return used
+        ordered = sorted(counted, key=lambda c: (c.limit, c.scope))
+        await conn.fetchval(_LOCK_QUERY, [f"limit:{organisation_id}:{c.limit}:{c.scope}"
+                                          for c in ordered])  # fmt: skip
+        sums = await conn.fetch(
+            _USED_QUERY, organisation_id, [c.limit for c in ordered], [c.scope for c in ordered],
+            [float(c.window_seconds) for c in ordered], policy.installed_at)  # fmt: skip
+        return {(c.limit, c.scope): int(row[0]) for c, row in zip(ordered, sums, strict=True)}
 
     async def _held(self, conn: asyncpg.Connection, organisation_id: int, facts: RequestFacts,
                     digest: bytes, policy: InForce, used: Mapping[tuple[str, str], int],
