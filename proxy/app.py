@@ -32,6 +32,7 @@ from proxy.errors import (
 )
 from proxy.forwarding import Forwarding
 from proxy.guard.gate import Gate
+from proxy.guard.metrics import GuardMetrics
 from proxy.identity import Identity
 from proxy.identity.auth import bearer, build_verifier, is_api_key
 from proxy.keyring import Keyring
@@ -120,14 +121,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                             signed_tx_timeout=settings.signed_tx_timeout)  # fmt: skip
         await recovery.start()
         opened.push_async_callback(recovery.close)
+        gate = Gate(store.BoundedPool(db, settings.database_timeout), identity.rows, pool, audit,
+                    GuardMetrics(app[METRICS].registry))  # fmt: skip
+        await gate.start()
+        opened.push_async_callback(gate.close)
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
-            gate=Gate(store.BoundedPool(db, settings.database_timeout), identity.rows, pool,
-                      audit),
+            gate=gate,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

@@ -6,6 +6,7 @@ this module reads and writes what the decision needs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from policy.parse import parse_policy
 from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent
 from proxy.errors import PolicyRefused
+from proxy.guard.metrics import GuardMetrics
 from proxy.identity.rowcache import RowCache
 from proxy.nodes.pool import NodePool
 from proxy.store import BoundedPool
@@ -93,13 +95,41 @@ def refusal_for(decision: Decision, version: int | None,
 
 
 class Gate:
-    def __init__(self, db: BoundedPool, rows: RowCache, pool: NodePool, audit: AuditLog) -> None:
+    def __init__(self, db: BoundedPool, rows: RowCache, pool: NodePool, audit: AuditLog,
+                 metrics: GuardMetrics | None = None) -> None:  # fmt: skip
         self.db = db
         self.rows = rows
         self.pool = pool
         self.audit = audit
+        self.metrics = metrics or GuardMetrics(None)
+        self._watcher: asyncio.Task[None] | None = None
         self._parsed: dict[tuple[int, int], InForce] = {}
         self._decimals: dict[bytes, int] = {}
+
+    async def start(self, every: float = 5.0) -> None:
+        """Keep the pending-approvals gauge fresh (a count every few seconds)."""
+
+        async def watch() -> None:
+            while True:
+                try:
+                    pending = await self.db.fetchval(
+                        "SELECT count(*) FROM approvals WHERE state = 'pending' "
+                        "AND expires_at > now()")  # fmt: skip
+                    self.metrics.approvals_pending.set(int(pending))
+                except Exception:
+                    log.debug("approvals gauge not refreshed", exc_info=True)
+                await asyncio.sleep(every)
+
+        self._watcher = asyncio.ensure_future(watch())
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def counted(self, action: str, reason: str | None) -> None:
+        self.metrics.decisions.labels(action, reason or "none").inc()
 
     async def in_force(self, organisation_id: int) -> InForce | None:
         row = await self.rows.row("policy", str(organisation_id), _CURRENT_QUERY)
@@ -151,6 +181,7 @@ class Gate:
         transaction when anything is counted; refuse (PolicyRefused) what does not proceed."""
         if policy is None:
             await self.audit.append(replace(event, action="allow"))
+            self.counted("allow", None)
             return Verdict(None, None)
         decimals = await self._decimals_of(policy.policy)
         try:
@@ -161,7 +192,9 @@ class Gate:
         if (first.action == "deny" and first.enforced) or (not counted and first.action != "hold"):
             # Decided without counters: a deny wins whatever they hold (and a limit crossed
             # with nothing used is crossed), and nothing is counted or held otherwise.
-            await self.audit.append(self._event(event, first, policy.version))
+            recorded = self._event(event, first, policy.version)
+            await self.audit.append(recorded)
+            self.counted(recorded.action, first.reason)
             if not first.proceeds:
                 raise refusal_for(first, policy.version)
             return Verdict(first, policy.version)
@@ -182,8 +215,13 @@ class Gate:
                        VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                     [(organisation_id, c.limit, kinds[c.limit], c.scope, c.amount, ticket,
                       event.request_id or "") for c in decision.charges])  # fmt: skip
-            await self.audit.append_in(conn, [self._event(event, decision, policy.version,
-                                                          approval_id)])  # fmt: skip
+            recorded = self._event(event, decision, policy.version, approval_id)
+            await self.audit.append_in(conn, [recorded])
+        self.counted(recorded.action, decision.reason)
+        for charge in decision.charges if decision.proceeds else ():
+            taken = used.get((charge.limit, charge.scope), 0) + charge.amount
+            self.metrics.limit_utilisation.labels(charge.limit, charge.scope).set(
+                min(1.0, taken / charge.max) if charge.max else 1.0)  # fmt: skip
         if not decision.proceeds:
             raise refusal_for(decision, policy.version, approval_id)
         gas = any(kinds[c.limit] == "gas" for c in decision.charges)

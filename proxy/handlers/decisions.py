@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from policy.model import RequestFacts
 from proxy.audit.records import AuditEvent
 from proxy.context import Caller, Services
-from proxy.errors import DatabaseUnavailable
+from proxy.errors import DatabaseUnavailable, PolicyRefused
 from proxy.guard.gate import InForce, Verdict, request_digest
 from proxy.rpc import RpcRequest
 from signer.base import checksum
@@ -84,6 +85,16 @@ async def for_message(services: Services, caller: Caller, request: RpcRequest, a
         bound,
         policy,
     )
+
+
+async def refused_by_check(services: Services, caller: Caller, request: RpcRequest,
+                           sender: bytes, refusal: PolicyRefused) -> None:  # fmt: skip
+    """A check on the chain refused the request before any policy: audited as a decision."""
+    data = refusal.data if isinstance(refusal.data, dict) else {}
+    event = _event(caller, request.method, sender, {"why": data.get("detail")})
+    await services.audit.append(replace(event, action="deny", reason=data.get("reason"),
+                                        rule=data.get("rule")))  # fmt: skip
+    services.gate.counted("deny", data.get("reason"))
 
 
 async def give_back(services: Services, caller: Caller, verdict: Verdict) -> None:

@@ -188,7 +188,11 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
     key = await signer_for(services, caller, parsed.sender)
     policy = await services.gate.in_force(caller.principal.organisation_id)
     to = parse_address("to", parsed.fields.get("to"))
-    build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    try:
+        build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
+        await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
+        raise
     # What no node could accept is refused here, then what the policy refuses: before a nonce.
     probe = build(nonce=0)
     idempotency = _idempotency(caller, request)
@@ -332,7 +336,11 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     key = await signer_for(services, caller, parsed.sender)
     policy = await services.gate.in_force(caller.principal.organisation_id)
     to = parse_address("to", parsed.fields.get("to"))
-    build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    try:
+        build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+    except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
+        await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
+        raise
     probe = build(nonce=0)  # refused before a nonce is taken
     verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
                                               probe)  # fmt: skip

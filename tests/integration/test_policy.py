@@ -124,6 +124,10 @@ async def test_a_deny_rule_refuses_takes_no_nonce_and_is_audited(
         assert "result" in await _send(proxy)  # the sink is allowed
         _, answer = await proxy.call("personal_sign", ["0x68656c6c6f", stack.address])
         assert "result" in answer, answer
+        async with session.get(url + "/metrics") as response:
+            metrics = await response.text()
+        assert 'qsigner_policy_decisions_total{action="deny",reason="denied"} 2.0' in metrics
+        assert 'qsigner_policy_decisions_total{action="allow",reason="none"} 2.0' in metrics
     decisions = await _decisions(stack)
     assert [(d["method"], d["action"], d["rule"]) for d in decisions] == [
         ("eth_sendTransaction", "deny", "only-the-sink"), ("eth_sign", "deny", "no-eth-sign"),

@@ -6,6 +6,7 @@ balance or the allowance, and calls that revert (reason, custom error, panic) ar
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,18 @@ async def test_a_transfer_above_the_balance_is_refused_and_one_within_it_goes(
             assert "result" in answer, answer
         answer = await _send(proxy, to=contracts.dev_account(anvil), value=hex(10**17))
         assert "result" in answer, answer
+    # Each refusal is a signing decision, in the audit log like a policy's.
+    conn = await asyncpg.connect(proxy.stack.database_url)
+    try:
+        audited = [json.loads(r["content"]) for r in await conn.fetch(
+            "SELECT content FROM audit_log WHERE chain = 'acme' ORDER BY seq")]  # fmt: skip
+    finally:
+        await conn.close()
+    refused = [(a["method"], a["reason"], a["rule"]) for a in audited if a["action"] == "deny"]
+    assert refused[:2] == [
+        ("eth_sendTransaction", "insufficient_funds", "balance-check"),
+        ("eth_signTransaction", "insufficient_funds", "balance-check"),
+    ]
 
 
 async def test_token_transfers_above_the_balance_or_allowance_are_refused(
