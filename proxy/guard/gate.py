@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -103,6 +103,7 @@ class Gate:
         self.audit = audit
         self.metrics = metrics or GuardMetrics(None)
         self._watcher: asyncio.Task[None] | None = None
+        self._later: set[asyncio.Task[None]] = set()
         self._parsed: dict[tuple[int, int], InForce] = {}
         self._decimals: dict[bytes, int] = {}
 
@@ -127,6 +128,15 @@ class Gate:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self._later:  # outcomes still being recorded: let them land
+            await asyncio.wait(self._later, timeout=10)
+
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Record something the caller need not wait for (a request's outcome, after its
+        decision was recorded); finished before the app closes."""
+        task = asyncio.ensure_future(work)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def counted(self, action: str, reason: str | None) -> None:
         self.metrics.decisions.labels(action, reason or "none").inc()

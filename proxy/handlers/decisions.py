@@ -108,10 +108,18 @@ async def give_back(services: Services, caller: Caller, verdict: Verdict) -> Non
         log.warning("could not give back request %s's limit counts", caller.request_id)
 
 
-async def signed(services: Services, caller: Caller, verdict: Verdict, method: str,
-                 account: bytes, tx_hash: bytes, nonce: int | None, outcome: str,
-                 ) -> None:  # fmt: skip
-    """The outcome of an allowed request: its transaction hash and nonce ("sent" or "signed")."""
+def signed(services: Services, caller: Caller, verdict: Verdict, method: str,
+           account: bytes, tx_hash: bytes, nonce: int | None, outcome: str) -> None:  # fmt: skip
+    """The outcome of an allowed request: its transaction hash and nonce ("sent" or "signed"),
+    recorded without making the caller wait (the decision's row is in already, and the ledger
+    holds the hash and nonce in any case)."""
+    services.gate.later(_record_outcome(services, caller, verdict, method, account, tx_hash,
+                                        nonce, outcome))  # fmt: skip
+
+
+async def _record_outcome(services: Services, caller: Caller, verdict: Verdict, method: str,
+                          account: bytes, tx_hash: bytes, nonce: int | None,
+                          outcome: str) -> None:  # fmt: skip
     principal = caller.principal
     try:
         if verdict.gas_counted:
@@ -120,8 +128,6 @@ async def signed(services: Services, caller: Caller, verdict: Verdict, method: s
             kind="signed", organisation=principal.organisation, user=principal.user_id,
             action=outcome, request_id=caller.request_id, account=checksum(account),
             method=method, tx_hash="0x" + tx_hash.hex(), nonce=nonce))  # fmt: skip
-    except DatabaseUnavailable:
-        # The decision's row is in already; the caller's transaction is out and must not be
-        # answered as failed. The ledger keeps the hash and nonce in any case.
+    except Exception:
         log.warning("could not audit the outcome of request %s (%s)", caller.request_id,
                     "0x" + tx_hash.hex())  # fmt: skip

@@ -224,7 +224,7 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
                 try:
                     tx = build(nonce=slot.nonce)
                     result = await _sign_store_send(services, caller, key, tx, slot)
-                    await decisions.signed(services, caller, verdict, request.method,
+                    decisions.signed(services, caller, verdict, request.method,
                                            slot.account, bytes.fromhex(result[2:]), slot.nonce,
                                            "sent")  # fmt: skip
                     return result
@@ -349,7 +349,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     except BaseException:
         await decisions.give_back(services, caller, verdict)
         raise
-    await decisions.signed(services, caller, verdict, request.method, parsed.sender,
+    decisions.signed(services, caller, verdict, request.method, parsed.sender,
                            signed.hash, nonce, "signed")  # fmt: skip
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
