@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from proxy.audit.records import Checkpoint, Row, parse_timestamp, timestamp
-from proxy.audit.verify import ChainReport, ChainVerifier, Reference
+from proxy.audit.verify import Break, ChainReport, ChainVerifier, Reference
 from proxy.errors import BadInput
 from signer.base import checksum
 
@@ -248,12 +248,24 @@ def references(earlier: Export, chain: str) -> list[Reference]:
 
 
 def verify_export(export: Export, *, organisation: str | None = None,
-                  against: Export | None = None) -> list[ChainReport]:  # fmt: skip
+                  against: Export | None = None,
+                  checkpoints_alone: bool = False) -> list[ChainReport]:  # fmt: skip
     """Every chain of an export file (checkpoints checked against the keys its first line
-    names), and, with `against`, held to what an earlier export says."""
+    names), and, with `against`, held to what an earlier export says. With
+    `checkpoints_alone`, a chain of which the file keeps only checkpoints is fine (an earlier
+    export cut down to its signed checkpoints: the small part worth keeping elsewhere)."""
     names = set(export.chains) | (set(against.chains) if against is not None else set())
     reports = []
     for chain in sorted(c for c in names if organisation is None or c == organisation):
+        if checkpoints_alone and not export.rows.get(chain):
+            report = ChainReport(chain)
+            for checkpoint in export.checkpoints.get(chain, []):
+                problem = checkpoint.problem(export.keys)
+                if problem is not None and report.broken is None:
+                    report.broken = Break(chain, checkpoint.seq, f"its checkpoint is not valid: "
+                                          f"{problem}")  # fmt: skip
+            reports.append(report)
+            continue
         verifier = ChainVerifier(
             chain, complete=export.since is None, checkpoints=export.checkpoints.get(chain, []),
             keys=export.keys, references=references(against, chain) if against else (),
