@@ -290,6 +290,11 @@ TAMPERING = {
         "edited",
     ),
     "deleted": ([("DELETE FROM audit_log WHERE chain = 'acme' AND seq = 9", ())], 9, "missing"),
+    "cut off the end": (
+        [("DELETE FROM audit_log WHERE chain = 'acme' AND seq = 20", ())],
+        20,
+        "missing",
+    ),
     "swapped": (
         [
             ("UPDATE audit_log SET seq = 1000000 WHERE chain = 'acme' AND seq = 9", ()),
