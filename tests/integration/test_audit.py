@@ -109,6 +109,10 @@ async def test_concurrent_appends_from_two_replicas_keep_one_gap_free_chain(
     first_content = contents[0]
     assert first_content["kind"] == "decision" and first_content["time"].endswith("Z")
     assert rows[0]["content"] == json.dumps(first_content, sort_keys=True, separators=(",", ":"))
+    async with pools[1].acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        reports = await verify_database(conn)
+    assert [(r.chain, r.rows, r.broken) for r in reports] == [
+        ("-", 5, None), ("acme", 490, None), ("other", 20, None)]  # fmt: skip
 
 
 async def test_append_in_rolls_back_with_the_callers_transaction(
