@@ -64,14 +64,6 @@ class AuditKey:
     key_id: bytes
 
 
-class ChainBroken(Exception):
-    """A chain does not verify: its head is not signed (the caller names the break)."""
-
-    def __init__(self, broken: Break) -> None:
-        super().__init__(str(broken))
-        self.broken = broken
-
-
 async def audit_key(db: BoundedPool | asyncpg.Pool) -> AuditKey | None:
     """The audit key that signs new checkpoints (the newest registered), if any."""
     row = await db.fetchrow(_AUDIT_KEY)
@@ -100,10 +92,11 @@ async def create_key(db: asyncpg.Pool, hsm: Hsm, token_label: str, pin: str,
 
 
 async def sign_heads(db: BoundedPool | asyncpg.Pool, key: AsyncSigner, *, force: bool,
-                     rows: int = 1, seconds: float = 0.0) -> list[Checkpoint]:  # fmt: skip
+                     rows: int = 1, seconds: float = 0.0,
+                     ) -> tuple[list[Checkpoint], Break | None]:  # fmt: skip
     """Sign the head of every chain that is due (with `force`, every head not yet signed) and
-    store the checkpoints. A chain whose rows since its last checkpoint do not verify is not
-    signed: `ChainBroken` for the first such chain, after the others are signed."""
+    store the checkpoints: those made, and the first problem of a chain left unsigned because
+    its rows since its last checkpoint do not verify."""
     made: list[Checkpoint] = []
     broken: Break | None = None
     for due in await db.fetch(_DUE, force, rows, float(seconds)):
@@ -112,7 +105,6 @@ async def sign_heads(db: BoundedPool | asyncpg.Pool, key: AsyncSigner, *, force:
                                       due["signed_at"])  # fmt: skip
         if problem is not None:
             broken = broken or problem
-            log.error("audit chain %r is broken, its head is not signed: %s", chain, problem)
             continue
         now = datetime.now(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -127,9 +119,7 @@ async def sign_heads(db: BoundedPool | asyncpg.Pool, key: AsyncSigner, *, force:
             chain, seq, head_hash, now, key.address, content, checkpoint.signature,
         )  # fmt: skip
         made.append(checkpoint)
-    if broken is not None:
-        raise ChainBroken(broken)
-    return made
+    return made, broken
 
 
 async def _verify_since(db: BoundedPool | asyncpg.Pool, chain: str, head: int,
@@ -198,8 +188,6 @@ class Checkpointer:
             self._appended = 0
             try:
                 await self.round()
-            except ChainBroken:
-                pass  # logged by sign_heads; `audit verify` names it
             except Exception as exc:
                 log.warning("audit checkpoint failed: %s", type(exc).__name__)
 
@@ -209,7 +197,11 @@ class Checkpointer:
         key = await self._signer()
         if key is None:
             return []
-        return await sign_heads(self.db, key, force=False, rows=self.rows, seconds=self.seconds)
+        made, broken = await sign_heads(self.db, key, force=False, rows=self.rows,
+                                        seconds=self.seconds)  # fmt: skip
+        if broken is not None:
+            log.error("the audit log is broken, a chain's head is not signed: %s", broken)
+        return made
 
     async def _signer(self) -> HsmKey | None:
         registered = await audit_key(self.db)

@@ -26,7 +26,7 @@ from proxy.audit.export import (
     write_export,
 )
 from proxy.audit.records import Checkpoint, parse_timestamp, timestamp
-from proxy.audit.verify import ChainReport
+from proxy.audit.verify import Break, ChainReport
 from proxy.errors import BadInput, SystemFailure
 from proxy.settings import Settings
 from signer.base import checksum
@@ -133,7 +133,7 @@ def key_create_command(args: argparse.Namespace, settings: Settings) -> int:
 def checkpoint_command(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.cli import _hsm, _read_secret
 
-    async def work(conn: asyncpg.Connection) -> list[Checkpoint]:
+    async def work(conn: asyncpg.Connection) -> tuple[list[Checkpoint], Break | None]:
         key = await checkpoints.audit_key(conn)
         if key is None:
             raise BadInput("no audit key: create one with `quorum-signer audit key create`")
@@ -147,10 +147,10 @@ def checkpoint_command(args: argparse.Namespace, settings: Settings) -> int:
                                     f"{checksum(key.address)}")  # fmt: skip
             return await checkpoints.sign_heads(conn, signer, force=True)
 
-    try:
-        made = _with_connection(settings, work)
-    except checkpoints.ChainBroken as exc:
-        print(f"quorum-signer: not signed: audit log broken: {exc.broken}", file=sys.stderr)
+    made, broken = _with_connection(settings, work)
+    if broken is not None:
+        print(f"quorum-signer: audit log broken, its head not signed: {broken} ({len(made)} "
+              "other chains signed; see `audit verify`)", file=sys.stderr)  # fmt: skip
         return 1
     for checkpoint in made:
         _progress(f"signed chain {checkpoint.chain!r} at seq {checkpoint.seq}")
@@ -163,7 +163,7 @@ def checkpoint_command(args: argparse.Namespace, settings: Settings) -> int:
 def verify_command(args: argparse.Namespace, settings: Settings) -> int:
     against = read_export(args.against) if args.against else None
     if against is not None:
-        earlier = broken_reports(verify_export(against))
+        earlier = broken_reports(verify_export(against, checkpoints_alone=True))
         if earlier:
             print(f"quorum-signer: the earlier export {args.against} does not verify itself: "
                   f"{earlier[0].broken}", file=sys.stderr)  # fmt: skip

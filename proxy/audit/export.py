@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from proxy.audit.records import Checkpoint, Row, parse_timestamp, timestamp
-from proxy.audit.verify import ChainReport, ChainVerifier, Reference
+from proxy.audit.verify import Break, ChainReport, ChainVerifier, Reference
 from proxy.errors import BadInput
 from signer.base import checksum
 
@@ -48,6 +48,7 @@ class Export:
 
     since: datetime | None
     keys: set[bytes]
+    heads: dict[str, Reference] = field(default_factory=dict)  # the head records, as exported
     rows: dict[str, list[Row]] = field(default_factory=dict)
     checkpoints: dict[str, list[Checkpoint]] = field(default_factory=dict)
 
@@ -95,6 +96,12 @@ async def first_seq_since(conn: asyncpg.Connection, chain: str, since: datetime)
 async def write_export(conn: asyncpg.Connection, out: TextIO, *, since: datetime | None = None,
                        organisation: str | None = None) -> tuple[int, int]:  # fmt: skip
     """Write the export (in `conn`'s transaction: one snapshot); (rows, checkpoints) written."""
+    starts: dict[str, int] = {}
+    for chain in await chains(conn, organisation):
+        start = 1 if since is None else await first_seq_since(conn, chain, since)
+        if start is not None:
+            starts[chain] = start
+    heads = await conn.fetch("SELECT chain, seq, hash FROM audit_heads ORDER BY chain")
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -102,15 +109,17 @@ async def write_export(conn: asyncpg.Connection, out: TextIO, *, since: datetime
         "since": None if since is None else timestamp(since),
         "organisation": organisation,
         "keys": [{"address": checksum(a), "created_at": timestamp(t)} for a, t in await keys(conn)],
+        # Where each chain's head record says it ends (not trusted, but a row cut off the end
+        # before any checkpoint covers it shows against it).
+        "heads": [
+            {"chain": h["chain"], "seq": h["seq"], "hash": _hex(h["hash"])}
+            for h in heads
+            if h["chain"] in starts
+        ],
     }
     out.write(_line(header))
-    starts: dict[str, int] = {}
     written_rows = written_checkpoints = 0
-    for chain in await chains(conn, organisation):
-        start = 1 if since is None else await first_seq_since(conn, chain, since)
-        if start is None:
-            continue
-        starts[chain] = start
+    for chain, start in starts.items():
         async for row in rows(conn, chain, start):
             out.write(_line({"type": "row", "chain": row.chain, "seq": row.seq,
                              "at": timestamp(row.at), "content": row.content,
@@ -181,7 +190,15 @@ def _header(path: str, first: tuple[int, str]) -> Export:
     listed = field_of("keys", list)
     found = {_address(path, number, k.get("address") if isinstance(k, dict) else None)
              for k in listed}  # fmt: skip
-    return Export(since, found)
+    heads = {}
+    for head in field_of("heads", list, optional=True) or []:
+        if not isinstance(head, dict):
+            raise BadInput(f"{path} line {number}: 'heads' is malformed")
+        head_field = _fields(path, number, head)
+        heads[head_field("chain", str)] = Reference(head_field("seq", int),
+                                                    head_field("hash", _bytes),
+                                                    "the chain's head record")  # fmt: skip
+    return Export(since, found, heads)
 
 
 def _entry(export: Export, value: dict[str, Any], path: str, number: int) -> None:
@@ -248,15 +265,30 @@ def references(earlier: Export, chain: str) -> list[Reference]:
 
 
 def verify_export(export: Export, *, organisation: str | None = None,
-                  against: Export | None = None) -> list[ChainReport]:  # fmt: skip
+                  against: Export | None = None,
+                  checkpoints_alone: bool = False) -> list[ChainReport]:  # fmt: skip
     """Every chain of an export file (checkpoints checked against the keys its first line
-    names), and, with `against`, held to what an earlier export says."""
+    names), and, with `against`, held to what an earlier export says. With
+    `checkpoints_alone`, a chain of which the file keeps only checkpoints is fine (an earlier
+    export cut down to its signed checkpoints: the small part worth keeping elsewhere)."""
     names = set(export.chains) | (set(against.chains) if against is not None else set())
     reports = []
     for chain in sorted(c for c in names if organisation is None or c == organisation):
+        if checkpoints_alone and not export.rows.get(chain):
+            report = ChainReport(chain)
+            for checkpoint in export.checkpoints.get(chain, []):
+                problem = checkpoint.problem(export.keys)
+                if problem is not None and report.broken is None:
+                    report.broken = Break(chain, checkpoint.seq, f"its checkpoint is not valid: "
+                                          f"{problem}")  # fmt: skip
+            reports.append(report)
+            continue
+        bound = references(against, chain) if against else []
+        if chain in export.heads:
+            bound.append(export.heads[chain])
         verifier = ChainVerifier(
             chain, complete=export.since is None, checkpoints=export.checkpoints.get(chain, []),
-            keys=export.keys, references=references(against, chain) if against else (),
+            keys=export.keys, references=bound,
         )  # fmt: skip
         for row in export.rows.get(chain, []):
             verifier.feed(row)
@@ -272,12 +304,17 @@ async def verify_database(conn: asyncpg.Connection, *, organisation: str | None 
     names = set(await chains(conn, organisation))
     if against is not None:
         names |= {c for c in against.chains if organisation is None or c == organisation}
+    # The head record is not to be trusted, but a row cut off the end (or a rewrite that left
+    # it behind) shows against it even where no checkpoint covers the end yet.
+    heads = {r["chain"]: Reference(r["seq"], r["hash"], "the chain's head record")
+             for r in await conn.fetch("SELECT chain, seq, hash FROM audit_heads")}  # fmt: skip
     reports = []
     for chain in sorted(names):
-        verifier = ChainVerifier(
-            chain, checkpoints=await checkpoints(conn, chain), keys=registered,
-            references=references(against, chain) if against else (),
-        )  # fmt: skip
+        bound = references(against, chain) if against else []
+        if chain in heads:
+            bound.append(heads[chain])
+        verifier = ChainVerifier(chain, checkpoints=await checkpoints(conn, chain),
+                                 keys=registered, references=bound)  # fmt: skip
         async for row in rows(conn, chain):
             verifier.feed(row)
         reports.append(verifier.finish())

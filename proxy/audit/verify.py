@@ -198,14 +198,17 @@ class ChainVerifier:
         report = self.report
         if not self._stopped:
             after = report.head_seq if report.head_seq is not None else 0
-            beyond = [c.seq for c in self._checkpoints[self._next_checkpoint :]]
-            beyond += [r.seq for r in self._references[self._next_reference :]]
+            beyond = [
+                (c.seq, f"the checkpoint signed at {timestamp(c.at)}")
+                for c in self._checkpoints[self._next_checkpoint :]
+            ]
+            beyond += [(r.seq, r.what) for r in self._references[self._next_reference :]]
             if beyond and report.first_seq is None and not self._complete:
-                after = min(beyond) - 1
+                after = min(seq for seq, _ in beyond) - 1
             if beyond:
+                seq, what = max(beyond)
                 self._breaks.append(Break(report.chain, after + 1, "missing: the chain ends at "
-                                          f"seq {after} but a checkpoint or an earlier export "
-                                          f"holds seq {max(beyond)}"))  # fmt: skip
+                                          f"seq {after} but {what} names seq {seq}"))  # fmt: skip
         if self._breaks:
             report.broken = min(self._breaks, key=lambda b: b.seq)
         before = [c for c in self._matched

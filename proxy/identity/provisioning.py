@@ -390,6 +390,9 @@ class Provisioning:
                    SELECT $1, id, organisation_id FROM accounts WHERE address = $2""",
                 [(user_id, account.address) for account in granted],
             )
+            await security_event(self.audit, conn, organisation, user_id, "user_added",
+                                 {"role": role, "accounts": [checksum(a.address)
+                                                             for a in granted]})  # fmt: skip
             await self.rows.notify(conn, "user", user_id)  # a remembered miss ends here
         self.rows.forget("user", user_id)
 
@@ -435,6 +438,8 @@ class Provisioning:
                     raise BadInput(f"no user {user_id!r} (deleted while this command ran)")
                 raise BadInput(f"the password of {user_id!r} changed while this command ran: "
                                "run it again")  # fmt: skip
+            await security_event(self.audit, conn, principal.organisation, user_id,
+                                 "password_changed", {})  # fmt: skip
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 

@@ -114,7 +114,7 @@ async def test_lockout_after_wrong_passwords_and_unlock_after_the_period(world: 
         "SELECT content::jsonb->>'action' AS kind FROM audit_log WHERE chain = 'acme' "
         "AND content::jsonb->>'user' = 'alice' AND content::jsonb->>'kind' = 'security' "
         "ORDER BY seq")]  # fmt: skip
-    assert kinds == ["wrong_password"] * 3 + ["lockout"]
+    assert kinds == ["user_added"] + ["wrong_password"] * 3 + ["lockout"]
     await asyncio.sleep(SETTINGS.lockout_seconds + 0.2)
     principal, _ = await world.identity.unlock_with_password("alice", "alice-password")
     assert principal.user_id == "alice"
