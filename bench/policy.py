@@ -41,7 +41,7 @@ from tests.support.anvil import rpc
 from tests.support.policies import twenty_rules
 
 SINK = "0x000000000000000000000000000000000000dEaD"
-PASSWORD = "globex-bench-pw"
+PASSWORD = "globex-bench-pw"  # noqa: S105 (a throwaway user of the bench's own stack)
 
 
 async def _prepare(running: Running) -> tuple[dict[str, str], dict[str, str], str]:
