@@ -283,8 +283,12 @@ class Gate:
                 )
             return decision, row["id"]
         if row is not None and (row["state"] == "rejected" or row["expired"]):
-            # Told once; a later repeat asks for a new approval.
-            await conn.execute("UPDATE approvals SET used_at = now() WHERE id = $1", row["id"])
+            # Told once; a later repeat asks for a new approval (an expired one is no longer
+            # live, so that the new one may take its place).
+            await conn.execute(
+                """UPDATE approvals SET used_at = now(),
+                       state = CASE WHEN state = 'rejected' THEN state ELSE 'expired' END
+                   WHERE id = $1""", row["id"])  # fmt: skip
             if row["state"] == "rejected":
                 told = replace(held, action="deny", reason="approval_rejected",
                                detail=f"approval {row['id']} was rejected")  # fmt: skip
@@ -301,15 +305,21 @@ class Gate:
             "to": checksum(facts.to) if facts.to else None,
             "value": str(facts.value),
         }
-        await conn.execute(
+        created = await conn.fetchval(
             """INSERT INTO approvals (id, organisation_id, requester, request_digest, method,
                    summary, rule, policy_version, needed, expires_at)
                VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9,
-                       now() + make_interval(secs => $10))""",
+                       now() + make_interval(secs => $10))
+               ON CONFLICT (requester, request_digest) WHERE state IN ('pending', 'approved')
+               DO NOTHING RETURNING id""",
             approval_id, organisation_id, facts.user, digest, facts.method, json.dumps(summary),
             held.rule or "", policy.version, policy.policy.approvals.approvers,
             float(policy.policy.approvals.expire_seconds))  # fmt: skip
-        return held, approval_id
+        if created is None:  # the same request, held at the same moment elsewhere: its approval
+            created = await conn.fetchval(
+                """SELECT id FROM approvals WHERE requester = $1 AND request_digest = $2
+                   AND state IN ('pending', 'approved')""", facts.user, digest)  # fmt: skip
+        return held, created
 
     async def release(self, ticket: str) -> None:
         """The request failed before reaching a node: what it counted is given back."""

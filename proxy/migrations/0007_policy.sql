@@ -46,7 +46,7 @@ CREATE TABLE approvals (
     policy_version   integer NOT NULL,
     needed           integer NOT NULL CHECK (needed >= 1),
     state            text NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'approved', 'rejected', 'used')),
+                     CHECK (state IN ('pending', 'approved', 'rejected', 'used', 'expired')),
     created_at       timestamptz NOT NULL DEFAULT now(),
     expires_at       timestamptz NOT NULL,
     decided_at       timestamptz,

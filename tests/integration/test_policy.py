@@ -5,6 +5,7 @@ in tests/acceptance/test_policy_limits.py (two `serve` processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import textwrap
@@ -205,3 +206,36 @@ async def test_shadow_mode_refuses_nothing_and_audits_what_it_would_have(
             "mode: shadow", "mode: enforce"), 1000)  # fmt: skip
     assert len(changed) == 1, changed
     assert "shadow-deny" in changed[0] and "deny(only-the-sink)" in changed[0], changed
+
+
+async def test_an_approval_expires(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    await _install(
+        stack,
+        """
+        version: 1
+        rules:
+          - name: every-transfer
+            action: hold
+            match: {value: {gt: 0}}
+        approvals: {approvers: 2, expire: 2s}
+        """,
+    )
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        first = _refused(await _send(proxy), "approval_required", "every-transfer")
+        vote = await _vote(stack, first["approval_id"], "ada")
+        assert (vote.state, vote.votes, vote.needed) == ("pending", 1, 2)  # one of two
+        await asyncio.sleep(2.2)
+        with pytest.raises(BadInput, match="expired"):
+            await _vote(stack, first["approval_id"], "bob")
+        _refused(await _send(proxy), "approval_expired", "every-transfer")
+        # Told once: the next repeat asks anew, and two admins let it through.
+        again = _refused(await _send(proxy), "approval_required", "every-transfer")
+        assert again["approval_id"] != first["approval_id"]
+        await _vote(stack, again["approval_id"], "ada")
+        assert (await _vote(stack, again["approval_id"], "bob")).state == "approved"
+        assert "result" in await _send(proxy)
+        assert await _ledger_rows(stack) == 1
