@@ -16,12 +16,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from policy.abi import encode_call, parse_signature
 from proxy import store
 from proxy.audit.log import AuditLog
 from proxy.errors import BadInput, Forbidden
 from proxy.guard import admin
 from proxy.identity import Identity
 from signer.pkcs11 import Hsm
+from tests.support import contracts
 from tests.support.anvil import run_anvil
 from tests.support.proxy_client import Proxy
 from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
@@ -239,3 +241,50 @@ async def test_an_approval_expires(
         assert (await _vote(stack, again["approval_id"], "bob")).state == "approved"
         assert "result" in await _send(proxy)
         assert await _ledger_rows(stack) == 1
+
+
+async def test_a_gas_limit_counts_the_gas_used_once_mined(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    reverter = contracts.deploy(anvil, "Reverter")
+    await _install(
+        stack,
+        """
+        version: 1
+        limits:
+          - {name: gas-per-hour, per: user, window: 1h, max_gas: 350000}
+        """,
+    )
+    tx = {
+        "from": stack.address,
+        "to": reverter,
+        "gas": hex(300_000),
+        "data": "0x" + encode_call(parse_signature("succeed(uint256 x)"), [5]).hex(),
+    }
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        _, answer = await proxy.call("eth_sendTransaction", [tx])
+        assert "result" in answer, answer
+        receipt = contracts.rpc(anvil, "eth_getTransactionReceipt", [answer["result"]])
+        used = int(receipt["gasUsed"], 16)
+        assert used < 50_000, used
+        # Counted as its gas limit (300000), then as what it used once mined: room for one more.
+        deadline = asyncio.get_running_loop().time() + 20
+        while await _usage(stack) != [used]:
+            assert asyncio.get_running_loop().time() < deadline, await _usage(stack)
+            await asyncio.sleep(0.3)
+        _, answer = await proxy.call("eth_sendTransaction", [tx])
+        assert "result" in answer, answer
+        _, answer = await proxy.call("eth_sendTransaction", [tx])
+        _refused(answer, "limit_exceeded", "gas-per-hour")
+
+
+async def _usage(stack: Stack) -> list[int]:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await conn.fetch("SELECT amount FROM policy_usage WHERE state = 'reserved' "
+                                "ORDER BY id")  # fmt: skip
+    finally:
+        await conn.close()
+    return [int(r["amount"]) for r in rows]
