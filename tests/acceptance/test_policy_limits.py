@@ -5,6 +5,7 @@ through; the others are refused -32003 `limit_exceeded` without taking a nonce."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,28 @@ async def test_a_limit_of_ten_lets_exactly_ten_of_a_hundred_through_two_replicas
     while chain.count() < 10:
         assert asyncio.get_running_loop().time() < deadline, "the ten were not mined"
         await asyncio.sleep(0.3)
+
+
+async def test_a_new_policy_is_in_force_on_every_replica_within_a_second(
+    team: Team, tmp_path: Path
+) -> None:
+    address = await team.new_account()
+    tx = {"from": address, "to": address, "value": "0x1"}
+    with replicas(team.env(), 2, tmp_path) as group:
+        async with aiohttp.ClientSession() as session:
+            for url in group.urls:  # allowed, and the policy in force is cached on both
+                reply = await call(session, url, team.headers(team.users[0]),
+                                   "eth_sendTransaction", [tx])  # fmt: skip
+                assert reply.ok, reply.describe()
+            await _install(team, "version: 1\ndefault: deny\n")
+            installed = time.monotonic()
+            for url in group.urls:
+                while True:
+                    reply = await call(session, url, team.headers(team.users[0]),
+                                       "eth_sendTransaction", [tx])  # fmt: skip
+                    if reply.error is not None and reply.error.get("code") == -32003:
+                        break
+                    assert reply.ok, reply.describe()
+                    assert time.monotonic() - installed < 1.0, f"{url} still allows after 1 s"
+                    await asyncio.sleep(0.05)
+                assert reply.error is not None and reply.error["data"]["reason"] == "denied"

@@ -32,9 +32,9 @@ ADMIN_PASSWORD = "admin-pw-" + "q" * 8
 SINK = "0x000000000000000000000000000000000000dEaD"
 
 
-@pytest.fixture
-def anvil() -> Iterator[str]:
-    with run_anvil(chain_id=CHAIN_ID, quorum_like=True) as url:
+@pytest.fixture(params=["gas-free", "fee-market"])
+def anvil(request: pytest.FixtureRequest) -> Iterator[str]:
+    with run_anvil(chain_id=CHAIN_ID, quorum_like=request.param == "gas-free") as url:
         yield url
 
 
