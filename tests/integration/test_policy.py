@@ -288,3 +288,30 @@ async def _usage(stack: Stack) -> list[int]:
     finally:
         await conn.close()
     return [int(r["amount"]) for r in rows]
+
+
+async def test_a_request_the_node_refuses_gives_its_count_back(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    await _install(
+        stack,
+        """
+        version: 1
+        limits:
+          - {name: one-a-day, per: account, window: 24h, max_transactions: 1}
+        """,
+    )
+    base_fee = int(contracts.rpc(anvil, "eth_getBlockByNumber", ["latest", False])
+                   .get("baseFeePerGas") or "0x0", 16)  # fmt: skip
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        if base_fee:
+            # Below the base fee: the node refuses it, so it never counted.
+            _, answer = await proxy.call("eth_sendTransaction", [
+                {"from": stack.address, "to": SINK, "value": "0x1",
+                 "maxFeePerGas": hex(base_fee - 1), "maxPriorityFeePerGas": "0x0"}])  # fmt: skip
+            assert "base fee" in answer["error"]["message"], answer  # the node's own refusal
+            assert await _usage(stack) == []
+        assert "result" in await _send(proxy)
+        _refused(await _send(proxy), "limit_exceeded", "one-a-day")
