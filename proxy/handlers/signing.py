@@ -183,7 +183,13 @@ class _NonceTakenOutside(Exception):
         self.refusal = refusal
 
 
-async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
+_Decided = tuple[filling.Request, AsyncSigner, Callable[..., Transaction], Verdict]
+
+
+async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _Decided:
+    """A transaction request that may go ahead: parsed, its key unlocked, filled but for the
+    nonce, past the checks on the chain and the policy (each refusal audited), and its
+    decision recorded. Nothing here takes a nonce."""
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
     policy = await services.gate.in_force(caller.principal.organisation_id)
@@ -193,11 +199,15 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
     except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
         await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
         raise
-    # What no node could accept is refused here, then what the policy refuses: before a nonce.
-    probe = build(nonce=0)
-    idempotency = _idempotency(caller, request)
+    probe = build(nonce=0)  # what no node could accept is refused here
     verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
                                               probe)  # fmt: skip
+    return parsed, key, build, verdict
+
+
+async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
+    idempotency = _idempotency(caller, request)
+    parsed, key, build, verdict = await _decided(services, caller, request)
     try:
         return await _send(services, caller, request, key, parsed, build, idempotency, verdict)
     except SendOutcomeUnknown:
@@ -332,18 +342,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     that no other transaction gets it; when the bytes are sent (through us or elsewhere) or
     mined, the reservation is settled, and if they never appear within
     QSIGNER_SIGNED_TX_TIMEOUT recovery fills the nonce."""
-    parsed = filling.parse_request(_first_param(request))
-    key = await signer_for(services, caller, parsed.sender)
-    policy = await services.gate.in_force(caller.principal.organisation_id)
-    to = parse_address("to", parsed.fields.get("to"))
-    try:
-        build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
-    except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
-        await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
-        raise
-    probe = build(nonce=0)  # refused before a nonce is taken
-    verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
-                                              probe)  # fmt: skip
+    parsed, key, build, verdict = await _decided(services, caller, request)
     try:
         tx, signed, nonce = await _sign_only(services, caller, key, parsed, build)
     except BaseException:

@@ -30,19 +30,14 @@ from proxy.settings import Settings
 from signer.pkcs11 import Hsm
 from tests.conftest import SoftHsmToken
 from tests.support.cli import Cli
-from tests.support.identity import acme
+from tests.support.identity import acme, two_pools
 
 
 @pytest.fixture
 async def pools(database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
     """Two pools on one migrated database: what two replicas have."""
-    pools = [await store.connect(database_url, max_size=4) for _ in range(2)]
-    try:
-        await store.upgrade(pools[0])
-        yield pools[0], pools[1]
-    finally:
-        for pool in pools:
-            await pool.close()
+    async with two_pools(database_url) as both:
+        yield both
 
 
 def decision(n: int, organisation: str | None = "acme") -> AuditEvent:
