@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -54,6 +55,9 @@ _USED_QUERY = """
                        AND p.at > greatest(now() - make_interval(secs => c.seconds), $5)), 0)
     FROM unnest($2::text[], $3::text[], $4::float8[]) WITH ORDINALITY AS c(name, scope, seconds, i)
     ORDER BY c.i"""
+
+
+_DECIMALS_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Gate:
         self._later: set[asyncio.Task[None]] = set()
         self._parsed: dict[tuple[int, int], InForce] = {}
         self._decimals: dict[bytes, int] = {}
+        self._no_decimals: dict[bytes, float] = {}  # tokens that did not answer, until when
 
     async def start(self, every: float = 5.0) -> None:
         """Keep the pending-approvals gauge fresh (a count every few seconds)."""
@@ -166,8 +171,10 @@ class Gate:
         token's decimals never change). A token that does not answer is left out: evaluation
         then refuses what needs it."""
         names = policy.decimals_needed()
+        now = time.monotonic()
         missing = [policy.contracts[n].address for n in names
-                   if policy.contracts[n].address not in self._decimals]  # fmt: skip
+                   if policy.contracts[n].address not in self._decimals
+                   and self._no_decimals.get(policy.contracts[n].address, 0.0) <= now]  # fmt: skip
 
         async def read(address: bytes) -> None:
             try:
@@ -177,8 +184,11 @@ class Gate:
                 )
                 if isinstance(answer, str) and len(answer) == 66:
                     self._decimals[address] = int(answer, 16)
+                    return
             except Exception:
                 log.warning("decimals() of %s could not be read", checksum(address))
+            # Asked again a minute later, not on every request meanwhile.
+            self._no_decimals[address] = time.monotonic() + _DECIMALS_RETRY_SECONDS
 
         if missing:
             await asyncio.gather(*(read(a) for a in missing))

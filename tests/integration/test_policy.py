@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from policy.abi import encode_call, parse_signature
+from policy.abi import ERC20_TRANSFER, encode_call, parse_signature
 from proxy import store
 from proxy.audit.log import AuditLog
 from proxy.errors import BadInput, Forbidden
@@ -315,3 +315,31 @@ async def test_a_request_the_node_refuses_gives_its_count_back(
             assert await _usage(stack) == []
         assert "result" in await _send(proxy)
         _refused(await _send(proxy), "limit_exceeded", "one-a-day")
+
+
+async def test_a_token_limit_in_the_tokens_own_units(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    token = contracts.token(anvil, decimals=2, mint_to={stack.address: 10**6})
+    await _install(stack, f"""
+        version: 1
+        contracts:
+          ACME: {{address: "{token}", standard: erc20}}
+        limits:
+          - {{name: acme-per-day, per: user, window: 24h, token: ACME, max_amount: "100 ACME"}}
+        """)  # fmt: skip
+
+    def transfer(amount: int) -> dict[str, Any]:
+        data = encode_call(ERC20_TRANSFER, [bytes.fromhex(SINK[2:]), amount])
+        return {"from": stack.address, "to": token, "data": "0x" + data.hex()}
+
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        _, answer = await proxy.call("eth_sendTransaction", [transfer(9_999)])  # 99.99 ACME
+        assert "result" in answer, answer
+        _, answer = await proxy.call("eth_sendTransaction", [transfer(2)])  # past 100.00 ACME
+        data = _refused(answer, "limit_exceeded", "acme-per-day")
+        assert "ACME" in data["detail"], data
+        _, answer = await proxy.call("eth_sendTransaction", [transfer(1)])  # exactly 100 ACME
+        assert "result" in answer, answer
