@@ -106,7 +106,8 @@ class Gate:
         self.pool = pool
         self.audit = audit
         self.metrics = metrics or GuardMetrics(None)
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Future[None] | None = None
+        self._closing = asyncio.Event()
         self._later: set[asyncio.Task[None]] = set()
         self._parsed: dict[tuple[int, int], InForce] = {}
         self._decimals: dict[bytes, int] = {}
@@ -116,7 +117,10 @@ class Gate:
         """Keep the pending-approvals gauge fresh (a count every few seconds)."""
 
         async def watch() -> None:
-            while True:
+            # Stopped by an event, not only by cancelling: a cancellation that lands inside a
+            # database call can be swallowed there (asyncio.wait_for racing its result), and a
+            # loop that goes on after it would never end.
+            while not self._closing.is_set():
                 try:
                     pending = await self.db.fetchval(
                         "SELECT count(*) FROM approvals WHERE state = 'pending' "
@@ -124,15 +128,18 @@ class Gate:
                     self.metrics.approvals_pending.set(int(pending))
                 except Exception:
                     log.debug("approvals gauge not refreshed", exc_info=True)
-                await asyncio.sleep(every)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), every)
 
         self._watcher = asyncio.ensure_future(watch())
 
     async def close(self) -> None:
+        self._closing.set()
         if self._watcher is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.shield(self._watcher)
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         if self._later:  # outcomes still being recorded: let them land
             await asyncio.wait(self._later, timeout=10)
 
