@@ -21,6 +21,7 @@ from policy.model import (
     RequestFacts,
     Rule,
     TypedDataMatch,
+    signature_kind,
 )
 
 # RequestFacts lives in policy.model (limits need it too); the spec names it with evaluate.
@@ -205,7 +206,9 @@ class _Context:
 def _holds(match: Match, context: _Context) -> bool:
     """Whether every condition of `match` holds; the cheap ones first, calldata last."""
     facts = context.facts
-    if match.methods is not None and facts.method not in match.methods:
+    if match.methods is not None and signature_kind(facts.method) not in {
+        signature_kind(m) for m in match.methods
+    }:
         return False
     if match.users is not None and facts.user not in match.users:
         return False

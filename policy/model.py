@@ -25,6 +25,21 @@ MESSAGE_METHODS = frozenset({"eth_sign", "personal_sign"})
 SIGNING_METHODS = TRANSACTION_METHODS | TYPED_DATA_METHODS | MESSAGE_METHODS
 ROLES = frozenset({"signer", "viewer", "admin"})
 
+# The typed-data names the proxy answers all sign EIP-712 v4: a rule naming one names them all,
+# or a caller would step around a rule on a Permit by calling another name. (eth_sign and
+# personal_sign stay apart: both sign an EIP-191 message here, never a raw hash, and policies
+# commonly refuse the one and allow the other for logins.)
+_SAME_SIGNATURE = {
+    "eth_signTypedData": "eth_signTypedData_v4",
+    "eth_signTypedData_v3": "eth_signTypedData_v4",
+}
+
+
+def signature_kind(method: str) -> str:
+    """The one name of the signature `method` makes."""
+    return _SAME_SIGNATURE.get(method, method)
+
+
 # What a condition compares with, already typed for the argument it applies to: amounts for
 # numbers (a TokenAmount is scaled at evaluation), 20-byte addresses, bools, bytes, text.
 Operand = Amount | bytes | bool | str

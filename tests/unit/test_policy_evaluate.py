@@ -604,3 +604,20 @@ def test_a_limit_refuses_exactly_when_used_plus_amount_exceeds_max(
     assert (decision.action == "deny") is (used + value > maximum)
     if decision.action == "allow":
         assert decision.charges == (Charge("v", "account:0x" + "a1" * 20, value, 300, maximum),)
+
+
+def test_a_method_rule_covers_the_methods_that_make_the_same_signature() -> None:
+    """Every typed-data name signs EIP-712 v4: a rule on one cannot be stepped around by calling
+    another. eth_sign and personal_sign stay apart (neither signs a raw hash here)."""
+    policy = parse_policy(
+        "version: 1\nrules:\n"
+        "  - {name: no-eth-sign, action: deny, match: {method: [eth_sign]}}\n"
+        "  - {name: permits, action: hold, match: {method: eth_signTypedData_v4}}\n"
+    )
+    account = bytes(20)
+    for method, action in (("personal_sign", "allow"), ("eth_sign", "deny"),
+                           ("eth_signTypedData", "hold"), ("eth_signTypedData_v3", "hold"),
+                           ("eth_signTypedData_v4", "hold")):  # fmt: skip
+        facts = RequestFacts(method=method, organisation="acme", user="alice", role="signer",
+                             account=account)  # fmt: skip
+        assert evaluate(policy, facts, {}, {}).action == action, method
