@@ -207,6 +207,14 @@ async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _
 
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
     idempotency = _idempotency(caller, request)
+    if idempotency is not None:
+        # A repeat is answered with the first request's transaction, before anything is
+        # checked or decided again (a limit the first one filled must not refuse its repeat).
+        earlier = await services.ledger.keyed(caller.principal.user_id, idempotency)
+        if earlier is not None:
+            sent = await services.ledger.wait_for_hash(earlier)
+            if sent is not None:
+                return "0x" + sent.hex()
     parsed, key, build, verdict = await _decided(services, caller, request)
     try:
         return await _send(services, caller, request, key, parsed, build, idempotency, verdict)

@@ -416,7 +416,7 @@ class Ledger:
                                 "key for a different request") from None  # fmt: skip
         if row["outcome"] == "used":
             if idempotency is not None:
-                earlier = await self._keyed(origin.user_id, idempotency)
+                earlier = await self.keyed(origin.user_id, idempotency)
                 if earlier is not None:
                     return earlier
             raise InvalidParams(
@@ -447,7 +447,7 @@ class Ledger:
             float(self.idempotency_ttl),
         )  # fmt: skip
 
-    async def _keyed(self, user_id: str, idempotency: Idempotency) -> Slot | None:
+    async def keyed(self, user_id: str, idempotency: Idempotency) -> Slot | None:
         """The row an Idempotency-Key of this user holds, if it is not expired."""
         self.metrics.db_round_trips.inc()
         row = await self.db.fetchrow(

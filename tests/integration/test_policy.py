@@ -343,3 +343,29 @@ async def test_a_token_limit_in_the_tokens_own_units(
         assert "ACME" in data["detail"], data
         _, answer = await proxy.call("eth_sendTransaction", [transfer(1)])  # exactly 100 ACME
         assert "result" in answer, answer
+
+
+async def test_a_repeat_with_the_same_idempotency_key_is_not_decided_again(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    await _install(
+        stack,
+        """
+        version: 1
+        limits:
+          - {name: one-a-day, per: account, window: 24h, max_transactions: 1}
+        """,
+    )
+    tx = [{"from": stack.address, "to": SINK, "value": "0x1"}]
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        keyed = {**proxy.jwt(True), "Idempotency-Key": "payment-42"}
+        _, first = await proxy.call("eth_sendTransaction", tx, headers=keyed)
+        assert "result" in first, first
+        # The limit is full now, yet the repeat gets the first transaction's hash.
+        _, again = await proxy.call("eth_sendTransaction", tx, headers=keyed)
+        assert again.get("result") == first["result"], again
+        _refused(await _send(proxy), "limit_exceeded", "one-a-day")
+    decisions = await _decisions(stack)
+    assert [d["action"] for d in decisions] == ["allow", "deny"]  # the repeat decided nothing
