@@ -192,9 +192,26 @@ def decode_call(data: bytes, functions: Iterable[AbiSignature]) -> DecodedCall |
         if function.selector == selector:
             try:
                 return DecodedCall(function, _decode(function, data[4:]))
-            except DecodingError as e:
+            except (DecodingError, UnicodeDecodeError) as e:
                 raise CalldataError(f"{function.text}: arguments do not decode ({e})") from None
     return None
+
+
+# A token's decimals() as a unit can use them: uint8, and at most 77 places (10**77 still fits
+# a uint256). A token answering more is treated as one that does not answer: scaling by
+# 10**(2**200) would freeze the process.
+MAX_DECIMALS = 77
+
+
+def decimals_of(answer: Any) -> int | None:
+    """decimals() from an eth_call's result (0x and 64 hex digits), or None."""
+    if not isinstance(answer, str) or len(answer) != 66:
+        return None
+    try:
+        value = int(answer, 16)
+    except ValueError:
+        return None
+    return value if value <= MAX_DECIMALS else None
 
 
 def encode_call(function: AbiSignature, args: Sequence[Any]) -> bytes:
@@ -236,20 +253,20 @@ def decode_revert(data: bytes, errors: Iterable[AbiSignature] = ()) -> str:
     if selector == ERROR_STRING.selector:
         try:
             (reason,) = decode(ERROR_STRING.types, data[4:])
-        except DecodingError:
+        except (DecodingError, UnicodeDecodeError):
             return "reverted with a malformed Error(string)"
         return f"reverted: {json.dumps(_clip(reason), ensure_ascii=False)}"
     if selector == PANIC.selector:
         try:
             (code,) = decode(PANIC.types, data[4:])
-        except DecodingError:
+        except (DecodingError, UnicodeDecodeError):
             return "reverted with a malformed Panic(uint256)"
         return f"panic 0x{code:02x}: {PANIC_CODES.get(code, 'unknown panic code')}"
     for error in errors:
         if error.selector == selector:
             try:
                 args = _decode(error, data[4:])
-            except DecodingError:
+            except (DecodingError, UnicodeDecodeError):
                 return f"reverted with {error.text} whose arguments do not decode"
             shown = (
                 f"{n}={_show(t, args[n])}" for n, t in zip(error.names, error.types, strict=True)

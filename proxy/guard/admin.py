@@ -196,9 +196,9 @@ async def token_decimals(node_url: str | None, policy: Policy) -> dict[str, int]
                     answer = await response.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
-            result = answer.get("result") if isinstance(answer, dict) else None
-            if isinstance(result, str) and len(result) == 66:
-                found[name] = int(result, 16)
+            decimals = abi.decimals_of(answer.get("result") if isinstance(answer, dict) else None)
+            if decimals is not None:
+                found[name] = decimals
     return found
 
 

@@ -189,8 +189,9 @@ class Gate:
                 answer = await self.pool.call(
                     "eth_call", [{"to": "0x" + address.hex(), "data": data}, "latest"]
                 )
-                if isinstance(answer, str) and len(answer) == 66:
-                    self._decimals[address] = int(answer, 16)
+                decimals = abi.decimals_of(answer)
+                if decimals is not None:
+                    self._decimals[address] = decimals
                     return
             except Exception:
                 log.warning("decimals() of %s could not be read", checksum(address))
@@ -247,7 +248,7 @@ class Gate:
         self.counted(recorded.action, decision.reason)
         for charge in decision.charges if decision.proceeds else ():
             taken = used.get((charge.limit, charge.scope), 0) + charge.amount
-            self.metrics.limit_utilisation.labels(charge.limit, charge.scope).set(
+            self.metrics.limit_utilisation.labels(charge.limit).set(
                 min(1.0, taken / charge.max) if charge.max else 1.0)  # fmt: skip
         if not decision.proceeds:
             raise refusal_for(decision, policy.version, approval_id)

@@ -23,5 +23,6 @@ class GuardMetrics:
         self.limit_utilisation = Gauge(
             "qsigner_policy_limit_utilisation",
             "a limit's counter over its max (0 to 1) after the latest decision that counted it, "
-            "by limit and scope", ["limit", "scope"], registry=registry,
+            "by limit (whichever user, account or organisation that decision was for: one series "
+            "a limit, however many users)", ["limit"], registry=registry,
         )  # fmt: skip

@@ -138,7 +138,13 @@ async def _prepare(
         raise token_refusal
     if estimate_failed:
         error = estimate_failed[0]
-        raise preflight.reverted(error, errors) if preflight.is_revert(error) else error
+        if preflight.is_revert(error):
+            raise preflight.reverted(error, errors)
+        # The node ran out of funds during the call itself (a value sent on by the contract,
+        # more gas than the intrinsic minimum at the fee market's price).
+        raise preflight.refusal("insufficient_funds", preflight.FUNDS_RULE, (
+            f"the node says the balance of {checksum(sender)} cannot pay for this call "
+            f"({error.message[:200]})"))  # fmt: skip
     if call_refusal is not None:
         raise call_refusal
     assert gas_value is not None  # noqa: S101 (the estimate failed or gave a value)

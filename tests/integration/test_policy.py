@@ -222,7 +222,7 @@ async def test_an_approval_expires(
           - name: every-transfer
             action: hold
             match: {value: {gt: 0}}
-        approvals: {approvers: 2, expire: 2s}
+        approvals: {approvers: 2, expire: 4s}
         """,
     )
     async with in_process(stack.settings) as (url, session):
@@ -230,7 +230,7 @@ async def test_an_approval_expires(
         first = _refused(await _send(proxy), "approval_required", "every-transfer")
         vote = await _vote(stack, first["approval_id"], "ada")
         assert (vote.state, vote.votes, vote.needed) == ("pending", 1, 2)  # one of two
-        await asyncio.sleep(2.2)
+        await asyncio.sleep(4.2)
         with pytest.raises(BadInput, match="expired"):
             await _vote(stack, first["approval_id"], "bob")
         _refused(await _send(proxy), "approval_expired", "every-transfer")

@@ -351,3 +351,26 @@ def test_signature_values_are_immutable() -> None:
     with pytest.raises(AttributeError):
         ERC20_TRANSFER.name = "other"  # type: ignore[misc]
     assert isinstance(ERC20_TRANSFER, AbiSignature)
+
+
+def test_strings_that_are_not_utf8_are_bad_calldata_and_malformed_reasons() -> None:
+    """eth_abi raises UnicodeDecodeError (not DecodingError) for a `string` that is not UTF-8:
+    a caller's calldata like that is a CalldataError, a revert reason like that is named."""
+    word = (32).to_bytes(32, "big") + (1).to_bytes(32, "big") + b"\xff" + bytes(31)
+    set_name = parse_signature("setName(string name)")
+    with pytest.raises(CalldataError):
+        decode_call(set_name.selector + word, [set_name])
+    assert decode_revert(ERROR_STRING.selector + word) == "reverted with a malformed Error(string)"
+
+
+def test_decimals_beyond_what_a_unit_can_use_count_as_no_answer() -> None:
+    from policy.abi import MAX_DECIMALS, decimals_of
+
+    assert decimals_of("0x" + (18).to_bytes(32, "big").hex()) == 18
+    assert decimals_of("0x" + MAX_DECIMALS.to_bytes(32, "big").hex()) == MAX_DECIMALS
+    assert decimals_of("0x" + (2**200).to_bytes(32, "big").hex()) is None  # would freeze
+    assert (
+        decimals_of("0x") is None
+        and decimals_of(None) is None
+        and decimals_of("0x" + "zz" * 32) is None
+    )
