@@ -302,15 +302,19 @@ class Unlocker:
         """Record the counted attempt as wrong; the one that reached the limit locks the user
         (exactly one does) and leaves an event."""
         user_id, organisation = principal.user_id, principal.organisation
+        locks = attempt >= self.settings.lockout_attempts
         async with self.pool.acquire() as conn, conn.transaction():
-            await security_event(self.audit, conn, organisation, user_id, "wrong_password",
-                                 {"attempts": attempt})  # fmt: skip
-            if attempt >= self.settings.lockout_attempts:
+            # The user's row first, the audit chain's lock last (held until commit), in the
+            # order every other change takes them: never two transactions waiting crosswise.
+            if locks:
                 await conn.execute(
                     """UPDATE users SET failed_attempts = 0,
                               locked_until = now() + make_interval(secs => $2) WHERE id = $1""",
                     user_id, float(self.settings.lockout_seconds),
                 )  # fmt: skip
+            await security_event(self.audit, conn, organisation, user_id, "wrong_password",
+                                 {"attempts": attempt})  # fmt: skip
+            if locks:
                 await security_event(self.audit, conn, organisation, user_id, "lockout",
                                      {"seconds": self.settings.lockout_seconds})  # fmt: skip
             await self.rows.notify(conn, "attempts", user_id)
