@@ -21,6 +21,7 @@ from policy.parse import PolicyError, parse_policy
 from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent, parse_timestamp
 from proxy.errors import BadInput, Forbidden
+from proxy.guard.preflight import CHAIN_CHECKS
 from proxy.identity import Identity
 from proxy.identity.rowcache import RowCache
 
@@ -135,6 +136,17 @@ def _replayed(content: dict[str, Any]) -> RequestFacts | None:
     )  # fmt: skip
 
 
+def _as_policy_decided(content: Mapping[str, Any]) -> str:
+    """The policy's own decision in an audited row: a hold that was later approved (allowed
+    with its approval), rejected or expired was a hold."""
+    detail = content.get("detail") or {}
+    if content.get("reason") in ("approval_rejected", "approval_expired"):
+        return "hold"
+    if content["action"] == "allow" and detail.get("approval_id"):
+        return "hold"
+    return str(content["action"])
+
+
 def _label(action: str, rule: str | None) -> str:
     return f"{action}({rule})" if rule else action
 
@@ -147,6 +159,8 @@ def replay(draft: Policy, decisions: list[dict[str, Any]],
     counted: list[tuple[datetime, str, str, int]] = []
     changed: list[str] = []
     for content in decisions:
+        if content.get("rule") in CHAIN_CHECKS:
+            continue  # refused by a check on the chain, before any policy: no draft changes it
         facts = _replayed(content)
         if facts is None:
             continue
@@ -166,7 +180,7 @@ def replay(draft: Policy, decisions: list[dict[str, Any]],
             counted.extend((moment, c.limit, c.scope, c.amount) for c in decision.charges)
         new = decision.action if decision.enforced else f"shadow-{decision.action}"
         new = "allow" if new == "shadow-allow" else new
-        old = str(content["action"])
+        old = _as_policy_decided(content)
         if new != old:
             changed.append(f"{content.get('request_id')}\t{_label(old, content.get('rule'))}"
                            f"\t{_label(new, decision.rule)}")  # fmt: skip

@@ -20,6 +20,7 @@ from signer.transactions import Transaction
 FUNDS_RULE = "balance-check"
 TOKEN_RULE = "token-balance-check"  # noqa: S105 (a rule name, not a secret)
 CALL_RULE = "preflight-call"
+CHAIN_CHECKS = frozenset({FUNDS_RULE, TOKEN_RULE, CALL_RULE})
 
 
 def refusal(reason: str, rule: str, detail: str) -> PolicyRefused:

@@ -92,6 +92,13 @@ async def test_policy_set_show_approve_reject_and_dry_run(
                       "--password-file", ada) == "rejected"  # fmt: skip
         refused = await _send(proxy, 2 * 10**18)
         assert refused["error"]["data"]["reason"] == "approval_rejected", refused
+        broke = await _send(proxy, 10**24)  # above the balance: a check on the chain refuses
+        assert broke["error"]["data"]["reason"] == "insufficient_funds", broke
+
+    # The policy in force, replayed against its own decisions, changes none of them (approved,
+    # rejected and chain-refused requests included).
+    same = cli.run("policy", "set", "--org", "acme", "--dry-run", str(good))
+    assert same.returncode == 0 and same.stdout == "", same
 
     # Everything allowed instead: the held and the rejected requests would change.
     draft = tmp_path / "allow.yaml"
