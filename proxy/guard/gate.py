@@ -81,6 +81,11 @@ class Verdict:
     def charged(self) -> bool:
         return self.decision is not None and bool(self.decision.charges)
 
+    @property
+    def used_approval(self) -> str | None:
+        """The approval this request used up, if it went through on one."""
+        return self.approval_id if self.decision is not None and self.decision.proceeds else None
+
 
 def request_digest(user: str, method: str, params: Any) -> bytes:
     """What an approval is bound to: the caller, the method and the exact parameters."""
@@ -339,11 +344,25 @@ class Gate:
                    AND state IN ('pending', 'approved')""", facts.user, digest)  # fmt: skip
         return held, created
 
-    async def release(self, ticket: str) -> None:
-        """The request failed before reaching a node: what it counted is given back."""
-        await self.db.execute(
-            "UPDATE policy_usage SET state = 'released' WHERE ticket = $1 AND state = 'reserved'",
-            ticket)  # fmt: skip
+    async def release(self, verdict: Verdict) -> None:
+        """The request failed before reaching a node: what it counted is given back, and the
+        approval it used is usable again (while not expired, and unless the requester asked
+        for a new one meanwhile)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            if verdict.charged:
+                await conn.execute(
+                    "UPDATE policy_usage SET state = 'released' "
+                    "WHERE ticket = $1 AND state = 'reserved'", verdict.ticket)  # fmt: skip
+            if verdict.used_approval is not None:
+                await conn.execute(
+                    """UPDATE approvals a SET state = 'approved', used_at = NULL
+                        WHERE id = $1 AND state = 'used' AND expires_at > now()
+                          AND NOT EXISTS (
+                              SELECT 1 FROM approvals o
+                               WHERE o.requester = a.requester
+                                 AND o.request_digest = a.request_digest
+                                 AND o.state IN ('pending', 'approved'))""",
+                    verdict.used_approval)  # fmt: skip
 
     async def sent(self, ticket: str, tx_hash: bytes) -> None:
         """The transaction a gas limit counted: its receipt will correct the count."""

@@ -98,11 +98,12 @@ async def refused_by_check(services: Services, caller: Caller, request: RpcReque
 
 
 async def give_back(services: Services, caller: Caller, verdict: Verdict) -> None:
-    """The request failed before reaching a node: what it counted against limits is freed."""
-    if not verdict.charged:
+    """The request failed before reaching a node: what it counted against limits is freed,
+    and the approval it used can be used again."""
+    if not verdict.charged and verdict.used_approval is None:
         return
     try:
-        await services.gate.release(verdict.ticket)
+        await services.gate.release(verdict)
     except DatabaseUnavailable:
         # The reservation stays counted until its window passes: the safe side of a limit.
         log.warning("could not give back request %s's limit counts", caller.request_id)

@@ -369,3 +369,43 @@ async def test_a_repeat_with_the_same_idempotency_key_is_not_decided_again(
         _refused(await _send(proxy), "limit_exceeded", "one-a-day")
     decisions = await _decisions(stack)
     assert [d["action"] for d in decisions] == ["allow", "deny"]  # the repeat decided nothing
+
+
+async def test_an_approval_used_by_a_request_that_never_reached_the_chain_is_usable_again(
+    database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    with run_anvil(chain_id=CHAIN_ID, quorum_like=False) as node:  # a base fee to fall short of
+        stack = await _stack_with_admins(node, database_url, softhsm_module)
+        await _install(
+            stack,
+            """
+            version: 1
+            rules:
+              - {name: every-transfer, action: hold, match: {value: {gt: 0}}}
+            """,
+        )
+        base_fee = int(contracts.rpc(node, "eth_getBlockByNumber", ["latest", False])
+                       ["baseFeePerGas"], 16)  # fmt: skip
+        underpriced = [
+            {
+                "from": stack.address,
+                "to": SINK,
+                "value": "0x1",
+                "maxFeePerGas": hex(base_fee - 1),
+                "maxPriorityFeePerGas": "0x0",
+            }
+        ]
+        async with in_process(stack.settings) as (url, session):
+            proxy = Proxy(url, session, stack)
+            _, held = await proxy.call("eth_sendTransaction", underpriced)
+            approval = _refused(held, "approval_required", "every-transfer")["approval_id"]
+            await _vote(stack, approval, "ada")
+            for _ in range(2):  # the node refuses it each time; the approval is not used up
+                _, answer = await proxy.call("eth_sendTransaction", underpriced)
+                assert "base fee" in answer["error"]["message"], answer
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            state = await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval)
+        finally:
+            await conn.close()
+        assert state == "approved"
