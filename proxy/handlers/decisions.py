@@ -109,22 +109,20 @@ async def give_back(services: Services, caller: Caller, verdict: Verdict) -> Non
         log.warning("could not give back request %s's limit counts", caller.request_id)
 
 
-def signed(services: Services, caller: Caller, verdict: Verdict, method: str,
+def signed(services: Services, caller: Caller, method: str,
            account: bytes, tx_hash: bytes, nonce: int | None, outcome: str) -> None:  # fmt: skip
     """The outcome of an allowed request: its transaction hash and nonce ("sent" or "signed"),
     recorded without making the caller wait (the decision's row is in already, and the ledger
     holds the hash and nonce in any case)."""
-    services.gate.later(_record_outcome(services, caller, verdict, method, account, tx_hash,
+    services.gate.later(_record_outcome(services, caller, method, account, tx_hash,
                                         nonce, outcome))  # fmt: skip
 
 
-async def _record_outcome(services: Services, caller: Caller, verdict: Verdict, method: str,
+async def _record_outcome(services: Services, caller: Caller, method: str,
                           account: bytes, tx_hash: bytes, nonce: int | None,
                           outcome: str) -> None:  # fmt: skip
     principal = caller.principal
     try:
-        if verdict.gas_counted:
-            await services.gate.sent(verdict.ticket, tx_hash)
         await services.audit.append(AuditEvent(
             kind="signed", organisation=principal.organisation, user=principal.user_id,
             action=outcome, request_id=caller.request_id, account=checksum(account),

@@ -247,10 +247,9 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
             if not slot.existing:
                 try:
                     tx = build(nonce=slot.nonce)
-                    result = await _sign_store_send(services, caller, key, tx, slot)
-                    decisions.signed(services, caller, verdict, request.method,
-                                           slot.account, bytes.fromhex(result[2:]), slot.nonce,
-                                           "sent")  # fmt: skip
+                    result = await _sign_store_send(services, caller, key, tx, slot, verdict)
+                    decisions.signed(services, caller, request.method, slot.account,
+                                     bytes.fromhex(result[2:]), slot.nonce, "sent")  # fmt: skip
                     return result
                 except _NonceTakenOutside as taken:
                     if given is not None:
@@ -268,13 +267,21 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
 
 
 async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
-                           tx: Transaction, slot: Slot) -> str:  # fmt: skip
+                           tx: Transaction, slot: Slot, verdict: Verdict) -> str:  # fmt: skip
     """Sign at the reserved nonce, store the bytes, then send them. What failed before anything
     left the process, or what a node refused for sure, gives the nonce back (and fills the hole
     at once if a higher nonce is already out); a send whose outcome is unknown keeps the nonce:
     recovery sends the same bytes again."""
     ledger = services.ledger
     signed = await _sign_and_store(services, caller, key, tx, slot)
+    if verdict.gas_counted:
+        # Before the send: a receipt seen at once must find the hash to correct the gas by.
+        # The bytes are stored and will be sent whatever happens here: a failure only leaves
+        # the gas counted as the gas limit (the safe side of the limit).
+        try:
+            await services.gate.sent(verdict.ticket, signed.hash)
+        except DatabaseUnavailable:
+            log.warning("gas of %s stays counted as its limit", "0x" + signed.hash.hex())
     tx_hash = "0x" + signed.hash.hex()
     try:
         result, node = await services.pool.submit(
@@ -362,8 +369,8 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     except BaseException:
         await decisions.give_back(services, caller, verdict)
         raise
-    decisions.signed(services, caller, verdict, request.method, parsed.sender,
-                           signed.hash, nonce, "signed")  # fmt: skip
+    decisions.signed(services, caller, request.method, parsed.sender, signed.hash, nonce,
+                     "signed")  # fmt: skip
     return {"raw": "0x" + signed.raw.hex(), "tx": filling.to_rpc(tx, signed)}
 
 
