@@ -4,6 +4,7 @@ same rows the gate reads; each change is audited."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import asyncpg
 from policy import abi
 from policy.evaluate import evaluate
 from policy.limits import charges
-from policy.model import Policy, RequestFacts
+from policy.model import Limit, Policy, RequestFacts
 from policy.parse import PolicyError, parse_policy
 from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent, parse_timestamp
@@ -43,17 +44,48 @@ async def install(identity: Identity, audit: AuditLog, organisation: str, text: 
         # Versions of one organisation are numbered in order even when two operators race.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                            f"policy:{org_id}")  # fmt: skip
-        version = int(await conn.fetchval(
-            "SELECT coalesce(max(version), 0) + 1 FROM policy_versions WHERE organisation_id = $1",
-            org_id))  # fmt: skip
+        previous = await conn.fetchrow(
+            """SELECT version, source, limit_since::text, installed_at FROM policy_versions
+                WHERE organisation_id = $1 ORDER BY version DESC LIMIT 1""", org_id)  # fmt: skip
+        now = await conn.fetchval("SELECT now()")
+        since = limits_since(parse_policy(text), previous, now)
+        version = 1 if previous is None else int(previous["version"]) + 1
         await conn.execute(
-            "INSERT INTO policy_versions (organisation_id, version, source) VALUES ($1, $2, $3)",
-            org_id, version, text)  # fmt: skip
+            """INSERT INTO policy_versions (organisation_id, version, source, installed_at,
+                                            limit_since)
+               VALUES ($1, $2, $3, $4, $5::jsonb)""",
+            org_id, version, text, now, json.dumps(since))  # fmt: skip
         await RowCache.notify(conn, "policy", str(org_id))
         await audit.append_in(conn, [AuditEvent(
             kind="security", organisation=organisation, user=None, action="policy_set",
             policy_version=version)])  # fmt: skip
     return version
+
+
+def _limit_key(policy: Policy, limit: Limit) -> tuple[Any, ...]:
+    """What a limit counts: the same key in two versions means the same counter."""
+    token = policy.contracts[limit.token].address if limit.token is not None else None
+    return (limit.per, limit.window_seconds, limit.kind, limit.max, token)
+
+
+def limits_since(policy: Policy, previous: Mapping[str, Any] | None,
+                 now: datetime) -> dict[str, str]:  # fmt: skip
+    """From when each limit of `policy` counts (ISO-8601): a limit the previous version
+    defined exactly so keeps counting from where it did; any other starts now."""
+    kept: dict[str, tuple[tuple[Any, ...], str]] = {}
+    if previous is not None:
+        with contextlib.suppress(PolicyError):  # a version older code accepted: start afresh
+            before = parse_policy(previous["source"])
+            known = json.loads(previous["limit_since"] or "{}")
+            installed = previous["installed_at"].isoformat()
+            kept = {limit.name: (_limit_key(before, limit), known.get(limit.name, installed))
+                    for limit in before.limits}  # fmt: skip
+    since: dict[str, str] = {}
+    for limit in policy.limits:
+        earlier = kept.get(limit.name)
+        same = earlier is not None and earlier[0] == _limit_key(policy, limit)
+        since[limit.name] = earlier[1] if same and earlier is not None else now.isoformat()
+    return since
 
 
 async def current(identity: Identity, organisation: str) -> tuple[int, str] | None:

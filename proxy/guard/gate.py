@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 # The organisation's policy in force, cached by organisation id (NOTIFY `policy:<id>`). `id` is
 # NULL so that dropping a user's rows (matched on `id`) never drops it.
 _CURRENT_QUERY = """
-    SELECT NULL::text AS id, version, source, installed_at
+    SELECT NULL::text AS id, version, source, installed_at, limit_since::text AS limit_since
     FROM policy_versions WHERE organisation_id = $1::text::bigint
     ORDER BY version DESC LIMIT 1"""
 
@@ -52,19 +53,22 @@ _USED_QUERY = """
     SELECT coalesce((SELECT sum(amount) FROM policy_usage p
                      WHERE p.organisation_id = $1 AND p.limit_name = c.name
                        AND p.scope = c.scope AND p.state = 'reserved'
-                       AND p.at > greatest(now() - make_interval(secs => c.seconds), $5)), 0)
-    FROM unnest($2::text[], $3::text[], $4::float8[]) WITH ORDINALITY AS c(name, scope, seconds, i)
+                       AND p.at > greatest(now() - make_interval(secs => c.seconds), c.since)),
+                    0)
+    FROM unnest($2::text[], $3::text[], $4::float8[], $5::timestamptz[])
+         WITH ORDINALITY AS c(name, scope, seconds, since, i)
     ORDER BY c.i"""
 
 
 _DECIMALS_RETRY_SECONDS = 60.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class InForce:
     version: int
     policy: Policy
-    installed_at: Any  # datetime
+    since: Mapping[str, datetime]  # from when each limit counts, by name
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,9 @@ class Gate:
         key = (organisation_id, int(row["version"]))
         cached = self._parsed.get(key)
         if cached is None:
-            cached = InForce(key[1], parse_policy(row["source"]), row["installed_at"])
+            since = {name: datetime.fromisoformat(at)
+                     for name, at in json.loads(row["limit_since"]).items()}  # fmt: skip
+            cached = InForce(key[1], parse_policy(row["source"]), since)
             self._parsed[key] = cached
         return cached
 
@@ -285,7 +291,8 @@ class Gate:
                                           for c in ordered])  # fmt: skip
         sums = await conn.fetch(
             _USED_QUERY, organisation_id, [c.limit for c in ordered], [c.scope for c in ordered],
-            [float(c.window_seconds) for c in ordered], policy.installed_at)  # fmt: skip
+            [float(c.window_seconds) for c in ordered],
+            [policy.since.get(c.limit, _EPOCH) for c in ordered])  # fmt: skip
         return {(c.limit, c.scope): int(row[0]) for c, row in zip(ordered, sums, strict=True)}
 
     async def _held(self, conn: asyncpg.Connection, organisation_id: int, facts: RequestFacts,

@@ -7,6 +7,9 @@ CREATE TABLE policy_versions (
     source           text NOT NULL,            -- the YAML as the user wrote it
     installed_by     text,
     installed_at     timestamptz NOT NULL DEFAULT now(),
+    -- From when each limit counts, by name: the installation of the first of the consecutive
+    -- versions that defined it exactly so (editing a rule does not reset the limits).
+    limit_since      jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (organisation_id, version)
 );
 
@@ -56,6 +59,9 @@ CREATE TABLE approvals (
 -- One live approval per (requester, request): a repeat of a held request finds it.
 CREATE UNIQUE INDEX approvals_live ON approvals (requester, request_digest)
     WHERE state IN ('pending', 'approved');
+-- What a repeat of a held request looks up: its requester's approvals not yet told or used.
+CREATE INDEX approvals_open ON approvals (requester, request_digest, created_at)
+    WHERE used_at IS NULL;
 
 CREATE TABLE approval_votes (
     approval_id  text NOT NULL REFERENCES approvals(id),

@@ -266,7 +266,11 @@ async def test_a_gas_limit_counts_the_gas_used_once_mined(
         proxy = Proxy(url, session, stack)
         _, answer = await proxy.call("eth_sendTransaction", [tx])
         assert "result" in answer, answer
-        receipt = contracts.rpc(anvil, "eth_getTransactionReceipt", [answer["result"]])
+        deadline = asyncio.get_running_loop().time() + 20
+        while (receipt := contracts.rpc(anvil, "eth_getTransactionReceipt",
+                                        [answer["result"]])) is None:  # fmt: skip
+            assert asyncio.get_running_loop().time() < deadline, "not mined"
+            await asyncio.sleep(0.1)
         used = int(receipt["gasUsed"], 16)
         assert used < 50_000, used
         # Counted as its gas limit (300000), then as what it used once mined: room for one more.
@@ -409,3 +413,23 @@ async def test_an_approval_used_by_a_request_that_never_reached_the_chain_is_usa
         finally:
             await conn.close()
         assert state == "approved"
+
+
+async def test_editing_a_rule_keeps_the_limits_counting(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    """A limit counts from the installation of the first version that defined it so: a new
+    version that only changes a rule keeps its count; a limit defined anew starts afresh."""
+    stack = await _stack_with_admins(anvil, database_url, softhsm_module)
+    limit = "limits:\n  - {name: one-a-day, per: account, window: 24h, max_transactions: %d}\n"
+    await _install(stack, "version: 1\n" + limit % 1)
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        assert "result" in await _send(proxy)
+        await _install(stack, "version: 1\nrules:\n  - {name: no-eth-sign, action: deny, "
+                       "match: {method: eth_sign}}\n" + limit % 1)  # fmt: skip
+        _refused(await _send(proxy), "limit_exceeded", "one-a-day")  # still counted
+        await _install(stack, "version: 1\n" + limit % 2)  # another limit: from now on
+        assert "result" in await _send(proxy)
+        assert "result" in await _send(proxy)
+        _refused(await _send(proxy), "limit_exceeded", "one-a-day")
