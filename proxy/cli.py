@@ -362,6 +362,8 @@ def _with_audit(settings: Settings,
 
 def _policy_set(args: argparse.Namespace, settings: Settings) -> int:
     text = _policy_file(args.file)
+    if args.last < 1:
+        raise BadInput("--last must be a positive number of requests")
     if args.dry_run:
         guard_admin.validate(text)
         changed = _with_audit(settings, lambda identity, _audit: guard_admin.dry_run(

@@ -160,6 +160,7 @@ class Checkpointer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._key: HsmKey | None = None
+        self._told_closed = False
 
     def appended(self, count: int) -> None:
         self._appended += count
@@ -196,7 +197,14 @@ class Checkpointer:
         open in this process."""
         key = await self._signer()
         if key is None:
+            if not self._told_closed and await audit_key(self.db) is not None:
+                # Said once: checkpoints wait until a user of the audit key's token unlocks in
+                # this process (or `audit checkpoint` signs from the command line).
+                log.warning("audit checkpoints wait: this process is not logged into the audit "
+                            "key's token yet")  # fmt: skip
+                self._told_closed = True
             return []
+        self._told_closed = False
         made, broken = await sign_heads(self.db, key, force=False, rows=self.rows,
                                         seconds=self.seconds)  # fmt: skip
         if broken is not None:
