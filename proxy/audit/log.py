@@ -71,7 +71,8 @@ class AuditLog:
 
     async def append(self, event: AuditEvent) -> None:
         """Record `event`; on return it is committed. Raises what the database raised (the
-        event may then be recorded or not: a commit whose answer was lost)."""
+        event may then be recorded or not: a commit whose answer was lost). A caller cancelled
+        while waiting does not take its event back: the batch it joined is written."""
         if self._closed:
             raise RuntimeError("the audit log is closed")
         at, content = self._prepare(event)  # a bad event fails here, alone

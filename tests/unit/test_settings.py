@@ -32,12 +32,22 @@ def test_toml_file_and_environment_wins(tmp_path: Path) -> None:
     assert settings.lockout_attempts == 7 and settings.chain_id == 10
 
 
+def test_audit_checkpoint_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.audit_checkpoint_rows, defaults.audit_checkpoint_seconds) == (1000, 60)
+    settings = Settings.from_env({"QSIGNER_AUDIT_CHECKPOINT_ROWS": "50",
+                                  "QSIGNER_AUDIT_CHECKPOINT_SECONDS": "5"})  # fmt: skip
+    assert (settings.audit_checkpoint_rows, settings.audit_checkpoint_seconds) == (50, 5)
+
+
 @pytest.mark.parametrize(
     ("environ", "match"),
     [
         ({"QSIGNER_PBKDF2_ITERATIONS": "many"}, "QSIGNER_PBKDF2_ITERATIONS must be an integer"),
         ({"QSIGNER_PBKDF2_ITERATIONS": "1000"}, "at least 100000"),
         ({"QSIGNER_LOG_FORMAT": "xml"}, "QSIGNER_LOG_FORMAT"),
+        ({"QSIGNER_AUDIT_CHECKPOINT_ROWS": "0"}, "QSIGNER_AUDIT_CHECKPOINT_ROWS"),
+        ({"QSIGNER_AUDIT_CHECKPOINT_SECONDS": "0"}, "QSIGNER_AUDIT_CHECKPOINT_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], match: str) -> None:
