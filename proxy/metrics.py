@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "qsigner_rpc_requests", "JSON-RPC calls by method and outcome",
             ["method", "outcome"], registry=self.registry,
@@ -28,3 +31,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         )  # fmt: skip
+
+    def observe(self, method: str, outcome: str, seconds: float) -> None:
+        """One JSON-RPC call: counted, and its latency recorded. The labelled children are
+        looked up once per (method, outcome), not on every call."""
+        children = self._children.get((method, outcome))
+        if children is None:
+            children = (self.requests.labels(method, outcome), self.latency.labels(method))
+            self._children[(method, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -67,6 +67,8 @@ def trusted_networks(proxies: Iterable[str]) -> tuple[Network, ...]:
 
 
 def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from proxy import rpc
 from proxy.context import Caller, Services
 from proxy.errors import MethodNotFound
 from proxy.forwarding import is_forwarded
 from proxy.handlers import accounts, signing
 from proxy.rpc import RpcRequest
 
+# A handler's result is the request's `result`; bytes are the whole answer, ready to send.
 Handler = Callable[[Services, Caller, RpcRequest], Awaitable[Any]]
 
 LOCAL: dict[str, Handler] = {
@@ -40,10 +42,22 @@ async def forward(services: Services, caller: Caller, request: RpcRequest) -> An
     return answer
 
 
+async def forward_as_bytes(services: Services, caller: Caller, request: RpcRequest) -> bytes:
+    """A plain read, answered with the node's own bytes (Forwarding.forward): nothing of it is
+    decoded or encoded again. `forward` is the way for what the proxy looks into."""
+    caller_id = rpc.id_json(request.id)
+    return await services.forwarding.forward(request.method, request.params,
+                                             caller.forward_headers, caller_id)  # fmt: skip
+
+
+# Forwarded methods whose answers the proxy reads or changes, so that they go through `forward`.
+LOOKED_INTO = frozenset(signing.SUBMISSIONS) | {"eth_getTransactionCount"}
+
+
 def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:
     local = LOCAL.get(method)
     if local is not None:
         return local
     if is_forwarded(method, settings_passthrough):
-        return forward
+        return forward if method in LOOKED_INTO else forward_as_bytes
     raise MethodNotFound(f"the method {method} does not exist or is not available")

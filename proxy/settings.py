@@ -38,6 +38,7 @@ class Settings:
     passthrough: tuple[str, ...] = ()
     tessera_url: str | None = None
     log_format: str | None = None
+    event_loop: str = "uvloop"  # or "asyncio": the standard library's loop
     cors_origins: tuple[str, ...] = ()
     rate_limit: int = 0
     rate_burst: int = 0
@@ -111,6 +112,8 @@ class Settings:
                                 "_BURST must be >= 0")  # fmt: skip
         if self.log_format not in (None, "json", "text"):
             raise SettingsError("QSIGNER_LOG_FORMAT must be json or text")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise SettingsError("QSIGNER_EVENT_LOOP must be uvloop or asyncio")
         if not self.read_timeout > 0:
             raise SettingsError("QSIGNER_READ_TIMEOUT must be a number of seconds above 0")
         if self.node_connections < 1:

@@ -13,11 +13,9 @@ import itertools
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import Any, TypeVar
 
 from proxy.errors import (
     NodeAnswerTooLarge,
@@ -32,6 +30,7 @@ from proxy.errors import (
 from proxy.nodes.transport import NodeTransport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What nodes answer when they already hold a transaction with the same hash: geth and GoQuorum
 # ("already known"; "known transaction: <hash>" before 1.9), Besu ("Known transaction"),
@@ -70,7 +69,6 @@ class NodePool:
     def __init__(
         self,
         urls: Sequence[str],
-        session: aiohttp.ClientSession,
         *,
         expected_chain_id: int | None = None,
         probe_interval: float = 1.0,
@@ -86,7 +84,7 @@ class NodePool:
         # told apart (down: taken out, and a send is safe to retry) from a slow answer.
         connect_timeout = min(read_timeout, probe_timeout) / 2
         transports = [
-            NodeTransport(url, session, connect_timeout=connect_timeout,
+            NodeTransport(url, connect_timeout=connect_timeout,
                           max_connections=node_connections,
                           max_response_bytes=max_response_bytes)
             for url in urls
@@ -124,6 +122,8 @@ class NodePool:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for node in self._nodes:
+            node.transport.close()
 
     @property
     def chain_id(self) -> int:
@@ -168,6 +168,26 @@ class NodePool:
         goes where `submit` sends that sender's transactions (while that node is healthy), so
         that reads that must agree with each other come from one node.
         """
+        return await self._read(
+            method,
+            lambda node: node.transport.request(method, params, headers,
+                                                timeout=self._read_timeout),
+            affinity,
+        )  # fmt: skip
+
+    async def forward(self, method: str, params: Any, headers: Mapping[str, str] | None,
+                      caller_id: bytes) -> bytes:  # fmt: skip
+        """A read passed on for a caller: the node's answer as bytes, with `caller_id` (JSON)
+        as its id (NodeTransport.forward); chosen, retried and failed as `call`."""
+        return await self._read(
+            method,
+            lambda node: node.transport.forward(method, params, headers, caller_id,
+                                                timeout=self._read_timeout),
+            None,
+        )  # fmt: skip
+
+    async def _read(self, method: str, attempt: Callable[[_Node], Awaitable[T]],
+                    affinity: bytes | None) -> T:  # fmt: skip
         tried: list[_Node] = []
         busy = False
         for _attempt in range(2):
@@ -176,9 +196,7 @@ class NodePool:
                 break
             tried.append(node)
             try:
-                return await node.transport.request(
-                    method, params, headers, timeout=self._read_timeout
-                )
+                return await attempt(node)
             except NodeUnreachable as failure:
                 self._take_out(node, failure.reason)
             except NodeBusy:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
+from proxy import rpc
 from proxy.errors import (
     NodeAnswerTooLarge,
     NodeBusy,
@@ -26,6 +24,7 @@ from proxy.errors import (
     NodeUnreachable,
     SettingsError,
 )
+from proxy.nodes.http import NodeHttp
 
 _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
 
@@ -59,7 +58,6 @@ class NodeTransport:
     def __init__(
         self,
         url: str,
-        session: aiohttp.ClientSession,
         *,
         connect_timeout: float,
         max_connections: int,
@@ -72,20 +70,21 @@ class NodeTransport:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise SettingsError(f"QSIGNER_UPSTREAMS: {self.masked} is not an http(s) URL")
-        # Credentials travel as a header, never in the URL aiohttp sees: its exceptions and
-        # logs quote the URL.
+        # Credentials travel as a header, never in a URL that an exception or a log could quote.
         self.endpoint = parsed.with_user(None).with_fragment(None)
-        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        headers: dict[str, str] = {"Content-Type": "application/json"}
         if parsed.user is not None:
             user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+            headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
         # Requests sent or waiting for a connection: the pool sends new ones to the least busy.
         self.in_flight = 0
-        self._session = session
-        # Only the socket connect has an aiohttp timeout: a node that never accepted the
-        # connection surely never got the request (safe to retry a send elsewhere). The whole
-        # request's deadline is the caller's, below, and is not a transport failure.
-        self._connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        # Only the connect has a timeout of its own: a node that never accepted the connection
+        # surely never got the request (safe to retry a send elsewhere). The whole request's
+        # deadline is the caller's, below, and is not a transport failure. Idle connections are
+        # kept for the capped requests and the two health probes.
+        self._http = NodeHttp(self.endpoint, headers, connect_timeout=connect_timeout,
+                              max_response_bytes=max_response_bytes,
+                              max_idle=max_connections + 2)  # fmt: skip
         # Requests to this node at once, hence its connections: one slow node holds at most
         # this many, however many callers wait on it.
         self._connections = asyncio.Semaphore(max_connections)
@@ -105,64 +104,82 @@ class NodeTransport:
         """Post one request and return its `result`, within `timeout` seconds (waiting for a
         connection included). `capped=False` is for health probes: a node busy with slow
         requests still shows whether it answers."""
-        request: dict[str, Any] = {
-            "jsonrpc": "2.0",
-            "id": next(self._request_ids),
-            "method": method,
-        }
-        if params is not None:
-            request["params"] = params
-        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
-        request_headers.update(self.headers)
-        self.in_flight += 1
-        sending = False
-        try:
-            async with (
-                asyncio.timeout(timeout),
-                self._connections if capped else contextlib.nullcontext(),
-            ):
-                sending = True
-                try:
-                    async with self._session.post(
-                        self.endpoint,
-                        data=json.dumps(request, separators=(",", ":")).encode(),
-                        headers=request_headers,
-                        timeout=self._connect_timeout,
-                    ) as response:
-                        status = response.status
-                        body = await self._read_capped(response, method)
-                except aiohttp.ClientError as exc:
-                    delivered = not _surely_not_sent(exc)
-                    raise NodeUnreachable(_describe(exc), delivered=delivered) from None
-        except TimeoutError:
-            if not sending:  # still waiting for a connection: not a byte left
-                raise NodeBusy(
-                    f"no connection to the node came free within {timeout:g} s "
-                    f"({self._max_connections} requests under way)"
-                ) from None
-            # The node took the request (or has `max_connections` under way) but did not answer
-            # in time: a fault of this request, not a sign that the node is down.
-            raise NodeTimeout(f"no answer from the node within {timeout:g} s") from None
-        finally:
-            self.in_flight -= 1
+        _, status, body = await self._exchange(method, params, headers, timeout, capped)
         return _json_rpc_result(status, body)
 
-    async def _read_capped(self, response: aiohttp.ClientResponse, method: str) -> bytearray:
-        cap = self._max_response_bytes
-        # Counted as it arrives too, after decompression: a chunked or gzipped answer has no
-        # length to check beforehand.
-        body = bytearray()
-        if (response.content_length or 0) <= cap:
-            async for chunk in response.content.iter_any():
-                body += chunk
-                if len(body) > cap:
-                    break
-        if len(body) > cap or (response.content_length or 0) > cap:
-            raise NodeAnswerTooLarge(
-                f"{method}: the node's answer is larger than {cap} bytes "
-                "(QSIGNER_MAX_RESPONSE_BYTES); ask for less (e.g. a narrower block range)"
-            )
-        return body
+    async def forward(
+        self,
+        method: str,
+        params: Any,
+        headers: Mapping[str, str] | None,
+        caller_id: bytes,
+        *,
+        timeout: float,
+    ) -> bytes:
+        """The node's whole answer to one request, as the caller is to be answered: the node's
+        bytes, with the caller's id (`caller_id`, as JSON) in place of ours. The id is spliced
+        in without parsing the result when the answer starts the way nodes write it (geth,
+        GoQuorum, Besu, anvil); any other answer is decoded, and fails as `request` fails."""
+        request_id, status, body = await self._exchange(method, params, headers, timeout, True)
+        prefix = b'{"jsonrpc":"2.0","id":%d,"result":' % request_id
+        if 200 <= status < 300 and body.startswith(prefix) and body.rstrip().endswith(b"}"):
+            return b'{"jsonrpc":"2.0","id":%s,"result":%s' % (caller_id, body[len(prefix) :])
+        result = json.dumps(_json_rpc_result(status, body), separators=(",", ":")).encode()
+        return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (caller_id, result)
+
+    def close(self) -> None:
+        """Closes the idle connections (those under way close as their request ends)."""
+        self._http.close()
+
+    async def _exchange(
+        self,
+        method: str,
+        params: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float,
+        capped: bool,
+    ) -> tuple[int, int, bytes]:
+        """(our request id, HTTP status, body) of one request to the node."""
+        request_id = next(self._request_ids)
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        payload = rpc.dumps(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.in_flight += 1
+        acquired = False
+        try:
+            if capped:
+                if self._connections.locked():
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            await self._connections.acquire()
+                    except TimeoutError:  # still waiting for a connection: not a byte left
+                        raise NodeBusy(
+                            f"no connection to the node came free within {timeout:g} s "
+                            f"({self._max_connections} requests under way)"
+                        ) from None
+                else:
+                    await self._connections.acquire()  # free: returns at once
+                acquired = True
+            try:
+                status, body = await self._http.post(payload, headers, deadline)
+            except NodeAnswerTooLarge:
+                raise NodeAnswerTooLarge(
+                    f"{method}: the node's answer is larger than {self._max_response_bytes} "
+                    "bytes (QSIGNER_MAX_RESPONSE_BYTES); ask for less (e.g. a narrower block "
+                    "range)"
+                ) from None
+            except NodeTimeout:
+                # The node took the request (or has `max_connections` under way) but did not
+                # answer in time: a fault of this request, not a sign that the node is down.
+                raise NodeTimeout(f"no answer from the node within {timeout:g} s") from None
+        finally:
+            if acquired:
+                self._connections.release()
+            self.in_flight -= 1
+        return request_id, status, body
 
 
 def _json_rpc_result(status: int, body: bytes | bytearray) -> Any:
@@ -186,33 +203,3 @@ def _json_rpc_result(status: int, body: bytes | bytearray) -> Any:
     # A proxy in front of the node answering 502 with an HTML page, a truncated body: the request
     # reached something, so a send cannot be retried safely, but the node is not usable.
     raise NodeUnreachable(f"HTTP {status}, not a JSON-RPC answer", delivered=True)
-
-
-def _surely_not_sent(exc: BaseException) -> bool:
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return True
-    # A keep-alive connection that the node closed while it sat idle in the pool (the node
-    # restarted): aiohttp refuses the write of headers and body, which `request` hands it as one
-    # buffer, so not a byte of the request left. Only the cause's message tells this from a
-    # connection lost after writing; should that wording change, we fall back to "maybe sent".
-    return any(
-        isinstance(error, aiohttp.ClientConnectionResetError) and "closing transport" in str(error)
-        for error in (exc, exc.__cause__)
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """Why a request failed, in words that never quote the URL (it may hold credentials)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "host name not found"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused"
-        return "could not connect"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "timed out connecting"
-    if _surely_not_sent(exc):
-        return "connection closed by the node while idle"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return "connection closed before the answer"
-    return f"transport error ({type(exc).__name__})"
