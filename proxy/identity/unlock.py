@@ -68,9 +68,9 @@ class SecretCache(Generic[V]):
     """Values opened with a secret (a password, an API key), so that the slow or costly opening
     runs once: PBKDF2 per user and password, HKDF + AES-GCM + JSON per API key.
 
-    Keyed by HMAC-SHA256 under a per-process random key of the secret and what it opens (user,
-    envelope id and version): the secret itself is never stored, a guess cannot be tested
-    offline against the cache, and a new envelope (`user passwd`) makes old entries
+    Keyed by a MAC (keyed BLAKE2b) under a per-process random key of the secret and what it
+    opens (user, envelope id and version): the secret itself is never stored, a guess cannot be
+    tested offline against the cache, and a new envelope (`user passwd`) makes old entries
     unreachable. Each entry names its owners ("user:<id>", "apikey:<id>") so that a change to
     one of them drops it. Bounded in size (least recently used goes first) and in time.
     """
@@ -86,7 +86,8 @@ class SecretCache(Generic[V]):
             encoded = orjson.dumps(parts)  # every API-key request comes here: orjson's speed
         except TypeError:  # a lone surrogate (a header's undecodable byte) or a huge integer
             encoded = json.dumps(parts).encode()
-        return hmac.digest(self._key, encoded, "sha256")
+        # Keyed BLAKE2b is a MAC, in a third of the time of an OpenSSL HMAC-SHA256 per call.
+        return hashlib.blake2b(encoded, key=self._key, digest_size=32).digest()
 
     def get(self, parts: tuple[object, ...]) -> V | None:
         slot = self._slot(parts)

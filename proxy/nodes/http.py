@@ -118,7 +118,7 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         # A timer of the loop's rather than asyncio.timeout: it costs a tenth as much per call.
-        timer = loop.call_at(deadline, self._fail, NodeTimeout("no answer in time"))
+        timer = loop.call_at(deadline, self._expire)
         try:
             self.transport.write(request)
             return await self._waiter
@@ -129,6 +129,9 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def _expire(self) -> None:
+        self._fail(NodeTimeout("no answer in time"))
 
     def _too_large(self) -> None:
         self._fail(NodeAnswerTooLarge("the node's answer is over the size cap"))
