@@ -173,10 +173,9 @@ async def _identify(services: Services, request: web.Request) -> Caller:
 async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
                     request_id: str) -> tuple[bytes, ProxyError | None]:  # fmt: skip
     """One call's whole answer, as JSON bytes, and the error it carries if any."""
-    metrics = services.metrics
     started = time.perf_counter()
-    metrics.in_flight.inc()
-    outcome, code = "ok", None
+    services.metrics.in_flight.inc()
+    error: ProxyError | None = None
     try:
         services.rate_limiter.check(caller.principal.user_id)
         handler = router.handler_for(call.method, services.settings.passthrough)
@@ -186,18 +185,91 @@ async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
         return rpc.dumps(rpc.result(call.id, value)), None
     except Exception as exc:
         error = translate(exc)
-        outcome, code = "error", error.code
         return rpc.dumps(rpc.error(call.id, error)), error
     finally:
-        elapsed = time.perf_counter() - started
-        metrics.in_flight.dec()
-        # Method names come from callers: only ours and those a node answered become labels,
-        # so that made-up names cannot grow the metrics without bound.
-        label = call.method if call.method in router.LOCAL or outcome == "ok" else "other"
-        metrics.observe(label, outcome, elapsed)
-        logs.event("rpc", request_id=request_id, method=label, user=caller.principal.user_id,
-                   org=caller.principal.organisation, outcome=outcome, code=code,
-                   duration_ms=round(elapsed * 1000, 2))  # fmt: skip
+        services.metrics.in_flight.dec()
+        _record(services, caller, call.method, request_id, error, time.perf_counter() - started)
+
+
+def _record(services: Services, caller: Caller, method: str, request_id: str,
+            error: ProxyError | None, elapsed: float) -> None:  # fmt: skip
+    """One call's metrics and log line."""
+    outcome = "ok" if error is None else "error"
+    # Method names come from callers: only ours and those a node answered become labels, so
+    # that made-up names cannot grow the metrics without bound.
+    label = method if method in router.LOCAL or error is None else "other"
+    services.metrics.observe(label, outcome, elapsed)
+    logs.event("rpc", request_id=request_id, method=label, user=caller.principal.user_id,
+               org=caller.principal.organisation, outcome=outcome,
+               code=None if error is None else error.code,
+               duration_ms=round(elapsed * 1000, 2))  # fmt: skip
+
+
+async def _batch(services: Services, caller: Caller, items: list[rpc.RpcRequest | rpc.BadItem],
+                 request_id: str) -> list[bytes | None]:  # fmt: skip
+    """A batch's answers, in order (None for notifications). Its plain reads go to a node as one
+    batch of their own, so that a batch costs the node one request; when the node will not take
+    it as a batch, or it fails, each goes on its own like the rest, with its own retries."""
+    answers: list[bytes | None] = [None] * len(items)
+    alone: list[tuple[int, rpc.RpcRequest]] = []
+    together: list[tuple[int, rpc.RpcRequest]] = []
+    for n, item in enumerate(items):
+        if isinstance(item, rpc.BadItem):
+            answers[n] = rpc.dumps(rpc.error(item.id, item.error))
+        elif not item.notification and router.forwarded_as_bytes(
+            item.method, services.settings.passthrough
+        ):
+            together.append((n, item))
+        else:
+            alone.append((n, item))
+    if len(together) > 1:
+        together = await _forward_together(services, caller, together, answers, request_id)
+    alone += together  # those the node did not answer as a batch
+
+    async def one(n: int, item: rpc.RpcRequest) -> None:
+        answer, _ = await _dispatch(services, caller, item, request_id)
+        answers[n] = None if item.notification else answer
+
+    await asyncio.gather(*(one(n, item) for n, item in alone))
+    return answers
+
+
+async def _forward_together(services: Services, caller: Caller,
+                            chosen: list[tuple[int, rpc.RpcRequest]], answers: list[bytes | None],
+                            request_id: str) -> list[tuple[int, rpc.RpcRequest]]:  # fmt: skip
+    """Forwards the `chosen` reads (place in the batch, request) as one batch and fills in their
+    answers; returns those still to be answered one by one (all of them when the batch did not
+    go through)."""
+    sent: list[tuple[int, rpc.RpcRequest]] = []
+    for n, call in chosen:
+        try:
+            services.rate_limiter.check(caller.principal.user_id)
+        except ProxyError as refused:
+            answers[n] = rpc.dumps(rpc.error(call.id, refused))
+            _record(services, caller, call.method, request_id, refused, 0.0)
+            continue
+        sent.append((n, call))
+    if not sent:
+        return []
+    started = time.perf_counter()
+    try:
+        results = await services.pool.forward_batch(
+            [(call.method, call.params) for _, call in sent], caller.forward_headers
+        )
+    except Exception:
+        results = None
+    if results is None:
+        return sent
+    elapsed = time.perf_counter() - started
+    for (n, call), result in zip(sent, results, strict=True):
+        if isinstance(result, bytes):
+            answers[n] = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (rpc.id_json(call.id), result)
+            _record(services, caller, call.method, request_id, None, elapsed)
+        else:
+            error = translate(result)
+            answers[n] = rpc.dumps(rpc.error(call.id, error))
+            _record(services, caller, call.method, request_id, error, elapsed)
+    return []
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -241,13 +313,7 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
         return web.Response(body=answer, status=failure.http_status if failure else 200,
                             content_type="application/json")  # fmt: skip
 
-    async def one(item: rpc.RpcRequest | rpc.BadItem) -> bytes | None:
-        if isinstance(item, rpc.BadItem):
-            return rpc.dumps(rpc.error(item.id, item.error))
-        answer, _ = await _dispatch(services, caller, item, request_id)
-        return None if item.notification else answer
-
-    answers = [a for a in await asyncio.gather(*(one(item) for item in parsed)) if a is not None]
+    answers = [a for a in await _batch(services, caller, parsed, request_id) if a is not None]
     if not answers:
         return web.Response(status=204)
     return web.Response(body=b"[%s]" % b",".join(answers), content_type="application/json")

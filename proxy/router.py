@@ -8,7 +8,7 @@ from typing import Any
 from proxy import rpc
 from proxy.context import Caller, Services
 from proxy.errors import MethodNotFound
-from proxy.forwarding import is_forwarded
+from proxy.forwarding import CONSTANT_ANSWERS, is_forwarded
 from proxy.handlers import accounts, signing
 from proxy.rpc import RpcRequest
 
@@ -52,6 +52,12 @@ async def forward_as_bytes(services: Services, caller: Caller, request: RpcReque
 
 # Forwarded methods whose answers the proxy reads or changes, so that they go through `forward`.
 LOOKED_INTO = frozenset(signing.SUBMISSIONS) | {"eth_getTransactionCount"}
+
+
+def forwarded_as_bytes(method: str, settings_passthrough: tuple[str, ...]) -> bool:
+    """Whether `method` is a plain read, passed on as the node answers it."""
+    return (method not in LOCAL and method not in LOOKED_INTO and method not in CONSTANT_ANSWERS
+            and is_forwarded(method, settings_passthrough))  # fmt: skip
 
 
 def handler_for(method: str, settings_passthrough: tuple[str, ...]) -> Handler:

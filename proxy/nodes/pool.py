@@ -186,6 +186,18 @@ class NodePool:
             None,
         )  # fmt: skip
 
+    async def forward_batch(
+        self, calls: list[tuple[str, Any]], headers: Mapping[str, str] | None
+    ) -> list[bytes | NodeError] | None:
+        """Reads passed on for a caller as one batch (NodeTransport.forward_batch); chosen,
+        retried and failed as `call`."""
+        return await self._read(
+            "batch",
+            lambda node: node.transport.forward_batch(calls, headers,
+                                                      timeout=self._read_timeout),
+            None,
+        )  # fmt: skip
+
     async def _read(self, method: str, attempt: Callable[[_Node], Awaitable[T]],
                     affinity: bytes | None) -> T:  # fmt: skip
         tried: list[_Node] = []

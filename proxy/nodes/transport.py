@@ -127,6 +127,41 @@ class NodeTransport:
         result = json.dumps(_json_rpc_result(status, body), separators=(",", ":")).encode()
         return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (caller_id, result)
 
+    async def forward_batch(
+        self, calls: list[tuple[str, Any]], headers: Mapping[str, str] | None, *, timeout: float
+    ) -> list[bytes | NodeError] | None:
+        """`calls` (method, params) sent to the node as one JSON-RPC batch: per call, in order,
+        the JSON of its result or the node's error; None when the node does not answer the batch
+        as a batch (one that takes no batches answers with one error)."""
+        first = next(self._request_ids)
+        for _ in range(len(calls) - 1):
+            next(self._request_ids)
+        batch = [
+            {"jsonrpc": "2.0", "id": first + n, "method": method}
+            | ({} if params is None else {"params": params})
+            for n, (method, params) in enumerate(calls)
+        ]
+        _, status, body = await self._exchange("batch", batch, headers, timeout, True, raw=True)
+        try:
+            answers = rpc.loads(body)
+        except ValueError:
+            answers = None
+        if not (200 <= status < 300 and isinstance(answers, list)):
+            return None
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        out: list[bytes | NodeError] = []
+        for n in range(len(calls)):
+            answer = by_id.get(first + n)
+            if answer is None:
+                return None
+            try:
+                out.append(rpc.dumps(_result_of(status, answer)))
+            except NodeError as error:
+                out.append(error)
+            except NodeUnreachable:  # not an answer of JSON-RPC's
+                return None
+        return out
+
     def close(self) -> None:
         """Closes the idle connections (those under way close as their request ends)."""
         self._http.close()
@@ -138,13 +173,19 @@ class NodeTransport:
         headers: Mapping[str, str] | None,
         timeout: float,
         capped: bool,
+        *,
+        raw: bool = False,
     ) -> tuple[int, int, bytes]:
-        """(our request id, HTTP status, body) of one request to the node."""
-        request_id = next(self._request_ids)
-        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            request["params"] = params
-        payload = rpc.dumps(request)
+        """(our request id, HTTP status, body) of one request to the node; with `raw`, `params`
+        is the whole body to send (a batch) and `method` only names it in errors."""
+        if raw:
+            request_id, payload = 0, rpc.dumps(params)
+        else:
+            request_id = next(self._request_ids)
+            request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+            if params is not None:
+                request["params"] = params
+            payload = rpc.dumps(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.in_flight += 1
@@ -188,6 +229,11 @@ def _json_rpc_result(status: int, body: bytes | bytearray) -> Any:
         answer = json.loads(body)
     except ValueError:
         answer = None
+    return _result_of(status, answer)
+
+
+def _result_of(status: int, answer: Any) -> Any:
+    """`_json_rpc_result` of an answer already decoded."""
     if isinstance(answer, dict):
         error = answer.get("error")
         if isinstance(error, dict) and isinstance(error.get("code"), int):

@@ -5,6 +5,7 @@ contract, so that receipts and logs are not empty), PostgreSQL and SoftHSM."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from policy.abi import encode_call, parse_signature
 from tests.support.anvil import run_anvil
 from tests.support.contracts import dev_account, send, token
+from tests.support.forwarder import forwarder
 from tests.support.stack import CHAIN_ID, Stack, build_stack, in_process
 
 TRANSFER = parse_signature("transfer(address to,uint256 amount)")
@@ -132,3 +134,34 @@ async def test_a_batch_answers_each_item_as_the_node_would(setup: Any) -> None:
         _, theirs = await chain.raw(chain.url, request(method, params, "1"))
         ours_one = answers[json.dumps(json.loads(request_id))]
         assert without_id(ours_one) == without_id(json.loads(theirs)), method
+
+
+@pytest.mark.parametrize("takes_batches", [True, False], ids=["node-batch", "no-batches"])
+async def test_a_batch_of_reads_is_one_request_to_a_node_that_takes_batches(
+    setup: Any, takes_batches: bool
+) -> None:
+    _, stack, chain, (asset, receipt) = setup
+    items = [
+        item for item in reads(asset, receipt) if item[0] not in ("eth_chainId", "net_version")
+    ]
+    body = b"[%s]" % b",".join(
+        request(method, params, str(n)) for n, (method, params) in enumerate(items)
+    )
+    async with forwarder(chain.url) as node:
+        node.takes_batches = takes_batches
+        settings = dataclasses.replace(stack.settings, upstreams=(node.url,))
+        async with in_process(settings) as (proxy_url, _):
+            status, ours = await chain.raw(proxy_url + "/", body, {
+                "Authorization": f"Bearer {stack.jwt}"})  # fmt: skip
+        seen = node.methods()
+    assert status == 200
+    answers = {answer["id"]: answer for answer in json.loads(ours)}
+    for n, (method, params) in enumerate(items):
+        _, theirs = await chain.raw(chain.url, request(method, params, str(n)))
+        assert answers[n] == json.loads(theirs), method
+    assert len(node.batches) == 1  # answered as a whole, or refused
+    assert [message["method"] for message in node.batches[0]] == [method for method, _ in items]
+    # Each read reached the node once, in the batch; or, refused there, once more on its own.
+    methods = [method for method, _ in items]
+    for method in set(methods) - {"eth_blockNumber"}:  # (also the health probes' method)
+        assert seen.count(method) == methods.count(method) * (1 if takes_batches else 2), method

@@ -37,6 +37,8 @@ class Forwarder:
         self.most_held = 0
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.paths: set[str] = set()  # request paths seen
+        self.batches: list[list[dict[str, Any]]] = []  # batch requests seen (also in `seen`)
+        self.takes_batches = True  # else a batch is refused, as some gateways do
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -75,6 +77,8 @@ class Forwarder:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         message = json.loads(body)
+        if isinstance(message, list):
+            return await self._batch(request, body, message)
         self.seen.append((dict(request.headers), message))
         self.paths.add(request.path)
         if self.mode == "bad_gateway":
@@ -109,6 +113,19 @@ class Forwarder:
             await streamed.write_eof()
             return streamed
         return web.Response(body=answered, content_type="application/json")
+
+    async def _batch(self, request: web.Request, body: bytes,
+                     messages: list[dict[str, Any]]) -> web.Response:  # fmt: skip
+        self.batches.append(messages)
+        self.seen += [(dict(request.headers), message) for message in messages]
+        if not self.takes_batches:
+            refusal = {"code": -32600, "message": "batch requests are not supported"}
+            return web.json_response({"jsonrpc": "2.0", "id": None, "error": refusal})
+        assert self._client is not None
+        async with self._client.post(
+            self.target, data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            return web.Response(body=await answer.read(), content_type="application/json")
 
 
 @contextlib.asynccontextmanager
