@@ -28,6 +28,7 @@ from proxy.guard import admin as guard_admin
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
 from proxy.ledger import queries
+from proxy.nodes.transport import mask_url
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.errors import HsmError, InvalidTransaction, PinIncorrect, SignerError
@@ -136,6 +137,17 @@ def _org_set_psi(args: argparse.Namespace, settings: Settings) -> int:
     _progress(f"{args.org}: private states {', '.join(psis)}" if psis else
               f"{args.org}: no private states (a Quorum-PSI header is refused)")  # fmt: skip
     print(" ".join(psis))
+    return 0
+
+
+def _org_set_tessera(args: argparse.Namespace, settings: Settings) -> int:
+    keys = _with_identity(
+        settings, lambda identity: identity.set_tessera(args.org, args.url, args.key)
+    )
+    owned = (f"keys {', '.join(keys)} (default {keys[0]})" if keys
+             else "no keys of its own (no privateFrom; Tessera's default key sends)")  # fmt: skip
+    _progress(f"{args.org}: Tessera {mask_url(args.url)}; {owned}")
+    print(" ".join(keys))
     return 0
 
 
@@ -451,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     set_psi.add_argument("--org", required=True)
     set_psi.add_argument("psi", nargs="*", metavar="PSI")
     set_psi.set_defaults(handler=_org_set_psi)
+
+    set_tessera = org.add_parser(
+        "set-tessera", help="the organisation's Tessera and the Tessera keys it owns",
+        description="Set the Tessera (its third-party API URL, e.g. http://tessera:9080) that "
+        "stores the organisation's private transaction payloads, and the Tessera public keys "
+        "the organisation owns: a caller's privateFrom must be one of them, and the first is "
+        "used when a caller gives none. Replaces what was set before.",
+    )  # fmt: skip
+    set_tessera.add_argument("--org", required=True)
+    set_tessera.add_argument("url", metavar="URL")
+    set_tessera.add_argument("--key", action="append", default=[], metavar="PUBKEY",
+                             help="a Tessera public key (base64) the organisation owns; "
+                             "repeat for several, the first is the default")  # fmt: skip
+    set_tessera.set_defaults(handler=_org_set_tessera)
 
     account = commands.add_parser("account", help="HSM accounts").add_subparsers(
         dest="account_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip

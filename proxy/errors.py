@@ -30,6 +30,8 @@
     ├── NodeTimeout                 -32603  a node did not answer this request in time
     │                                       (QSIGNER_READ_TIMEOUT); the node stays in rotation
     ├── NodeAnswerTooLarge          -32005  a node's answer is over QSIGNER_MAX_RESPONSE_BYTES
+    ├── TesseraError                -32603  Tessera did not store a private payload (unreachable,
+    │                                       too slow, or refused it): nothing was signed
     ├── DatabaseUnavailable         -32603  HTTP 503: the database does not answer (fail closed)
     ├── HsmUnavailable              -32002  HTTP 503: the account's token or key is not present
     │                                       (or the PKCS#11 module cannot be loaded)
@@ -233,6 +235,12 @@ class NodeTimeout(ProxyError):
     -32603 with HTTP 200 rather than -32002 / 503: the nodes are there, this request was too slow,
     and trying it on another node would only make that one slow too.
     """
+
+
+class TesseraError(ProxyError):
+    """The organisation's Tessera did not store a private transaction's payload: unreachable,
+    no answer in time, or a refusal (an unknown key, a 4xx or 5xx). Nothing was signed and no
+    nonce was taken. The message names Tessera, never its URL's credentials."""
 
 
 class NodeAnswerTooLarge(ProxyError):

@@ -52,6 +52,8 @@ class Identity:
         self.revoke_account = provisioning.revoke_account
         self.set_private_states = provisioning.set_private_states
         self.private_state_for = provisioning.private_state_for
+        self.set_tessera = provisioning.set_tessera
+        self.tessera_of = provisioning.tessera_of
         self.add_user = provisioning.add_user
         self.change_password = provisioning.change_password
         self.disable_user = provisioning.disable_user

@@ -9,6 +9,8 @@ transaction, so bad input leaves no half-written rows.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
 import re
@@ -16,6 +18,7 @@ import secrets
 from collections.abc import Sequence
 
 import asyncpg
+from yarl import URL
 
 from proxy import logs
 from proxy.audit import AuditLog
@@ -30,6 +33,7 @@ from proxy.identity.credentials import (
 from proxy.identity.model import ROLES, Account, BlockingWork, NewApiKey, Principal, security_event
 from proxy.identity.rowcache import RowCache
 from proxy.identity.unlock import Unlocker
+from proxy.nodes.transport import mask_url
 from proxy.settings import Settings
 from signer.base import checksum
 from signer.pkcs11 import Hsm, Token
@@ -58,6 +62,11 @@ _ANY_PRIVATE_STATES_KEY = "any"
 _ANY_PRIVATE_STATES_QUERY = """
     SELECT NULL::text AS id, $1::text AS key,
            EXISTS (SELECT 1 FROM organisation_private_states) AS held"""
+
+# An organisation's Tessera, cached by organisation id (NOTIFY `tessera:<id>`).
+_TESSERA_QUERY = """
+    SELECT NULL::text AS id, url, keys
+    FROM organisation_tessera WHERE organisation_id = $1::text::bigint"""
 
 # What a GoQuorum PSI may be here: letters, digits and . _ : - (it travels as an HTTP header).
 _PSI = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -288,6 +297,37 @@ class Provisioning:
         self.rows.forget("psis", _ANY_PRIVATE_STATES_KEY)
         return wanted
 
+    # --- Tessera (GoQuorum private transactions) -----------------------------------------
+
+    async def set_tessera(self, organisation: str, url: str, keys: Sequence[str]) -> list[str]:
+        """Set the organisation's Tessera (third-party API URL) and the public keys it owns,
+        the first being its default `privateFrom`; the keys as stored."""
+        _check_tessera_url(url)
+        wanted = list(dict.fromkeys(key.strip() for key in keys))
+        for key in wanted:
+            if not _is_tessera_key(key):
+                raise BadInput(f"{key!r} is not a Tessera public key (32 bytes, base64)")
+        async with self.pool.acquire() as conn, conn.transaction():
+            org_id = await self._lock_organisation(conn, organisation)
+            await conn.execute(
+                """INSERT INTO organisation_tessera (organisation_id, url, keys)
+                   VALUES ($1, $2, $3)
+                   ON CONFLICT (organisation_id)
+                   DO UPDATE SET url = $2, keys = $3, updated_at = now()""",
+                org_id, url, wanted,
+            )  # fmt: skip
+            await security_event(self.audit, conn, organisation, None, "tessera_set",
+                                 {"organisation": organisation, "url": mask_url(url),
+                                  "keys": wanted})  # fmt: skip
+            await self.rows.notify(conn, "tessera", str(org_id))
+        self.rows.forget("tessera", str(org_id))
+        return wanted
+
+    async def tessera_of(self, organisation_id: int) -> tuple[str, tuple[str, ...]] | None:
+        """The organisation's Tessera URL and keys (default first), or None when it has none."""
+        row = await self.rows.row("tessera", str(organisation_id), _TESSERA_QUERY)
+        return (row["url"], tuple(row["keys"])) if row is not None else None
+
     async def private_states(self, organisation_id: int) -> tuple[str, ...]:
         row = await self.rows.row("psis", str(organisation_id), _PRIVATE_STATES_QUERY)
         return tuple(row["psis"]) if row is not None else ()
@@ -495,3 +535,20 @@ class Provisioning:
                                  "apikey_revoked", {"key_id": key_id})  # fmt: skip
             await self.rows.notify(conn, "apikey", key_id)
         self.rows.forget("apikey", key_id)
+
+
+def _check_tessera_url(url: str) -> None:
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInput(f"{mask_url(url)} is not an http(s) URL of a Tessera third-party API")
+
+
+def _is_tessera_key(key: str) -> bool:
+    """A Tessera public key: a Curve25519 key, 32 bytes in standard base64."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 32
+    except (ValueError, binascii.Error):
+        return False
