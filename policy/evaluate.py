@@ -232,6 +232,14 @@ def _holds(match: Match, context: _Context) -> bool:
         key not in match.private_for_not_in for key in facts.private_for
     ):
         return False
+    if match.privacy_flag is not None and (
+        not facts.private or facts.privacy_flag not in match.privacy_flag
+    ):
+        return False
+    if match.privacy_flag_not_in is not None and (
+        not facts.private or facts.privacy_flag in match.privacy_flag_not_in
+    ):
+        return False
     if match.to is not None and (facts.to is None or facts.to not in match.to):
         return False
     # A deployment goes to none of the listed addresses: `to_not_in` holds for it.

@@ -118,7 +118,9 @@ class Match:
     value: tuple[Condition, ...] = ()
     deploy: bool | None = None
     private: bool | None = None
-    private_for_not_in: frozenset[str] | None = None
+    private_for_not_in: frozenset[str] | None = None  # Tessera public keys
+    privacy_flag: frozenset[int] | None = None
+    privacy_flag_not_in: frozenset[int] | None = None
     typed_data: TypedDataMatch | None = None
 
     @property
@@ -134,6 +136,8 @@ class Match:
             or self.deploy is not None
             or self.private is not None
             or self.private_for_not_in is not None
+            or self.privacy_flag is not None
+            or self.privacy_flag_not_in is not None
         )
 
 
@@ -169,6 +173,7 @@ class Policy:
     rules: tuple[Rule, ...]
     limits: tuple[Limit, ...]
     approvals: Approvals = field(default_factory=Approvals)
+    parties: Mapping[str, str] = field(default_factory=dict)  # name -> Tessera public key
     _by_address: Mapping[bytes, Contract] = field(init=False, repr=False, compare=False)
     _decimals_needed: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -220,7 +225,8 @@ class RequestFacts:
     gas: int = 0
     deploy: bool = False  # a transaction without `to`
     private: bool = False
-    private_for: tuple[str, ...] = ()
+    private_for: tuple[str, ...] = ()  # Tessera public keys (privateFor)
+    privacy_flag: int = 0  # GoQuorum's privacyFlag: 0, 1 or 3
     typed_domain: Mapping[str, Any] | None = None  # eth_signTypedData*: the domain
     typed_primary_type: str | None = None
 

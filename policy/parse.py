@@ -4,6 +4,8 @@ must never silently allow."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -40,6 +42,8 @@ from policy.model import (
 )
 
 FORMAT_VERSION = 1
+# GoQuorum's privacyFlag values: standard private, party protection, private state validation.
+PRIVACY_FLAGS = (0, 1, 3)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
@@ -66,6 +70,8 @@ _MATCH_KEYS = (
     "deploy",
     "private",
     "private_for_not_in",
+    "privacy_flag",
+    "privacy_flag_not_in",
     "typed_data",
 )
 _MODES: tuple[Literal["enforce", "shadow"], ...] = ("enforce", "shadow")
@@ -140,6 +146,7 @@ class _Parser:
     def __init__(self) -> None:
         self._constructor = SafeConstructor()
         self.contracts: dict[str, Contract] = {}
+        self.parties: dict[str, str] = {}
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -254,7 +261,16 @@ class _Parser:
     # -- the file ----------------------------------------------------------------------------
 
     def policy(self, root: Node) -> Policy:
-        known = ("version", "mode", "default", "contracts", "rules", "limits", "approvals")
+        known = (
+            "version",
+            "mode",
+            "default",
+            "contracts",
+            "parties",
+            "rules",
+            "limits",
+            "approvals",
+        )
         top = self.mapping(root, "", known, required=("version",))
         version_node = top["version"][1]
         if self.value(version_node, "version") != FORMAT_VERSION:
@@ -265,6 +281,8 @@ class _Parser:
         )
         if "contracts" in top:
             self.contracts_section(top["contracts"][1])
+        if "parties" in top:
+            self.parties_section(top["parties"][1])
         rules = self.rules(top["rules"][1]) if "rules" in top else ()
         limits = self.limits(top["limits"][1]) if "limits" in top else ()
         approvals = self.approvals(top["approvals"][1]) if "approvals" in top else Approvals()
@@ -278,7 +296,51 @@ class _Parser:
                     f'"{limit.name}" is already the name of {names[limit.name]}',
                 )
             names[limit.name] = "a limit"
-        return Policy(FORMAT_VERSION, mode, default, dict(self.contracts), rules, limits, approvals)
+        return Policy(FORMAT_VERSION, mode, default, dict(self.contracts), rules, limits, approvals,
+                      dict(self.parties))  # fmt: skip
+
+    def parties_section(self, node: Node) -> None:
+        """Names for Tessera public keys, for the rules on private transactions."""
+        by_key: dict[str, str] = {}
+        for name, (key_node, value_node) in self.mapping(node, "parties", None).items():
+            field = f"parties.{name}"
+            if not _NAME.fullmatch(name):
+                _fail(key_node, field, "a party name is letters, digits, _ and -, starting "
+                      "with a letter")  # fmt: skip
+            key = self.text(value_node, field)
+            if not _is_tessera_key(key):
+                _fail(value_node, field, "expected a Tessera public key (32 bytes in base64)")
+            if key in by_key:
+                _fail(value_node, field, f"the same key as {by_key[key]}")
+            by_key[key] = name
+            self.parties[name] = key
+
+    def party_keys(self, node: Node, field: str) -> frozenset[str]:
+        """Tessera public keys, each given as itself or by its name in `parties`."""
+        keys: set[str] = set()
+        for text, item in self.texts(node, field):
+            if text in self.parties:
+                keys.add(self.parties[text])
+            elif _is_tessera_key(text):
+                keys.add(text)
+            else:
+                known = ", ".join(self.parties) or "none declared"
+                _fail(item, field, f'"{text}" is not a Tessera public key nor a party in '
+                      f"parties ({known})")  # fmt: skip
+        return frozenset(keys)
+
+    def privacy_flags(self, node: Node, field: str) -> frozenset[int]:
+        flags: set[int] = set()
+        items = list(self.sequence(node, field)) if isinstance(node, SequenceNode) else [(0, node)]
+        if not items:
+            _fail(node, field, "the list is empty: remove the key, or name at least one")
+        for _, item in items:
+            value = self.value(item, field)
+            if value not in PRIVACY_FLAGS or isinstance(value, bool):
+                _fail(item, field, "a GoQuorum privacy flag is 0 (standard), 1 (party "
+                      "protection) or 3 (private state validation)")  # fmt: skip
+            flags.add(value)
+        return frozenset(flags)
 
     def contracts_section(self, node: Node) -> None:
         by_address: dict[bytes, str] = {}
@@ -490,8 +552,12 @@ class _Parser:
             if key in entry:
                 keys[key] = self.boolean(entry[key][1], here(key))
         if "private_for_not_in" in entry:
-            texts = self.texts(entry["private_for_not_in"][1], here("private_for_not_in"))
-            keys["private_for_not_in"] = frozenset(t for t, _ in texts)
+            keys["private_for_not_in"] = self.party_keys(
+                entry["private_for_not_in"][1], here("private_for_not_in")
+            )
+        for key in ("privacy_flag", "privacy_flag_not_in"):
+            if key in entry:
+                keys[key] = self.privacy_flags(entry[key][1], here(key))
         if "typed_data" in entry:
             keys["typed_data"] = self.typed_data(entry["typed_data"][1], here("typed_data"))
         built = Match(**keys)
@@ -706,6 +772,8 @@ _TRANSACTION_KEYS = frozenset(
         "deploy",
         "private",
         "private_for_not_in",
+        "privacy_flag",
+        "privacy_flag_not_in",
     }
 )
 
@@ -738,3 +806,11 @@ def _address(text: str, node: Node, field: str) -> bytes:
                 f'"{text}" has a wrong EIP-55 checksum: check it, or write it in lower case',
             )
     return bytes.fromhex(body)
+
+
+def _is_tessera_key(text: str) -> bool:
+    """A Tessera public key: 32 bytes (a Curve25519 key) in standard base64."""
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (ValueError, binascii.Error):
+        return False

@@ -5,6 +5,7 @@ messages and typed data."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,8 @@ DEPOSIT = parse_signature("deposit(uint256 amount)")
 WITHDRAW = parse_signature("withdraw(uint256 amount,address to)")
 SET_FLAG = parse_signature("setFlag(bool on,bytes4 tag,string note)")
 
+# Tessera public keys: two named in `parties`, one not.
+K1, K2, K3 = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2, 3))
 CONTRACTS = f"""\
 contracts:
   ACME: {{address: "{ACME}", standard: erc20}}
@@ -43,6 +46,9 @@ contracts:
     address: "{VAULT}"
     functions: ["deposit(uint256 amount)", "withdraw(uint256 amount,address to)",
                 "setFlag(bool on,bytes4 tag,string note)"]
+parties:
+  k1: "{K1}"
+  k2: "{K2}"
 """
 
 
@@ -168,9 +174,17 @@ MATCH_CASES: list[tuple[str, str, RequestFacts, RequestFacts]] = [
     ("value in", '{value: {in: ["1 ether", 0]}}', tx(value=0), tx(value=2 * ETHER)),
     ("deploy true", "{deploy: true}", tx(to=None, deploy=True), tx()),
     ("deploy false", "{deploy: false}", tx(), tx(to=None, deploy=True)),
-    ("private", "{private: true}", tx(private=True, private_for=("k1",)), tx()),
+    ("private", "{private: true}", tx(private=True, private_for=(K1,)), tx()),
     ("private_for_not_in", "{private_for_not_in: [k1, k2]}",
-     tx(private=True, private_for=("k1", "k3")), tx(private=True, private_for=("k2", "k1"))),
+     tx(private=True, private_for=(K1, K3)), tx(private=True, private_for=(K2, K1))),
+    ("private_for_not_in by key", f'{{private_for_not_in: [k1, "{K3}"]}}',
+     tx(private=True, private_for=(K2,)), tx(private=True, private_for=(K3, K1))),
+    ("privacy_flag", "{privacy_flag: [1, 3]}",
+     tx(private=True, private_for=(K1,), privacy_flag=3), tx(private=True, private_for=(K1,))),
+    ("privacy_flag_not_in", "{privacy_flag_not_in: 0}",
+     tx(private=True, private_for=(K1,), privacy_flag=1), tx(private=True, private_for=(K1,))),
+    ("privacy_flag never matches a public transaction", "{privacy_flag: 0}",
+     tx(private=True, private_for=(K1,)), tx()),
     ("typed_data domain name", "{typed_data: {domain: {name: Acme Exchange}}}",
      typed({"name": "Acme Exchange"}), typed({"name": "Other"})),
     ("typed_data chainId as the caller's hex text", "{typed_data: {domain: {chainId: 1337}}}",
@@ -209,7 +223,8 @@ TRANSFER_TO_ACME = call(ERC20_TRANSFER, SOMEONE, 1)
      ('{function: "transfer(address,uint256)"}', TRANSFER_TO_ACME),
      ("{contract: ACME, function: transfer, args: {amount: {ge: 0}}}", TRANSFER_TO_ACME),
      ("{deploy: false}", tx()), ("{private: false}", tx()),
-     ("{private_for_not_in: [k1]}", tx(private=True, private_for=("k2",)))],
+     ("{private_for_not_in: [k1]}", tx(private=True, private_for=(K2,))),
+     ("{privacy_flag: 0}", tx(private=True, private_for=(K2,)))],
 )  # fmt: skip
 def test_a_transaction_key_never_matches_a_message(match: str, transaction: RequestFacts) -> None:
     text = policy_text(rule("tx-only", "deny", match))

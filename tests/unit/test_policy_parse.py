@@ -393,3 +393,48 @@ def test_explicit_tags_and_deep_nesting_are_policy_errors() -> None:
         parse_policy("version: 1\nmode: !!binary aGVsbG8=\n")
     with pytest.raises(PolicyError):
         parse_policy("version: 1\nrules: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
+# --- private transactions: Tessera keys by name, privacy flags ----------------------------------
+
+KEY_A = "QUFB" * 10 + "QUE="  # 32 bytes of "A", base64
+KEY_B = "QkJC" * 10 + "QkI="
+
+
+def test_parties_name_tessera_keys_for_private_for_not_in() -> None:
+    text = (f'version: 1\nparties:\n  bank-a: "{KEY_A}"\n  bank-b: "{KEY_B}"\n'
+            "rules:\n  - name: only-known-banks\n    action: deny\n"
+            f'    match: {{private_for_not_in: [bank-a, "{KEY_B}"],\n'
+            "             privacy_flag_not_in: [0, 3]}\n")  # fmt: skip
+    policy = parse_policy(text)
+    assert dict(policy.parties) == {"bank-a": KEY_A, "bank-b": KEY_B}
+    match = policy.rules[0].match
+    assert match.private_for_not_in == {KEY_A, KEY_B}
+    assert match.privacy_flag_not_in == {0, 3} and match.privacy_flag is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "message"),
+    [
+        ('version: 1\nparties:\n  bank-a: "not a key"\n', 3, "parties.bank-a",
+         "expected a Tessera public key"),
+        (f'version: 1\nparties:\n  bank-a: "{KEY_A}"\n  bank-b: "{KEY_A}"\n', 4,
+         "parties.bank-b", "the same key as bank-a"),
+        (f'version: 1\nparties:\n  "9lives": "{KEY_A}"\n', 3, "parties.9lives",
+         "a party name is"),
+        ("version: 1\nrules:\n  - name: r\n    action: deny\n    match:\n"
+         "      private_for_not_in: [bank-z]\n", 6, "rules[0].match.private_for_not_in",
+         '"bank-z" is not a Tessera public key nor a party in parties (none declared)'),
+        ("version: 1\nrules:\n  - name: r\n    action: deny\n    match:\n"
+         "      privacy_flag: [0, 2]\n", 6, "rules[0].match.privacy_flag",
+         "a GoQuorum privacy flag is 0"),
+        ("version: 1\nrules:\n  - name: r\n    action: deny\n    match:\n"
+         "      privacy_flag_not_in: []\n", 6, "rules[0].match.privacy_flag_not_in",
+         "the list is empty"),
+    ],
+)  # fmt: skip
+def test_private_transaction_keys_errors(text: str, line: int, field: str, message: str) -> None:
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(text)
+    assert (refused.value.line, refused.value.field) == (line, field)
+    assert message in refused.value.message
