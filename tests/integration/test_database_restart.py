@@ -250,14 +250,27 @@ async def test_sessions_ended_by_the_server_fail_closed_and_are_replaced(databas
                 return "unavailable"
             return "answered"
 
+        ended: list[int] = []
         for _ in range(100):
             running = [asyncio.ensure_future(statement()) for _ in range(4)]
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()", name)  # fmt: skip
+            ended = [row["pid"] for row in await admin.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()", name)]  # fmt: skip
             for outcome in await asyncio.gather(*running):  # anything else raises here
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
         assert outcomes.get("unavailable", 0) > 0, outcomes  # the sessions did end under it
+        # pg_terminate_backend only signals: the last round's sessions end a moment later, and
+        # the client sees their end once its loop reads it. A session ending during the check
+        # below would be a new termination, not one left over.
+        deadline = time.monotonic() + 10
+        while (
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", ended
+            )
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         # Every connection the pool holds now works: none is left broken for a later request.
         assert [await pool.fetchval("SELECT 2") for _ in range(8)] == [2] * 8
     finally:
