@@ -76,10 +76,12 @@ class _KeyPoint(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _key_point(public_key: bytes) -> _KeyPoint | None:
-    """None for the one point whose x is n (2^-256 odds of a key there): that key goes through
-    `_finish_by_recovery`."""
-    if len(public_key) != 65 or public_key[0] != 4:
-        raise ValueError("public key must be 65 bytes, uncompressed (0x04 prefix)")
+    """Checked once per key: only x and the parity of y are used below, so a point off the
+    curve must not get that far. None for the one point whose x is n (2^-256 odds of a key
+    there): that key goes through `_finish_by_recovery`."""
+    point = ffi.new("secp256k1_pubkey *")
+    if len(public_key) != 65 or not lib.secp256k1_ec_pubkey_parse(_CONTEXT, point, public_key, 65):
+        raise SignatureInvalid("the key's public point is not an uncompressed secp256k1 point")
     x, recovery_id = int.from_bytes(public_key[1:33], "big"), public_key[64] & 1
     if x >= SECP256K1_N:
         x, recovery_id = x - SECP256K1_N, recovery_id | 2

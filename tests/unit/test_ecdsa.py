@@ -93,6 +93,21 @@ def test_recovery_id_matches_the_software_signer_for_both_parities() -> None:
     assert min(parities) > 850, parities
 
 
+def test_a_public_point_off_the_curve_or_negated_is_refused() -> None:
+    """Only x and the parity of y enter the computation: the point itself is checked first."""
+    key, digest = PrivateKey(b"\x05" * 32), b"\x44" * 32
+    public = key.public_key.format(compressed=False)
+    r, s, _ = _raw_sign(b"\x05" * 32, digest)
+    y = int.from_bytes(public[33:], "big")
+    field = 2**256 - 2**32 - 977
+    off_curve = public[:33] + ((y + 2) % field).to_bytes(32, "big")  # same x, same parity
+    negated = public[:33] + (field - y).to_bytes(32, "big")
+    for wrong in (off_curve, negated, public[:64], b"\x02" + public[1:]):
+        with pytest.raises(SignatureInvalid):
+            finish_signature(digest, r, s, wrong)
+    assert recover_public_key(digest, finish_signature(digest, r, s, public)) == public
+
+
 def test_high_s_signature_would_be_refused_by_the_checker() -> None:
     key, digest = b"\x11" * 32, b"\x22" * 32
     r, s, v = _raw_sign(key, digest)
