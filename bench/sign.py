@@ -4,9 +4,12 @@ Baseline: python-pkcs11 `C_Sign` (Mechanism.ECDSA) on a digest, one thread per s
 Ours: `sign_transaction` on an EIP-1559 transaction (serialise, keccak, HSM through the session
 pool, low-s normalisation, recovery id) with the same sessions, two ways: plain threads (one per
 session, as the CLI would), and the proxy's way (`sign_transaction_async` from an event loop
-with 8 requests in flight per session, the HSM calls in the `Hsm`'s bounded executor).
-Rounds alternate between the two and the medians are compared: the ratio is what matters on a
-shared, noisy machine. Usage: .venv/bin/python bench/sign.py [--count 2000] [--rounds 5]
+with 8 requests in flight per session, `C_Sign` in the token's bounded executor, the rest on
+the loop). Rounds alternate between the ways and the medians are compared: the ratio is what
+matters on a shared, noisy machine. The CPU columns are this process's CPU time (every thread,
+user + system) per signature: steadier than rates when other work shares the cores, and what
+bounds the ratio once the sessions outnumber the cores (raw CPU / ours).
+Usage: .venv/bin/python bench/sign.py [--count 2000] [--rounds 5] [--sessions 1 2 4]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -81,7 +85,22 @@ def run_async(key: HsmKey, in_flight: int, count: int) -> float:
     return asyncio.run(all_clients())
 
 
-def measure(key: HsmKey, sessions: int, count: int, rounds: int) -> tuple[float, float, float]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(done: int, run: Callable[[], float]) -> tuple[float, float]:
+    """(ops/s, CPU µs per op) of one round that makes `done` operations."""
+    before = cpu_seconds()
+    rate = run()
+    return rate, (cpu_seconds() - before) / done * 1e6
+
+
+Figures = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+
+
+def measure(key: HsmKey, sessions: int, count: int, rounds: int) -> Figures:
     token = key.token
     digests = [os.urandom(32) for _ in range(256)]
     # Each baseline thread owns one session of the token's pool, as in our path.
@@ -94,19 +113,25 @@ def measure(key: HsmKey, sessions: int, count: int, rounds: int) -> tuple[float,
     def ours(index: int, n: int) -> None:
         sign_transaction(TX, key)
 
-    raw_rates, thread_rates, async_rates = [], [], []
+    in_flight = 8 * sessions
+    # (a round, how many operations it makes: each thread or client does an equal share)
+    ways: list[tuple[Callable[[], float], int]] = [
+        (lambda: run_threads(sessions, count, raw), count // sessions * sessions),
+        (lambda: run_threads(sessions, count, ours), count // sessions * sessions),
+        (lambda: run_async(key, in_flight, count), count // in_flight * in_flight),
+    ]
     run_threads(sessions, count // 4, raw)  # warm-up
     run_threads(sessions, count // 4, ours)
-    run_async(key, 8 * sessions, count // 4)
+    run_async(key, in_flight, count // 4)
+    results: list[list[tuple[float, float]]] = [[], [], []]
     for _ in range(rounds):
-        raw_rates.append(run_threads(sessions, count, raw))
-        thread_rates.append(run_threads(sessions, count, ours))
-        async_rates.append(run_async(key, 8 * sessions, count))
-    return (
-        statistics.median(raw_rates),
-        statistics.median(thread_rates),
-        statistics.median(async_rates),
-    )
+        for (way, done), figures in zip(ways, results, strict=True):
+            figures.append(timed(done, way))
+    medians = [
+        (statistics.median(r for r, _ in figures), statistics.median(c for _, c in figures))
+        for figures in results
+    ]
+    return medians[0], medians[1], medians[2]
 
 
 def main() -> None:
@@ -121,7 +146,7 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, {args.rounds} rounds of {args.count} signatures, medians")
     print(
         f"{'sessions':>8} {'raw sign/s':>10} {'threads tx/s':>12} {'ratio':>6} "
-        f"{'proxy tx/s':>10} {'ratio':>6}"
+        f"{'proxy tx/s':>10} {'ratio':>6} | CPU µs/op: {'raw':>5} {'threads':>7} {'proxy':>5}"
     )
     with tempfile.TemporaryDirectory() as directory:
         os.environ["SOFTHSM2_CONF"] = str(write_config(directory))
@@ -131,10 +156,14 @@ def main() -> None:
                 label = f"bench-{sessions}"
                 hsm.initialise_token(label, os.urandom(8).hex(), pin)
                 key = hsm.login(label, pin).generate_key(os.urandom(16), "bench")
-                raw, threads, proxy = measure(key, sessions, args.count, args.rounds)
+                (raw_rate, raw_cpu), (threads_rate, threads_cpu), (proxy_rate, proxy_cpu) = measure(
+                    key, sessions, args.count, args.rounds
+                )
                 print(
-                    f"{sessions:>8} {raw:>10.0f} {threads:>12.0f} {threads / raw:>6.2f} "
-                    f"{proxy:>10.0f} {proxy / raw:>6.2f}",
+                    f"{sessions:>8} {raw_rate:>10.0f} {threads_rate:>12.0f} "
+                    f"{threads_rate / raw_rate:>6.2f} {proxy_rate:>10.0f} "
+                    f"{proxy_rate / raw_rate:>6.2f} | {'':>10} {raw_cpu:>5.0f} {threads_cpu:>7.0f} "
+                    f"{proxy_cpu:>5.0f}",
                     flush=True,
                 )
 

@@ -1,10 +1,11 @@
 """Ethereum / GoQuorum transaction serialisation around the `Signer` seam.
 
 Four schemes: legacy pre-EIP-155 (and its GoQuorum private form, v 37/38), legacy EIP-155,
-EIP-2930 (type 1) and EIP-1559 (type 2). Field layouts follow the EIPs; the RLP itself is the
+EIP-2930 (type 1) and EIP-1559 (type 2). Field layouts follow the EIPs; the RLP is the
 `rlp` package's codec (`encode_raw`, Rust-backed through rusty-rlp), fed with integers already
 turned into minimal big-endian bytes: `rlp.encode`'s type inference alone cost more than the
-rest of the path (bench/sign.py). eth-account is the independent cross-check in the tests.
+rest of the path (bench/sign.py). The unsigned fields are encoded once per signature, for both
+the signing payload and the raw transaction. eth-account is the independent cross-check.
 """
 
 from __future__ import annotations
@@ -161,6 +162,12 @@ class Transaction:
             self.gas, to, self.value, self.data, access,
         )  # fmt: skip
 
+    def _body(self) -> bytes:
+        """The RLP items of the unsigned fields, concatenated (the list without its header):
+        shared by the signing payload and the raw transaction, so encoded once per signature."""
+        encoded = encode_raw(self._fields())
+        return bytes(encoded[1:] if encoded[0] < 0xF8 else encoded[encoded[0] - 0xF6 :])
+
 
 def _items(*values: Any) -> list[Any]:
     """Integers as minimal big-endian bytes (RLP's scalar form); bytes and lists as they are."""
@@ -168,6 +175,27 @@ def _items(*values: Any) -> list[Any]:
         value.to_bytes((value.bit_length() + 7) // 8, "big") if isinstance(value, int) else value
         for value in values
     ]
+
+
+# The list around a body and the three signature integers are written out here (the Yellow
+# Paper's appendix B); the tests check every scheme byte for byte against known-answer vectors
+# and eth-account.
+
+
+def _rlp_list(body: bytes) -> bytes:
+    length = len(body)
+    if length <= 55:
+        return bytes((0xC0 + length,)) + body
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((0xF7 + len(size),)) + size + body
+
+
+def _rlp_int(value: int) -> bytes:
+    """A scalar of at most 32 bytes: one byte below 0x80, else the short string form."""
+    if value < 0x80:
+        return bytes((value,)) if value else b"\x80"
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return bytes((0x80 + len(raw),)) + raw
 
 
 def _check_uint(name: str, value: object, maximum: int) -> None:
@@ -245,14 +273,20 @@ def _access_list(entries: Iterable[Any]) -> AccessList:
     return tuple(result)
 
 
+def _enveloped(tx: Transaction, body: bytes) -> bytes:
+    """The list around `body`, behind the type byte for a typed (EIP-2718) transaction."""
+    return _rlp_list(body) if tx.type == 0 else bytes((tx.type,)) + _rlp_list(body)
+
+
+def _signing_payload(tx: Transaction, body: bytes) -> bytes:
+    if tx.type == 0 and tx.chain_id is not None:  # EIP-155: chainId, 0, 0 appended
+        return _enveloped(tx, body + _rlp_int(tx.chain_id) + b"\x80\x80")
+    return _enveloped(tx, body)
+
+
 def unsigned_payload(tx: Transaction) -> bytes:
     """The exact bytes whose keccak256 is signed."""
-    fields = tx._fields()
-    if tx.type == 0:
-        if tx.chain_id is not None:
-            fields += _items(tx.chain_id, 0, 0)
-        return bytes(encode_raw(fields))
-    return bytes([tx.type]) + bytes(encode_raw(fields))
+    return _signing_payload(tx, tx._body())
 
 
 def signing_digest(tx: Transaction) -> bytes:
@@ -272,19 +306,26 @@ def v_value(tx: Transaction, signature: Signature) -> int:
 
 def encode_signed(tx: Transaction, signature: Signature) -> bytes:
     """The raw signed transaction for `eth_sendRawTransaction` / `eth_sendRawPrivateTransaction`."""
-    fields = [*tx._fields(), *_items(v_value(tx, signature), signature.r, signature.s)]
-    encoded = bytes(encode_raw(fields))
-    return encoded if tx.type == 0 else bytes([tx.type]) + encoded
+    return _encode_signed(tx, tx._body(), signature)
 
 
-def _signed(tx: Transaction, signature: Signature, sender: bytes) -> SignedTransaction:
-    raw = encode_signed(tx, signature)
+def _encode_signed(tx: Transaction, body: bytes, signature: Signature) -> bytes:
+    v = _rlp_int(v_value(tx, signature))
+    return _enveloped(tx, body + v + _rlp_int(signature.r) + _rlp_int(signature.s))
+
+
+def _signed(tx: Transaction, body: bytes, signature: Signature, sender: bytes) -> SignedTransaction:
+    raw = _encode_signed(tx, body, signature)
     return SignedTransaction(raw=raw, hash=keccak256(raw), sender=sender, signature=signature)
 
 
 def sign_transaction(tx: Transaction, signer: Signer) -> SignedTransaction:
-    return _signed(tx, signer.sign_digest(signing_digest(tx)), signer.address)
+    body = tx._body()
+    digest = keccak256(_signing_payload(tx, body))
+    return _signed(tx, body, signer.sign_digest(digest), signer.address)
 
 
 async def sign_transaction_async(tx: Transaction, signer: AsyncSigner) -> SignedTransaction:
-    return _signed(tx, await signer.sign_digest_async(signing_digest(tx)), signer.address)
+    body = tx._body()
+    digest = keccak256(_signing_payload(tx, body))
+    return _signed(tx, body, await signer.sign_digest_async(digest), signer.address)

@@ -66,5 +66,9 @@ class HsmKey:
         return finish_signature(digest, r, s, self.public_key)
 
     async def sign_digest_async(self, digest: bytes) -> Signature:
+        """Only `C_Sign` goes to the token's threads (one per session), so that a session is
+        never idle while its thread finishes a signature; the recovery id is found back on
+        the loop (~55 µs, most of it in libsecp256k1 without the GIL)."""
         check_digest(digest)
-        return await self.token.executor.run(self.sign_digest, digest)
+        r, s = await self.token.executor.run(self.token.sign_raw, self.key_id, digest)
+        return finish_signature(digest, r, s, self.public_key)

@@ -26,8 +26,8 @@ async def test_a_full_token_queue_refuses_at_once(softhsm_conf: Path,
         key = token.generate_key(os.urandom(16), "bounded")
         digest = os.urandom(32)
         gate = threading.Event()
-        # Two threads (one session) held busy, and two jobs waiting: the queue is at its bound.
-        held = [token.executor.submit(gate.wait, 30) for _ in range(2 + 2)]
+        # The one thread (one session) held busy, and two jobs waiting: the queue is at its bound.
+        held = [token.executor.submit(gate.wait, 30) for _ in range(1 + 2)]
         try:
             with pytest.raises(Overloaded) as refused:
                 await asyncio.wait_for(key.sign_digest_async(digest), timeout=5)

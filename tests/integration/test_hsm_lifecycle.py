@@ -90,13 +90,16 @@ def test_a_symlink_to_the_module_shares_its_initialisation(
 async def test_async_signing_runs_in_the_tokens_executor(hsm_token: SoftHsmToken) -> None:
     key = hsm_token.token.generate_key(os.urandom(16), "executor")
     threads: set[str] = set()
-    original = key.sign_digest
+    original = key.token.sign_raw
 
-    def recording(digest: bytes) -> object:
+    def recording(key_id: bytes, digest: bytes) -> tuple[int, int]:
         threads.add(threading.current_thread().name)
-        return original(digest)
+        return original(key_id, digest)
 
-    key.sign_digest = recording  # type: ignore[method-assign]
-    await asyncio.gather(*(key.sign_digest_async(os.urandom(32)) for _ in range(20)))
+    key.token.sign_raw = recording  # type: ignore[method-assign]
+    digests = [os.urandom(32) for _ in range(20)]
+    signatures = await asyncio.gather(*(key.sign_digest_async(digest) for digest in digests))
     assert threads and all(name.startswith(f"pkcs11-{hsm_token.label}") for name in threads)
     assert threading.current_thread().name not in threads
+    for digest, signature in zip(digests, signatures, strict=True):
+        check_digest_signature(digest, signature.r, signature.s, signature.v, key.address)

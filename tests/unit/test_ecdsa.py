@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import pytest
@@ -12,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signer.base import SECP256K1_HALF_N, SECP256K1_N, Signature
-from signer.ecdsa import address_of, finish_signature, is_low_s, normalise, recover_public_key
+from signer.ecdsa import (
+    _finish_by_recovery,
+    address_of,
+    finish_signature,
+    is_low_s,
+    normalise,
+    recover_public_key,
+)
 from signer.errors import InvalidDigest, SignatureInvalid
 from signer.software import SoftwareSigner
 from tests.support.checks import SignatureProblem, check_digest_signature
@@ -54,6 +62,50 @@ def test_software_signer_is_low_s(key: bytes, digest: bytes) -> None:
     signer = SoftwareSigner(key)
     signature = signer.sign_digest(digest)
     check_digest_signature(digest, signature.r, signature.s, signature.v, signer.address)
+
+
+def test_recovery_id_matches_the_software_signer_for_both_parities() -> None:
+    """The recovery id comes from one recovery against the key's own point (signer/ecdsa.py):
+    over many random digests and keys, high-s or not, it is the id coincurve signs with, the
+    result recovers the key, and the same (r, s) refused against another key."""
+    keys = [PrivateKey(os.urandom(32)) for _ in range(8)]
+    publics = [key.public_key.format(compressed=False) for key in keys]
+    parities = [0, 0]
+    for n in range(2000):
+        key, public, other = keys[n % 8], publics[n % 8], publics[(n + 1) % 8]
+        digest = os.urandom(32)
+        sig = key.sign_recoverable(digest, hasher=None)  # low-s already, with its recovery id
+        r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+        as_hsm = SECP256K1_N - s if n % 2 else s  # an HSM returns either half
+        assert finish_signature(digest, r, as_hsm, public) == Signature(r, s, v)
+        assert _finish_by_recovery(digest, r, s, public) == Signature(r, s, v)
+        assert recover_public_key(digest, Signature(r, s, v)) == public
+        parities[v] += 1
+        if n % 10 == 0:
+            with pytest.raises(SignatureInvalid):
+                finish_signature(digest, r, as_hsm, other)
+            with pytest.raises(SignatureInvalid):  # a corrupted digest, s or r
+                finish_signature(bytes([digest[0] ^ 1]) + digest[1:], r, as_hsm, public)
+            with pytest.raises(SignatureInvalid):
+                finish_signature(digest, r, as_hsm ^ 4, public)
+            with pytest.raises(SignatureInvalid):
+                finish_signature(digest, r ^ 2, as_hsm, public)
+    assert min(parities) > 850, parities
+
+
+def test_a_public_point_off_the_curve_or_negated_is_refused() -> None:
+    """Only x and the parity of y enter the computation: the point itself is checked first."""
+    key, digest = PrivateKey(b"\x05" * 32), b"\x44" * 32
+    public = key.public_key.format(compressed=False)
+    r, s, _ = _raw_sign(b"\x05" * 32, digest)
+    y = int.from_bytes(public[33:], "big")
+    field = 2**256 - 2**32 - 977
+    off_curve = public[:33] + ((y + 2) % field).to_bytes(32, "big")  # same x, same parity
+    negated = public[:33] + (field - y).to_bytes(32, "big")
+    for wrong in (off_curve, negated, public[:64], b"\x02" + public[1:]):
+        with pytest.raises(SignatureInvalid):
+            finish_signature(digest, r, s, wrong)
+    assert recover_public_key(digest, finish_signature(digest, r, s, public)) == public
 
 
 def test_high_s_signature_would_be_refused_by_the_checker() -> None:
