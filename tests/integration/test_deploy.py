@@ -162,6 +162,8 @@ def test_proxy_replicas_share_one_database_and_the_same_nodes(compose: dict[str,
     for proxy in proxies.values():
         assert "softhsm-tokens:/var/lib/quorum-signer/tokens:rw" in proxy["volumes"]
         assert proxy["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        for host in {u.hostname for u in upstreams}:  # `serve` starts once a node answers
+            assert proxy["depends_on"][host]["condition"] == "service_healthy"
         assert proxy["command"] == ["serve"]
     init = services["init"]
     assert environment(init)["QSIGNER_DATABASE_URL"] == env["QSIGNER_DATABASE_URL"]
