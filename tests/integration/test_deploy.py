@@ -8,6 +8,7 @@ script, run against a real PostgreSQL and a real SoftHSM token.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from proxy.dev import network
+from proxy.settings import PREFIX, Settings
 from tests.support.cli import JWT_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,6 +226,23 @@ def test_compose_init_sets_up_the_stack_once(
     key = run(str(Path(sys.executable).parent / "quorum-signer"), "apikey", "create",
               "--user", "demo", "--password-file", password_file, env=env)  # fmt: skip
     assert key.strip().startswith("qsk_")
+
+
+def test_every_setting_given_is_one_the_proxy_reads(
+    compose: dict[str, Any], built: dict[str, list[dict[str, Any]]]
+) -> None:
+    """A misspelt QSIGNER_ variable would be ignored silently: each one named is a setting, and
+    together they make valid settings."""
+    known = {PREFIX + field.name.upper() for field in dataclasses.fields(Settings)}
+    environments = [environment(s) for s in services_named(compose, "proxy").values()]
+    for docs in built.values():
+        config = one(docs, "ConfigMap", "quorum-signer-config")["data"]
+        secret = one(docs, "Secret", "quorum-signer-secrets")["stringData"]
+        environments.append({**config, **secret})
+    for env in environments:
+        named = {key for key in env if key.startswith(PREFIX)}
+        assert named <= known, named - known
+        Settings.from_env({key: value for key, value in env.items() if key in named})
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
