@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: dev test lint check contracts deps system-deps clean
+.PHONY: dev test lint check contracts network deps system-deps clean
 
 dev: deps
 	$(BIN)/quorum-signer dev
@@ -25,6 +25,11 @@ contracts: deps
 	node scripts/compile-contracts.mjs
 
 check: lint test
+
+# Keys, genesis and configs of the 4-node GoQuorum network that docker-compose.yml runs, in
+# ./network (private keys and secrets: it ignores itself in git). NETWORK_ARGS=--force replaces it.
+network: deps
+	$(BIN)/quorum-signer network generate network $(NETWORK_ARGS)
 
 deps: system-deps $(PY_STAMP) $(NODE_STAMP)
 

@@ -344,6 +344,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _network_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.dev import network
+
+    funded = []
+    for text in args.fund:
+        try:
+            funded.append(parse_address("--fund", text) or b"")
+        except InvalidTransaction as exc:
+            raise BadInput(str(exc)) from None
+    seed = None if args.seed_file is None else _read_secret(args.seed_file, "Seed").encode()
+    built = network.generate(args.chain_id, funded, seed)
+    directory = network.write(built, Path(args.directory), force=args.force)
+    _progress(f"a {network.NODE_COUNT}-node QBFT network (chain id {built.chain_id}) in "
+              f"{directory}: keys and secrets, never to be committed")  # fmt: skip
+    print(directory)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line on stderr and exit code 2."""
 
@@ -591,6 +609,29 @@ def build_parser() -> argparse.ArgumentParser:
         vote.add_argument("--user", required=True, help="the admin")
         vote.add_argument("--password-file", metavar="F")
         vote.set_defaults(handler=functools.partial(_vote, approve=approve))
+
+    net = commands.add_parser("network", help="a GoQuorum network for docker-compose")
+    net_commands = net.add_subparsers(dest="network_command", metavar="COMMAND", required=True,
+                                      parser_class=_Parser)  # fmt: skip
+    generate = net_commands.add_parser(
+        "generate",
+        help="write the keys, genesis and configs of a 4-node QBFT network with Tessera",
+        description="Write into DIR everything docker-compose.yml needs for 4 GoQuorum nodes in "
+        "QBFT and Tessera beside two of them: the genesis (validators in extraData), node keys, "
+        "static and permissioned nodes, Tessera key pairs and configs, and the stack's secrets. "
+        "DIR holds private keys: it is created with mode 0700 and ignores itself in git.",
+    )
+    generate.add_argument("directory", metavar="DIR")
+    generate.add_argument("--chain-id", type=int, default=1337,
+                          help="the chain id, not 1 (default: %(default)s)")  # fmt: skip
+    generate.add_argument("--fund", action="append", default=[], metavar="ADDRESS",
+                          help="give ADDRESS a balance in the genesis (repeatable)")  # fmt: skip
+    generate.add_argument("--seed-file", metavar="F",
+                          help="derive every key from this file's content (tests, reproducible "
+                          "demos; - for stdin); default: random keys")  # fmt: skip
+    generate.add_argument("--force", action="store_true",
+                          help="replace the network already in DIR")  # fmt: skip
+    generate.set_defaults(handler=_network_generate)
 
     tx = commands.add_parser("tx", help="what the nonce ledger knows").add_subparsers(
         dest="tx_command", metavar="COMMAND", required=True, parser_class=_Parser)  # fmt: skip
