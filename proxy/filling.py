@@ -8,6 +8,7 @@ the node's gas price (a zero-fee network such as GoQuorum takes legacy transacti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,15 @@ def build(
     if tx.gas > block_gas_limit:
         raise InvalidParams(f"gas {tx.gas} is above the block gas limit ({block_gas_limit})")
     return tx
+
+
+def at_nonce(tx: Transaction, nonce: int) -> Transaction:
+    """`tx` (from `build`) at another nonce: what `build` gives with that nonce, as nothing else
+    in it depends on the nonce."""
+    try:
+        return dataclasses.replace(tx, nonce=nonce)
+    except InvalidTransaction as exc:
+        raise InvalidParams(str(exc)) from None
 
 
 def to_rpc(tx: Transaction, signed: SignedTransaction) -> dict[str, Any]:

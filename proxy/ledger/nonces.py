@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 
 from proxy.errors import (
     InvalidParams,
@@ -157,7 +158,9 @@ def fill_transaction(chain_id: int, account: bytes, nonce: int, gas_price: int) 
 class _Account:
     """What this replica knows of one account: its chain counts, and requests waiting for nonces."""
 
-    def __init__(self, max_in_flight: int) -> None:
+    def __init__(self, max_in_flight: int, queued: Gauge, in_flight: Gauge) -> None:
+        self.queued = queued  # this account's queue-depth and in-flight gauges (label resolved)
+        self.in_flight = in_flight
         self.mined = 0  # the chain's mined transaction count, as last read
         self.pending = 0  # the node's pending count, as last read (a hint)
         self.read_at = float("-inf")
@@ -213,7 +216,10 @@ class Ledger:
     def _account(self, address: bytes) -> _Account:
         account = self._accounts.get(address)
         if account is None:
-            account = self._accounts[address] = _Account(self.max_in_flight)
+            label = checksum(address)
+            account = self._accounts[address] = _Account(
+                self.max_in_flight, self.metrics.queue_depth.labels(label),
+                self.metrics.in_flight.labels(label))  # fmt: skip
         return account
 
     async def chain_counts(self, address: bytes, *, fresh: bool = False) -> tuple[int, int]:
@@ -274,8 +280,9 @@ class Ledger:
                 "signed or sent, try again shortly"
             )
         label = checksum(address)
+        queued, in_flight = account.queued, account.in_flight
         account.waiting += 1
-        self.metrics.queue_depth.labels(label).inc()
+        queued.inc()
         try:
             try:
                 async with asyncio.timeout(self.pool.read_timeout):
@@ -286,17 +293,17 @@ class Ledger:
                     f"flight within {self.pool.read_timeout:g} s (QSIGNER_MAX_IN_FLIGHT, "
                     "QSIGNER_READ_TIMEOUT); nothing was signed or sent, try again shortly"
                 ) from None
-            self.metrics.queue_depth.labels(label).dec()
-            self.metrics.in_flight.labels(label).inc()
+            queued.dec()
+            in_flight.inc()
             try:
                 yield
             finally:
                 account.pipeline.release()
-                self.metrics.in_flight.labels(label).dec()
-                self.metrics.queue_depth.labels(label).inc()
+                in_flight.dec()
+                queued.inc()
         finally:
             account.waiting -= 1
-            self.metrics.queue_depth.labels(label).dec()
+            queued.dec()
 
     async def reserve(self, address: bytes, origin: Origin, *, kind: str = "send",
                       idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
