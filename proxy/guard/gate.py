@@ -84,7 +84,8 @@ class Verdict:
     ticket: str = ""  # names the counters this decision reserved
     gas_counted: bool = False  # a gas limit counted it: corrected to the gas used once mined
     # With `decide(..., record_later=True)`: the decision's audit row, still being appended.
-    # Await it (Gate.recorded) before signing: no signature without its decision on record.
+    # Await it (Gate.recorded) before anything signed is stored, sent or shown: nothing leaves
+    # the process without its decision on record.
     recording: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -41,7 +41,8 @@ async def for_transaction(services: Services, caller: Caller, request: RpcReques
                           policy: InForce | None, sender: bytes, tx: Transaction,
                           ) -> Verdict:  # fmt: skip
     """The transaction's verdict. An allowed decision may still be on its way to the audit
-    log (`Verdict.recording`): `recorded` waits for it, and must before anything is signed."""
+    log (`Verdict.recording`): `recorded` waits for it, and must before anything signed is
+    stored, sent or shown."""
     principal = caller.principal
     facts = RequestFacts(
         method=request.method, organisation=principal.organisation, user=principal.user_id,

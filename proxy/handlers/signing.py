@@ -280,8 +280,9 @@ async def _failed(services: Services, caller: Caller, verdict: Verdict) -> None:
 
 async def _recorded(services: Services, caller: Caller, key: AsyncSigner, slot: Slot,
                     verdict: Verdict) -> None:  # fmt: skip
-    """The decision on record, before anything is signed at the slot's nonce: its append
-    overlapped the reservation. If it failed, the nonce is given back unsigned."""
+    """The decision on record, before anything signed at the slot's nonce is stored, sent or
+    shown: its append overlapped the reservation. If it failed, the nonce is given back, and
+    nothing signed for it is kept."""
     try:
         await decisions.recorded(services, verdict)
     except BaseException:
@@ -300,15 +301,20 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
                                   "nothing was sent, try again")  # fmt: skip
     for _attempt in range(3):
         async with ledger.turn(parsed.sender):
+            early = None
+            if given is None and idempotency is None:
+                early = _sign_early(services, key, probe, ledger.likely_nonce(parsed.sender))
             if given is not None:
                 slot = await ledger.claim(parsed.sender, given, origin, idempotency=idempotency)
             else:
                 slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
+            # From here on, a signature made early and not used is dropped unseen (_retrieved).
             await _recorded(services, caller, key, slot, verdict)
             if not slot.existing:
                 try:
                     tx = filling.at_nonce(probe, slot.nonce)
-                    result = await _sign_store_send(services, caller, key, tx, slot, verdict)
+                    result = await _sign_store_send(services, caller, key, tx, slot, verdict,
+                                                    early)  # fmt: skip
                     decisions.signed(services, caller, request.method, slot.account,
                                      bytes.fromhex(result[2:]), slot.nonce, "sent")  # fmt: skip
                     return result
@@ -327,14 +333,42 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
     raise last
 
 
+# A signature made while the reservation ran, at the nonce it was expected to give.
+_Early = tuple[int, "asyncio.Future[SignedTransaction]"]
+
+
+def _sign_early(services: Services, key: AsyncSigner, probe: Transaction,
+                nonce: int | None) -> _Early | None:  # fmt: skip
+    """Start signing at `nonce` (Ledger.likely_nonce) while the reservation runs; its bytes are
+    used only if the reservation gives that very nonce (the ledger's docstring says why this
+    keeps its rules)."""
+    if nonce is None:
+        return None
+    try:
+        tx = filling.at_nonce(probe, nonce)
+    except InvalidParams:
+        return None
+    signing = asyncio.ensure_future(_sign(services, key, tx))
+    signing.add_done_callback(_retrieved)
+    return nonce, signing
+
+
+def _retrieved(signing: asyncio.Future[SignedTransaction]) -> None:
+    """A signature made early and not used is dropped unseen (never stored, sent or shown),
+    whenever its HSM call ends; its failure is nobody's."""
+    if not signing.cancelled():
+        signing.exception()
+
+
 async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
-                           tx: Transaction, slot: Slot, verdict: Verdict) -> str:  # fmt: skip
-    """Sign at the reserved nonce, store the bytes, then send them. What failed before anything
-    left the process, or what a node refused for sure, gives the nonce back (and fills the hole
-    at once if a higher nonce is already out); a send whose outcome is unknown keeps the nonce:
-    recovery sends the same bytes again."""
+                           tx: Transaction, slot: Slot, verdict: Verdict,
+                           early: _Early | None = None) -> str:  # fmt: skip
+    """Sign at the reserved nonce (or take the signature made early at it), store the bytes,
+    then send them. What failed before anything left the process, or what a node refused for
+    sure, gives the nonce back (and fills the hole at once if a higher nonce is already out); a
+    send whose outcome is unknown keeps the nonce: recovery sends the same bytes again."""
     ledger = services.ledger
-    signed = await _sign_and_store(services, caller, key, tx, slot)
+    signed = await _sign_and_store(services, caller, key, tx, slot, early)
     if verdict.gas_counted:
         # Before the send: a receipt seen at once must find the hash to correct the gas by.
         # The bytes are stored and will be sent whatever happens here: a failure only leaves
@@ -375,10 +409,14 @@ async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
 
 
 async def _sign_and_store(services: Services, caller: Caller, key: AsyncSigner,
-                          tx: Transaction, slot: Slot) -> SignedTransaction:  # fmt: skip
+                          tx: Transaction, slot: Slot,
+                          early: _Early | None = None) -> SignedTransaction:  # fmt: skip
     """The signed bytes at the slot's nonce, committed to the ledger before anyone sees them."""
     try:
-        signed = await _sign(services, key, tx)
+        if early is not None and early[0] == tx.nonce:
+            signed = await early[1]
+        else:
+            signed = await _sign(services, key, tx)
     except BaseException:
         await _give_back(services, caller, key, slot, "not signed: the HSM failed")
         raise

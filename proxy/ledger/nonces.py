@@ -26,6 +26,14 @@ A transaction's row goes through these states:
   round trips alone, and far fewer under load.
 - No database lock is held across a node round trip or an HSM call: each statement commits on
   its own.
+- A request alone in its account's pipeline (one at a time: a wallet, a script) may sign at the
+  nonce its reservation will most likely get (`likely_nonce`) while the reservation runs, so
+  that the HSM's time overlaps the round trip. Those bytes are kept only when the reservation
+  gives exactly that nonce; otherwise they are dropped unseen (never stored, sent or shown)
+  and the request signs at its nonce as above. Only stored bytes are ever sent, so the rules
+  above hold as they are; the HSM's work thrown away is at most the one signature of a guess
+  that failed (another replica or a hole took it), after which no request guesses until a
+  reservation's nonce is the expected one again.
 """
 
 from __future__ import annotations
@@ -168,6 +176,8 @@ class _Account:
         self.queue: list[_Wanted] = []
         self.flushing = 0  # reservation statements under way
         self.waiting = 0  # requests in turn(): in the pipeline or waiting for a place
+        self.guess: int | None = None  # the nonce the next reservation will likely get
+        self.guessed = False  # whether the last reservation got the nonce guessed for it
         self.pipeline = asyncio.Semaphore(max_in_flight)
 
 
@@ -319,6 +329,9 @@ class Ledger:
         slot = await answer
         if slot is None:  # pragma: no cover (no room bound on fresh nonces: turn() bounds them)
             raise RuntimeError("the ledger reserved no nonce")
+        if not slot.existing:
+            account.guessed = slot.nonce == account.guess
+            account.guess = slot.nonce + 1
         digest = idempotency.digest if idempotency else None
         if slot.existing and slot.digest != digest:
             raise InvalidParams(
@@ -326,6 +339,18 @@ class Ledger:
                 "use a new key for a different request"
             )
         return slot
+
+    def likely_nonce(self, address: bytes) -> int | None:
+        """The nonce `reserve` will most likely give the one request of `address` under way in
+        this replica (called within its turn()): the one after this replica's last reservation,
+        when that one got the nonce guessed for it in turn. None when another request of the
+        account is under way here, or the guess was wrong last time (another replica, a hole).
+        A request may sign at it while the reservation runs, and uses that signature only if
+        the reservation gives it this very nonce: see the module's docstring."""
+        account = self._accounts.get(address)
+        if account is None or account.waiting != 1 or not account.guessed:
+            return None
+        return account.guess
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
