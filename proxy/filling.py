@@ -56,6 +56,8 @@ class Request:
     gas: int | None
     wants_1559: bool
     wants_legacy: bool
+    to: bytes | None = None  # `to`, parsed (None: a contract creation)
+    data: bytes = b""  # `data` (or `input`), parsed
 
 
 def parse_request(params: Any) -> Request:
@@ -78,8 +80,7 @@ def parse_request(params: Any) -> Request:
         if sender is None:
             raise InvalidParams('"from" is required')
         fields = {k: v for k, v in given.items() if k in TRANSACTION_FIELDS and k != "from"}
-        if "to" in fields:
-            parse_address("to", fields["to"])
+        to = parse_address("to", fields["to"]) if "to" in fields else None
         tx_type = parse_optional_quantity("type", fields.get("type"))
         nonce = parse_optional_quantity("nonce", fields.get("nonce"))
         gas = parse_optional_quantity("gas", fields.get("gas"))
@@ -106,7 +107,8 @@ def parse_request(params: Any) -> Request:
         raise InvalidParams(f"a type {tx_type} transaction takes gasPrice, not maxFeePerGas")
     if tx_type == 2 and wants_legacy:
         raise InvalidParams("a type 2 transaction takes maxFeePerGas, not gasPrice")
-    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy)
+    data = payloads["data"] if "data" in payloads else payloads.get("input", b"")
+    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy, to, data)
 
 
 def uses_fee_market(request: Request, base_fee: int | None) -> bool:

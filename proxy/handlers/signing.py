@@ -87,8 +87,7 @@ async def _prepare(
     gives it the nonce once known. `errors`: custom errors to decode a revert with."""
     facts, pool = services.chain_facts, services.pool
     fields, sender = request.fields, request.sender
-    to = parse_address("to", fields.get("to"))
-    payload = parse_hex("data", fields.get("data") or fields.get("input") or "0x")
+    to, payload = request.to, request.data
     estimate_failed: list[NodeError] = []
 
     async def gas() -> int | None:
@@ -239,9 +238,8 @@ async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
     policy = await services.gate.in_force(caller.principal.organisation_id)
-    to = parse_address("to", parsed.fields.get("to"))
     try:
-        probe = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+        probe = await _prepare(services, parsed, services.gate.revert_errors(policy, parsed.to))
     except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
         await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
         raise
