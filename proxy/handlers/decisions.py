@@ -55,7 +55,9 @@ async def for_transaction(services: Services, caller: Caller, request: RpcReques
               "value": str(tx.value), "gas": tx.gas,
               "data": "0x" + tx.data[:REPLAY_DATA_BYTES].hex(),
               "data_cut": len(tx.data) > REPLAY_DATA_BYTES}  # fmt: skip
-    digest = request_digest(principal.user_id, request.method, request.positional)
+    # What an approval is bound to: only a policy can hold a request for one.
+    digest = (request_digest(principal.user_id, request.method, request.positional)
+              if policy is not None else b"")  # fmt: skip
     return await services.gate.decide(principal.organisation_id, facts,
                                       _event(caller, request.method, sender, replay), digest,
                                       policy, record_later=True)  # fmt: skip
