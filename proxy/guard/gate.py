@@ -276,7 +276,8 @@ class Gate:
         transaction when anything is counted; refuse (PolicyRefused) what does not proceed.
         With `record_later`, an allowed decision that counts nothing returns while its row is
         still being appended (`Verdict.recording`), so that the caller's next round trip (a
-        nonce's reservation) overlaps it; the caller awaits it before signing."""
+        nonce's reservation) overlaps it; the caller awaits it before anything signed is
+        stored, sent or shown."""
         if policy is None:
             recording = self._record(replace(event, action="allow"), None)
             if record_later:
