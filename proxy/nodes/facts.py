@@ -84,8 +84,10 @@ class _Shared(Generic[T]):
         if not finished.cancelled():
             finished.exception()  # retrieved: a failure with no caller left is not an error
         waiting, self._next = self._next, None
-        if waiting is None:
+        if waiting is None or finished.cancelled():  # cancelled: the loop is shutting down
             self._running = None
+            if waiting is not None:
+                waiting.cancel()
             self._idle()
             return
         self._running = self._start()
