@@ -8,6 +8,9 @@ difference against a baseline measured in the same run; medians over rounds:
 3. The ledger's database round trips per transaction: `qsigner_ledger_db_round_trips_total`
    summed over every replica's GET /metrics, after a phase less before, over the transactions
    it sent (n/a when no replica exports the counter).
+   Also the replicas' CPU per transaction, and the part of it spent outside the HSM: that CPU
+   less the CPU one raw C_Sign costs (measured in this process, same sessions and calls), so
+   that the figure for a network HSM (where a signature costs the proxy no CPU) can be stated.
 4. p50 / p99 latency of `eth_sendTransaction` through the proxy at concurrency 1 and 32,
    against a client that signs locally (eth-account, a software key funded on anvil, nonce from
    its own counter, gas 21000, the node's gas price, chain id) and sends
@@ -54,9 +57,11 @@ from tests.support.anvil import rpc
 ROUND_TRIPS = "qsigner_ledger_db_round_trips_total"
 
 
-def raw_signs_per_second(running: Running, seconds: float = 3.0, threads: int = 4) -> float:
+def raw_signs_per_second(running: Running, seconds: float = 3.0, threads: int = 4
+                         ) -> tuple[float, float]:  # fmt: skip
     """python-pkcs11 C_Sign on the account's key, one session per thread (bench/sign.py's
-    baseline), in this process while the proxies are idle."""
+    baseline), in this process while the proxies are idle: signs per second, and CPU seconds
+    per sign (this process's user and system time over the signs made)."""
     with Hsm(running.module, sessions_per_token=threads) as hsm:
         token = hsm.login(running.stack.token_label, running.stack.pin)
         key_id = token.key(label="treasury").key_id
@@ -71,12 +76,13 @@ def raw_signs_per_second(running: Running, seconds: float = 3.0, threads: int = 
                 counts[index] += 1
 
         workers = [threading.Thread(target=sign, args=(i,)) for i in range(threads)]
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join()
-        return sum(counts) / (time.monotonic() - started)
+        signs = sum(counts)
+        return signs / (time.monotonic() - started), (time.process_time() - cpu) / signs
 
 
 @dataclass
@@ -174,9 +180,9 @@ class Bench:
                     seen = True
         return total if seen else None
 
-    def cpu_seconds(self) -> float:
-        """User and system CPU time of every replica so far."""
-        return sum(sum(p.cpu_times()[:2]) for p in self.running.processes)
+    def cpu_seconds(self, replicas: list[int]) -> float:
+        """User and system CPU time so far of the replicas (by index) a phase loads."""
+        return sum(sum(self.running.processes[i].cpu_times()[:2]) for i in replicas)
 
     async def settle(self, timeout: float = 60) -> None:
         """Wait until every transaction of both accounts is mined (pending == latest)."""
@@ -197,12 +203,13 @@ class Bench:
             return (await response.json(content_type=None))["result"]
 
     async def phase(self, targets: list[tuple[Callable[[], Awaitable[object]], int]],
-                    transactions: int, ledger: bool = True) -> Phase:  # fmt: skip
+                    transactions: int, ledger: bool = True,
+                    replicas: tuple[int, ...] = (0,)) -> Phase:  # fmt: skip
         await self.settle()
         before = await self.round_trips() if ledger else None
-        cpu = self.cpu_seconds()
+        cpu = self.cpu_seconds(list(replicas))
         result = await drive(targets, transactions)
-        cpu = self.cpu_seconds() - cpu
+        cpu = self.cpu_seconds(list(replicas)) - cpu
         after = await self.round_trips() if ledger else None
         if before is not None and after is not None and result.sent:
             result.round_trips = (after - before) / result.sent
@@ -226,7 +233,9 @@ async def one_round(running: Running, args: argparse.Namespace, warm_up: bool = 
         local = bench.local_send
         phases = {
             "one": await bench.phase([(first, c)], args.transactions),
-            "two": await bench.phase([(first, c // 2), (second, c // 2)], args.transactions),
+            "two": await bench.phase(
+                [(first, c // 2), (second, c // 2)], args.transactions, replicas=(0, 1)
+            ),
             "proxy1": await bench.phase([(first, 1)], args.sequential),
             "local1": await bench.phase([(local, 1)], args.sequential, ledger=False),
             "localc": await bench.phase([(local, c)], args.transactions, ledger=False),
@@ -262,12 +271,15 @@ def main() -> None:
     if args.max_in_flight is not None:
         serve_env["QSIGNER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
     raw: list[float] = []
+    raw_cpu: list[float] = []  # CPU seconds per raw sign
     rounds: list[dict[str, Phase]] = []
     with running_stack(anvil_extra=("--block-time", "1"), replicas=2,
                        serve_env=serve_env) as running:  # fmt: skip
         asyncio.run(one_round(running, args, warm_up=True))
         for number in range(1, args.rounds + 1):
-            raw.append(raw_signs_per_second(running, args.raw_seconds))
+            rate, cpu_per_sign = raw_signs_per_second(running, args.raw_seconds)
+            raw.append(rate)
+            raw_cpu.append(cpu_per_sign)
             rounds.append(asyncio.run(one_round(running, args)))
             one, two = rounds[-1]["one"].rate, rounds[-1]["two"].rate
             print(f"  round {number}: raw {raw[-1]:.0f} signs/s, one replica {one:.1f} tx/s "
@@ -297,6 +309,16 @@ def main() -> None:
           f"one replica c={c}: {figure(median(lambda r: r.cpu_ms, 'one'))}; "
           f"two replicas: {figure(median(lambda r: r.cpu_ms, 'two'))}; "
           f"c=1: {figure(median(lambda r: r.cpu_ms, 'proxy1'))}")  # fmt: skip
+    sign_us = statistics.median(raw_cpu) * 1e6
+
+    def outside(name: str) -> str:
+        # Per round: the replica's CPU per transaction less that round's raw C_Sign CPU.
+        values = [r[name].cpu_ms * 1e3 - cpu * 1e6 for r, cpu in zip(rounds, raw_cpu, strict=True)
+                  if r[name].cpu_ms is not None]  # fmt: skip
+        return f"{statistics.median(values):.0f}" if len(values) == len(rounds) else "n/a"
+
+    print(f"   CPU us per transaction outside the HSM (the replica's CPU less one raw C_Sign's, "
+          f"{sign_us:.0f} us): c={c}: {outside('one')}; c=1: {outside('proxy1')}")  # fmt: skip
     print(f"2. eth_sendTransaction tx/s, two replicas, c={c // 2} each: {two:.1f}")
     for name, result in (("one replica", "one"), ("two replicas", "two"), ("c=1", "proxy1")):
         failed = sum(len(r[result].failures) for r in rounds)

@@ -8,6 +8,7 @@ the node's gas price (a zero-fee network such as GoQuorum takes legacy transacti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,8 @@ class Request:
     gas: int | None
     wants_1559: bool
     wants_legacy: bool
+    to: bytes | None = None  # `to`, parsed (None: a contract creation)
+    data: bytes = b""  # `data` (or `input`), parsed
 
 
 def parse_request(params: Any) -> Request:
@@ -77,8 +80,7 @@ def parse_request(params: Any) -> Request:
         if sender is None:
             raise InvalidParams('"from" is required')
         fields = {k: v for k, v in given.items() if k in TRANSACTION_FIELDS and k != "from"}
-        if "to" in fields:
-            parse_address("to", fields["to"])
+        to = parse_address("to", fields["to"]) if "to" in fields else None
         tx_type = parse_optional_quantity("type", fields.get("type"))
         nonce = parse_optional_quantity("nonce", fields.get("nonce"))
         gas = parse_optional_quantity("gas", fields.get("gas"))
@@ -105,7 +107,8 @@ def parse_request(params: Any) -> Request:
         raise InvalidParams(f"a type {tx_type} transaction takes gasPrice, not maxFeePerGas")
     if tx_type == 2 and wants_legacy:
         raise InvalidParams("a type 2 transaction takes maxFeePerGas, not gasPrice")
-    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy)
+    data = payloads["data"] if "data" in payloads else payloads.get("input", b"")
+    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy, to, data)
 
 
 def uses_fee_market(request: Request, base_fee: int | None) -> bool:
@@ -174,6 +177,15 @@ def build(
     if tx.gas > block_gas_limit:
         raise InvalidParams(f"gas {tx.gas} is above the block gas limit ({block_gas_limit})")
     return tx
+
+
+def at_nonce(tx: Transaction, nonce: int) -> Transaction:
+    """`tx` (from `build`) at another nonce: what `build` gives with that nonce, as nothing else
+    in it depends on the nonce."""
+    try:
+        return dataclasses.replace(tx, nonce=nonce)
+    except InvalidTransaction as exc:
+        raise InvalidParams(str(exc)) from None
 
 
 def to_rpc(tx: Transaction, signed: SignedTransaction) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,9 @@ _USED_QUERY = """
 
 
 _DECIMALS_RETRY_SECONDS = 60.0
+# How long an allowed request's outcome row may wait for the next decision's statement to ride
+# with (one statement for both, instead of one each) before it is appended on its own.
+OUTCOME_DELAY_SECONDS = 0.1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -80,6 +83,10 @@ class Verdict:
     approval_id: str | None = None
     ticket: str = ""  # names the counters this decision reserved
     gas_counted: bool = False  # a gas limit counted it: corrected to the gas used once mined
+    # With `decide(..., record_later=True)`: the decision's audit row, still being appended.
+    # Await it (Gate.recorded) before anything signed is stored, sent or shown: nothing leaves
+    # the process without its decision on record.
+    recording: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def charged(self) -> bool:
@@ -121,6 +128,8 @@ class Gate:
         self._parsed: dict[tuple[int, int], InForce] = {}
         self._decimals: dict[bytes, int] = {}
         self._no_decimals: dict[bytes, float] = {}  # tokens that did not answer, until when
+        self._outcomes: list[AuditEvent] = []  # outcome rows waiting for a statement
+        self._outcome_timer: asyncio.TimerHandle | None = None
 
     async def start(self, every: float = 5.0) -> None:
         """Keep the pending-approvals gauge fresh (a count every few seconds)."""
@@ -144,6 +153,7 @@ class Gate:
 
     async def close(self) -> None:
         self._closing.set()
+        self._flush_outcomes()
         if self._watcher is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 async with asyncio.timeout(5):
@@ -161,6 +171,51 @@ class Gate:
 
     def counted(self, action: str, reason: str | None) -> None:
         self.metrics.decisions.labels(action, reason or "none").inc()
+
+    def outcome(self, event: AuditEvent) -> None:
+        """Record an allowed request's outcome without making anyone wait: it rides with the
+        next decision appended (one statement for both), or is appended on its own within
+        OUTCOME_DELAY_SECONDS; in any case before the app closes."""
+        self._outcomes.append(event)
+        if self._outcome_timer is None:
+            self._outcome_timer = asyncio.get_running_loop().call_later(
+                OUTCOME_DELAY_SECONDS, self._flush_outcomes)  # fmt: skip
+
+    def _flush_outcomes(self) -> None:
+        """Start appending the outcomes waiting; started before a decision's append, they join
+        its statement (the audit log batches what is queued at once)."""
+        if self._outcome_timer is not None:
+            self._outcome_timer.cancel()
+            self._outcome_timer = None
+        outcomes, self._outcomes = self._outcomes, []
+        for event in outcomes:
+            self.later(self._append_outcome(event))
+
+    async def _append_outcome(self, event: AuditEvent) -> None:
+        try:
+            await self.audit.append(event)
+        except Exception:
+            log.warning("could not audit the outcome of request %s (%s)", event.request_id,
+                        event.tx_hash)  # fmt: skip
+
+    def _record(self, event: AuditEvent, reason: str | None) -> asyncio.Future[None]:
+        """Append a decision's row (with the outcomes waiting, in one statement), then count
+        it; the append runs on its own task."""
+        self._flush_outcomes()
+
+        async def record() -> None:
+            await self.audit.append(event)
+            self.counted(event.action, reason)
+
+        recording = asyncio.ensure_future(record())
+        recording.add_done_callback(_retrieved)
+        return recording
+
+    @staticmethod
+    async def recorded(verdict: Verdict) -> None:
+        """Wait until the verdict's decision is on record (raises what the append raised)."""
+        if verdict.recording is not None:
+            await asyncio.shield(verdict.recording)
 
     async def in_force(self, organisation_id: int) -> InForce | None:
         row = await self.rows.row("policy", str(organisation_id), _CURRENT_QUERY)
@@ -215,12 +270,19 @@ class Gate:
                 if policy.contracts[n].address in self._decimals}  # fmt: skip
 
     async def decide(self, organisation_id: int, facts: RequestFacts, event: AuditEvent,
-                     digest: bytes, policy: InForce | None) -> Verdict:  # fmt: skip
+                     digest: bytes, policy: InForce | None, *,
+                     record_later: bool = False) -> Verdict:  # fmt: skip
         """Decide, reserve the limits' counters and append the decision's audit row, all in one
-        transaction when anything is counted; refuse (PolicyRefused) what does not proceed."""
+        transaction when anything is counted; refuse (PolicyRefused) what does not proceed.
+        With `record_later`, an allowed decision that counts nothing returns while its row is
+        still being appended (`Verdict.recording`), so that the caller's next round trip (a
+        nonce's reservation) overlaps it; the caller awaits it before anything signed is
+        stored, sent or shown."""
         if policy is None:
-            await self.audit.append(replace(event, action="allow"))
-            self.counted("allow", None)
+            recording = self._record(replace(event, action="allow"), None)
+            if record_later:
+                return Verdict(None, None, recording=recording)
+            await asyncio.shield(recording)
             return Verdict(None, None)
         decimals = await self._decimals_of(policy.policy)
         try:
@@ -231,12 +293,14 @@ class Gate:
         if (first.action == "deny" and first.enforced) or (not counted and first.action != "hold"):
             # Decided without counters: a deny wins whatever they hold (and a limit crossed
             # with nothing used is crossed), and nothing is counted or held otherwise.
-            recorded = self._event(event, first, policy.version)
-            await self.audit.append(recorded)
-            self.counted(recorded.action, first.reason)
+            recording = self._record(self._event(event, first, policy.version), first.reason)
+            if record_later and first.proceeds:
+                return Verdict(first, policy.version, recording=recording)
+            await asyncio.shield(recording)
             if not first.proceeds:
                 raise refusal_for(first, policy.version)
             return Verdict(first, policy.version)
+        self._flush_outcomes()
         async with self.db.acquire() as conn, conn.transaction():
             used = await self._used(conn, organisation_id, policy, counted)
             decision = evaluate(policy.policy, facts, used, decimals)
@@ -376,3 +440,10 @@ class Gate:
         await self.db.execute(
             "UPDATE policy_usage SET tx_hash = $2 WHERE ticket = $1 AND kind = 'gas'",
             ticket, tx_hash)  # fmt: skip
+
+
+def _retrieved(recording: asyncio.Future[None]) -> None:
+    """A recording nobody awaited (its request failed first) must not be reported as an
+    exception never retrieved."""
+    if not recording.cancelled():
+        recording.exception()

@@ -40,6 +40,9 @@ async def _account_name(services: Services, caller: Caller, account: bytes) -> s
 async def for_transaction(services: Services, caller: Caller, request: RpcRequest,
                           policy: InForce | None, sender: bytes, tx: Transaction,
                           ) -> Verdict:  # fmt: skip
+    """The transaction's verdict. An allowed decision may still be on its way to the audit
+    log (`Verdict.recording`): `recorded` waits for it, and must before anything signed is
+    stored, sent or shown."""
     principal = caller.principal
     facts = RequestFacts(
         method=request.method, organisation=principal.organisation, user=principal.user_id,
@@ -52,10 +55,17 @@ async def for_transaction(services: Services, caller: Caller, request: RpcReques
               "value": str(tx.value), "gas": tx.gas,
               "data": "0x" + tx.data[:REPLAY_DATA_BYTES].hex(),
               "data_cut": len(tx.data) > REPLAY_DATA_BYTES}  # fmt: skip
-    digest = request_digest(principal.user_id, request.method, request.positional)
+    # What an approval is bound to: only a policy can hold a request for one.
+    digest = (request_digest(principal.user_id, request.method, request.positional)
+              if policy is not None else b"")  # fmt: skip
     return await services.gate.decide(principal.organisation_id, facts,
                                       _event(caller, request.method, sender, replay), digest,
-                                      policy)  # fmt: skip
+                                      policy, record_later=True)  # fmt: skip
+
+
+async def recorded(services: Services, verdict: Verdict) -> None:
+    """Wait until the verdict's decision is in the audit log (raises what the append raised)."""
+    await services.gate.recorded(verdict)
 
 
 async def for_message(services: Services, caller: Caller, request: RpcRequest, account: bytes,
@@ -113,20 +123,9 @@ def signed(services: Services, caller: Caller, method: str,
            account: bytes, tx_hash: bytes, nonce: int | None, outcome: str) -> None:  # fmt: skip
     """The outcome of an allowed request: its transaction hash and nonce ("sent" or "signed"),
     recorded without making the caller wait (the decision's row is in already, and the ledger
-    holds the hash and nonce in any case)."""
-    services.gate.later(_record_outcome(services, caller, method, account, tx_hash,
-                                        nonce, outcome))  # fmt: skip
-
-
-async def _record_outcome(services: Services, caller: Caller, method: str,
-                          account: bytes, tx_hash: bytes, nonce: int | None,
-                          outcome: str) -> None:  # fmt: skip
+    holds the hash and nonce in any case): it rides with the next decision's statement."""
     principal = caller.principal
-    try:
-        await services.audit.append(AuditEvent(
-            kind="signed", organisation=principal.organisation, user=principal.user_id,
-            action=outcome, request_id=caller.request_id, account=checksum(account),
-            method=method, tx_hash="0x" + tx_hash.hex(), nonce=nonce))  # fmt: skip
-    except Exception:
-        log.warning("could not audit the outcome of request %s (%s)", caller.request_id,
-                    "0x" + tx_hash.hex())  # fmt: skip
+    services.gate.outcome(AuditEvent(
+        kind="signed", organisation=principal.organisation, user=principal.user_id,
+        action=outcome, request_id=caller.request_id, account=checksum(account),
+        method=method, tx_hash="0x" + tx_hash.hex(), nonce=nonce))  # fmt: skip

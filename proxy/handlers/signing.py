@@ -4,10 +4,11 @@ use `from`, signs inside the HSM, and (for eth_sendTransaction) sends through th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from policy import abi
@@ -78,15 +79,15 @@ async def signer_for(services: Services, caller: Caller, address: bytes) -> Asyn
 
 async def _prepare(
     services: Services, request: filling.Request, errors: Iterable[abi.AbiSignature] = ()
-) -> Callable[..., Transaction]:
+) -> Transaction:
     """Read what filling and the checks before signing need from the nodes (concurrently, and
     shared between requests within a block's time: ChainFacts), and refuse what cannot succeed
-    (preflight: funds, token balance, a revert), before any nonce is held; the result builds
-    the transaction once the nonce is known. `errors`: custom errors to decode a revert with."""
+    (preflight: funds, token balance, a revert), before any nonce is held. The result is the
+    transaction at nonce 0 (what no node could accept is refused here); `filling.at_nonce`
+    gives it the nonce once known. `errors`: custom errors to decode a revert with."""
     facts, pool = services.chain_facts, services.pool
     fields, sender = request.fields, request.sender
-    to = parse_address("to", fields.get("to"))
-    payload = parse_hex("data", fields.get("data") or fields.get("input") or "0x")
+    to, payload = request.to, request.data
     estimate_failed: list[NodeError] = []
 
     async def gas() -> int | None:
@@ -113,19 +114,45 @@ async def _prepare(
             return None
         return await preflight.call_reverts(pool, sender, fields, request.gas, errors)
 
-    (base_fee, gas_limit), gas_value, balance, token_refusal, call_refusal = await asyncio.gather(
-        facts.block(), gas(), pool.call("eth_getBalance", ["0x" + sender.hex(), "latest"]),
-        preflight.token_shortfall(pool, preflight.token_move(sender, to, payload)),
-        given_gas_call(),
-    )  # fmt: skip
+    # What is already known (fresh in ChainFacts) is taken as it is; only what must be read
+    # waits, all at once, and without a task each when one read is all there is.
+    bare = to is not None and not payload and not fields.get("accessList")
+    code = facts.fresh_has_code(to) if bare and to is not None else None
+    move = preflight.token_move(sender, to, payload)
+    block = facts.fresh_block()
+    reads: dict[str, Awaitable[Any]] = {"balance": facts.balance(sender)}
+    if block is None:
+        reads["block"] = facts.block()
+    gas_value: int | None = request.gas
+    if gas_value is None:
+        if code is False and _above_precompiles(to):
+            gas_value = filling.TX_GAS
+        else:
+            reads["gas"] = gas()
+    if move is not None:
+        reads["token"] = preflight.token_shortfall(pool, move)
+    if request.gas is not None and code is not False:
+        reads["call"] = given_gas_call()
+    if block is not None:  # the fee fields it decides, read with the rest when not fresh
+        fee_market = filling.uses_fee_market(request, block[0])
+        if fee_market and "maxPriorityFeePerGas" not in fields and facts.fresh_tip() is None:
+            reads["tip"] = facts.tip()
+        if not fee_market and "gasPrice" not in fields and facts.fresh_gas_price() is None:
+            reads["price"] = facts.gas_price()
+    got = await _all(reads)
+    base_fee, gas_limit = got["block"] if block is None else block
+    gas_value = got.get("gas", gas_value)
+    balance: int = got["balance"]
+    token_refusal: PolicyRefused | None = got.get("token")
+    call_refusal: PolicyRefused | None = got.get("call")
     fee_market = filling.uses_fee_market(request, base_fee)
     if fee_market and base_fee is None:
         raise InvalidParams("this network does not support EIP-1559 (type 2) transactions")
     tip_value = price = None
     if fee_market and "maxPriorityFeePerGas" not in fields:
-        tip_value = await facts.tip()
+        tip_value = got["tip"] if "tip" in got else await facts.tip()
     if not fee_market and "gasPrice" not in fields:
-        price = await facts.gas_price()
+        price = got["price"] if "price" in got else await facts.gas_price()
     build = functools.partial(
         filling.build, request, chain_id=pool.chain_id, block_gas_limit=gas_limit,
         fee_market=fee_market, base_fee=base_fee, gas_price=price, tip=tip_value,
@@ -133,7 +160,8 @@ async def _prepare(
     # Cheapest first: the native balance (for the least gas that could do, when the estimate
     # failed), the token balance, then the call.
     at_least = gas_value or filling.intrinsic_gas(payload, to is None, fields.get("accessList"))
-    preflight.check_funds(sender, int(balance, 16), build(nonce=0, gas=at_least))
+    funded = build(nonce=0, gas=at_least)
+    preflight.check_funds(sender, balance, funded)
     if token_refusal is not None:
         raise token_refusal
     if estimate_failed:
@@ -148,16 +176,27 @@ async def _prepare(
     if call_refusal is not None:
         raise call_refusal
     assert gas_value is not None  # noqa: S101 (the estimate failed or gave a value)
-    return functools.partial(build, gas=gas_value)
+    return funded if at_least == gas_value else build(nonce=0, gas=gas_value)
+
+
+async def _all(reads: Mapping[str, Awaitable[Any]]) -> dict[str, Any]:
+    """Every read's answer by name, read concurrently; one alone is awaited as it is."""
+    if len(reads) == 1:
+        ((name, read),) = reads.items()
+        return {name: await read}
+    return dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
+
+
+def _above_precompiles(to: bytes | None) -> bool:
+    # Precompiles (low addresses) have no code and cost more than 21000.
+    return to is not None and int.from_bytes(to, "big") >= 0x10000
 
 
 async def _plain_transfer(services: Services, request: filling.Request, to: bytes | None,
                           payload: bytes) -> bool:  # fmt: skip
     """Whether the request is a value transfer to an account without code, which costs exactly
     21000 gas everywhere: then eth_estimateGas adds nothing."""
-    # Precompiles (low addresses) have no code and cost more than 21000.
-    if to is None or payload or request.fields.get("accessList") or (
-            int.from_bytes(to, "big") < 0x10000):  # fmt: skip
+    if to is None or payload or request.fields.get("accessList") or not _above_precompiles(to):
         return False
     return not await services.chain_facts.has_code(to)
 
@@ -189,7 +228,7 @@ class _NonceTakenOutside(Exception):
         self.refusal = refusal
 
 
-_Decided = tuple[filling.Request, AsyncSigner, Callable[..., Transaction], Verdict]
+_Decided = tuple[filling.Request, AsyncSigner, Transaction, Verdict]
 
 
 async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _Decided:
@@ -199,16 +238,14 @@ async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
     policy = await services.gate.in_force(caller.principal.organisation_id)
-    to = parse_address("to", parsed.fields.get("to"))
     try:
-        build = await _prepare(services, parsed, services.gate.revert_errors(policy, to))
+        probe = await _prepare(services, parsed, services.gate.revert_errors(policy, parsed.to))
     except PolicyRefused as refusal:  # a check on the chain: audited like a policy's
         await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
         raise
-    probe = build(nonce=0)  # what no node could accept is refused here
     verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
                                               probe)  # fmt: skip
-    return parsed, key, build, verdict
+    return parsed, key, probe, verdict
 
 
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -221,18 +258,40 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
             sent = await services.ledger.wait_for_hash(earlier)
             if sent is not None:
                 return "0x" + sent.hex()
-    parsed, key, build, verdict = await _decided(services, caller, request)
+    parsed, key, probe, verdict = await _decided(services, caller, request)
     try:
-        return await _send(services, caller, request, key, parsed, build, idempotency, verdict)
+        return await _send(services, caller, request, key, parsed, probe, idempotency, verdict)
     except SendOutcomeUnknown:
         raise  # it may have reached a node: it stays counted
     except BaseException:
-        await decisions.give_back(services, caller, verdict)
+        await _failed(services, caller, verdict)
+        raise
+
+
+async def _failed(services: Services, caller: Caller, verdict: Verdict) -> None:
+    """A request that failed before reaching a node: its counts are given back, and its
+    decision is on record before it answers (as when the decision was recorded first)."""
+    await decisions.give_back(services, caller, verdict)
+    with contextlib.suppress(Exception):
+        await decisions.recorded(services, verdict)
+
+
+async def _recorded(services: Services, caller: Caller, key: AsyncSigner, slot: Slot,
+                    verdict: Verdict) -> None:  # fmt: skip
+    """The decision on record, before anything signed at the slot's nonce is stored, sent or
+    shown: its append overlapped the reservation. If it failed, the nonce is given back, and
+    nothing signed for it is kept."""
+    try:
+        await decisions.recorded(services, verdict)
+    except BaseException:
+        if not slot.existing:
+            await _give_back(services, caller, key, slot,
+                             "not signed: the decision could not be recorded")  # fmt: skip
         raise
 
 
 async def _send(services: Services, caller: Caller, request: RpcRequest, key: AsyncSigner,
-                parsed: filling.Request, build: Callable[..., Transaction],
+                parsed: filling.Request, probe: Transaction,
                 idempotency: Idempotency | None, verdict: Verdict) -> str:  # fmt: skip
     ledger, origin = services.ledger, _origin(caller)
     given = parsed.nonce if services.settings.caller_nonces == "respect" else None
@@ -240,14 +299,20 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
                                   "nothing was sent, try again")  # fmt: skip
     for _attempt in range(3):
         async with ledger.turn(parsed.sender):
+            early = None
+            if given is None and idempotency is None:
+                early = _sign_early(services, key, probe, ledger.likely_nonce(parsed.sender))
             if given is not None:
                 slot = await ledger.claim(parsed.sender, given, origin, idempotency=idempotency)
             else:
                 slot = await ledger.reserve(parsed.sender, origin, idempotency=idempotency)
+            # From here on, a signature made early and not used is dropped unseen (_retrieved).
+            await _recorded(services, caller, key, slot, verdict)
             if not slot.existing:
                 try:
-                    tx = build(nonce=slot.nonce)
-                    result = await _sign_store_send(services, caller, key, tx, slot, verdict)
+                    tx = filling.at_nonce(probe, slot.nonce)
+                    result = await _sign_store_send(services, caller, key, tx, slot, verdict,
+                                                    early)  # fmt: skip
                     decisions.signed(services, caller, request.method, slot.account,
                                      bytes.fromhex(result[2:]), slot.nonce, "sent")  # fmt: skip
                     return result
@@ -266,14 +331,42 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
     raise last
 
 
+# A signature made while the reservation ran, at the nonce it was expected to give.
+_Early = tuple[int, "asyncio.Future[SignedTransaction]"]
+
+
+def _sign_early(services: Services, key: AsyncSigner, probe: Transaction,
+                nonce: int | None) -> _Early | None:  # fmt: skip
+    """Start signing at `nonce` (Ledger.likely_nonce) while the reservation runs; its bytes are
+    used only if the reservation gives that very nonce (the ledger's docstring says why this
+    keeps its rules)."""
+    if nonce is None:
+        return None
+    try:
+        tx = filling.at_nonce(probe, nonce)
+    except InvalidParams:
+        return None
+    signing = asyncio.ensure_future(_sign(services, key, tx))
+    signing.add_done_callback(_retrieved)
+    return nonce, signing
+
+
+def _retrieved(signing: asyncio.Future[SignedTransaction]) -> None:
+    """A signature made early and not used is dropped unseen (never stored, sent or shown),
+    whenever its HSM call ends; its failure is nobody's."""
+    if not signing.cancelled():
+        signing.exception()
+
+
 async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
-                           tx: Transaction, slot: Slot, verdict: Verdict) -> str:  # fmt: skip
-    """Sign at the reserved nonce, store the bytes, then send them. What failed before anything
-    left the process, or what a node refused for sure, gives the nonce back (and fills the hole
-    at once if a higher nonce is already out); a send whose outcome is unknown keeps the nonce:
-    recovery sends the same bytes again."""
+                           tx: Transaction, slot: Slot, verdict: Verdict,
+                           early: _Early | None = None) -> str:  # fmt: skip
+    """Sign at the reserved nonce (or take the signature made early at it), store the bytes,
+    then send them. What failed before anything left the process, or what a node refused for
+    sure, gives the nonce back (and fills the hole at once if a higher nonce is already out); a
+    send whose outcome is unknown keeps the nonce: recovery sends the same bytes again."""
     ledger = services.ledger
-    signed = await _sign_and_store(services, caller, key, tx, slot)
+    signed = await _sign_and_store(services, caller, key, tx, slot, early)
     if verdict.gas_counted:
         # Before the send: a receipt seen at once must find the hash to correct the gas by.
         # The bytes are stored and will be sent whatever happens here: a failure only leaves
@@ -314,10 +407,14 @@ async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
 
 
 async def _sign_and_store(services: Services, caller: Caller, key: AsyncSigner,
-                          tx: Transaction, slot: Slot) -> SignedTransaction:  # fmt: skip
+                          tx: Transaction, slot: Slot,
+                          early: _Early | None = None) -> SignedTransaction:  # fmt: skip
     """The signed bytes at the slot's nonce, committed to the ledger before anyone sees them."""
     try:
-        signed = await _sign(services, key, tx)
+        if early is not None and early[0] == tx.nonce:
+            signed = await early[1]
+        else:
+            signed = await _sign(services, key, tx)
     except BaseException:
         await _give_back(services, caller, key, slot, "not signed: the HSM failed")
         raise
@@ -363,11 +460,11 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     that no other transaction gets it; when the bytes are sent (through us or elsewhere) or
     mined, the reservation is settled, and if they never appear within
     QSIGNER_SIGNED_TX_TIMEOUT recovery fills the nonce."""
-    parsed, key, build, verdict = await _decided(services, caller, request)
+    parsed, key, probe, verdict = await _decided(services, caller, request)
     try:
-        tx, signed, nonce = await _sign_only(services, caller, key, parsed, build)
+        tx, signed, nonce = await _sign_only(services, caller, key, parsed, probe, verdict)
     except BaseException:
-        await decisions.give_back(services, caller, verdict)
+        await _failed(services, caller, verdict)
         raise
     decisions.signed(services, caller, request.method, parsed.sender, signed.hash, nonce,
                      "signed")  # fmt: skip
@@ -375,7 +472,7 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
 
 
 async def _sign_only(services: Services, caller: Caller, key: AsyncSigner, parsed: filling.Request,
-                     build: Callable[..., Transaction],
+                     probe: Transaction, verdict: Verdict,
                      ) -> tuple[Transaction, SignedTransaction, int]:  # fmt: skip
     ledger, origin = services.ledger, _origin(caller)
     given = parsed.nonce if services.settings.caller_nonces == "respect" else None
@@ -388,10 +485,13 @@ async def _sign_only(services: Services, caller: Caller, key: AsyncSigner, parse
         if slot is None:
             # Ahead of the ledger: signed as given (a node would queue it), and not recorded;
             # sending it before the nonces below it are used is the caller's choice.
-            tx = build(nonce=given)
+            assert given is not None  # noqa: S101 (only a given nonce is ever ahead)
+            tx = filling.at_nonce(probe, given)
+            await decisions.recorded(services, verdict)
             signed = await _sign(services, key, tx)
         else:
-            tx = build(nonce=slot.nonce)
+            await _recorded(services, caller, key, slot, verdict)
+            tx = filling.at_nonce(probe, slot.nonce)
             signed = await _sign_and_store(services, caller, key, tx, slot)
     return tx, signed, tx.nonce
 

@@ -77,6 +77,12 @@ _COMMIT_CHECK_SECONDS = 10.0
 _USER_ID = re.compile(r"^[A-Za-z0-9._@+:|-]{1,200}$")
 
 
+def _accounts_of(row: asyncpg.Record) -> list[Account]:
+    """The accounts of a grants row (_GRANTS_QUERY), in the order of their ids."""
+    columns = ("addresses", "names", "token_labels", "token_serials", "key_ids")
+    return [Account(*fields) for fields in zip(*(row[c] for c in columns), strict=True)]
+
+
 class Provisioning:
     """Administration of the identity rows (and of keys and PINs in the HSM)."""
 
@@ -88,6 +94,9 @@ class Provisioning:
         self.rows = rows
         self.unlocker = unlocker
         self._blocking = blocking
+        # account_for's lookups, by user: the grants row they were built from, and its
+        # accounts by address (rebuilt whenever the row cache hands out another row).
+        self._grants: dict[str, tuple[asyncpg.Record | None, dict[bytes, Account]]] = {}
 
     # --- organisations and accounts ---------------------------------------------------------
 
@@ -204,15 +213,26 @@ class Provisioning:
         row = await self.rows.row("grants", user_id, _GRANTS_QUERY)
         if row is None:  # pragma: no cover (an aggregate always answers one row)
             return []
-        columns = ("addresses", "names", "token_labels", "token_serials", "key_ids")
-        return [Account(*fields) for fields in zip(*(row[c] for c in columns), strict=True)]
+        return _accounts_of(row)
 
     async def account_for(self, principal: Principal, address: bytes) -> Account:
-        """The account at `address` if the caller was granted it; refused (4100) otherwise."""
-        for account in await self.granted_accounts(principal.user_id):
-            if account.address == address:
-                return account
-        raise Forbidden(f"{checksum(address)} is not an account this caller may use")
+        """The account at `address` if the caller was granted it; refused (4100) otherwise.
+        The row comes from the row cache; what was built from it is kept while the cache
+        hands out that very row (a change announced drops the row, so a new one is read)."""
+        user_id = principal.user_id
+        row = await self.rows.row("grants", user_id, _GRANTS_QUERY)
+        built = self._grants.get(user_id)
+        if built is None or built[0] is not row:
+            accounts = {} if row is None else {
+                account.address: account for account in reversed(_accounts_of(row))}  # fmt: skip
+            built = (row, accounts)
+            if len(self._grants) >= self.settings.unlock_cache_size:
+                self._grants.clear()
+            self._grants[user_id] = built
+        account = built[1].get(address)
+        if account is None:
+            raise Forbidden(f"{checksum(address)} is not an account this caller may use")
+        return account
 
     async def grant_account(self, user_id: str, address: bytes) -> bool:
         """Let the user sign with one more account of their organisation; False if they

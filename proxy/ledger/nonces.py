@@ -26,6 +26,14 @@ A transaction's row goes through these states:
   round trips alone, and far fewer under load.
 - No database lock is held across a node round trip or an HSM call: each statement commits on
   its own.
+- A request alone in its account's pipeline (one at a time: a wallet, a script) may sign at the
+  nonce its reservation will most likely get (`likely_nonce`) while the reservation runs, so
+  that the HSM's time overlaps the round trip. Those bytes are kept only when the reservation
+  gives exactly that nonce; otherwise they are dropped unseen (never stored, sent or shown)
+  and the request signs at its nonce as above. Only stored bytes are ever sent, so the rules
+  above hold as they are; the HSM's work thrown away is at most the one signature of a guess
+  that failed (another replica or a hole took it), after which no request guesses until a
+  reservation's nonce is the expected one again.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 
 from proxy.errors import (
     InvalidParams,
@@ -157,7 +166,9 @@ def fill_transaction(chain_id: int, account: bytes, nonce: int, gas_price: int) 
 class _Account:
     """What this replica knows of one account: its chain counts, and requests waiting for nonces."""
 
-    def __init__(self, max_in_flight: int) -> None:
+    def __init__(self, max_in_flight: int, queued: Gauge, in_flight: Gauge) -> None:
+        self.queued = queued  # this account's queue-depth and in-flight gauges (label resolved)
+        self.in_flight = in_flight
         self.mined = 0  # the chain's mined transaction count, as last read
         self.pending = 0  # the node's pending count, as last read (a hint)
         self.read_at = float("-inf")
@@ -165,6 +176,8 @@ class _Account:
         self.queue: list[_Wanted] = []
         self.flushing = 0  # reservation statements under way
         self.waiting = 0  # requests in turn(): in the pipeline or waiting for a place
+        self.guess: int | None = None  # the nonce the next reservation will likely get
+        self.guessed = False  # whether the last reservation got the nonce guessed for it
         self.pipeline = asyncio.Semaphore(max_in_flight)
 
 
@@ -213,7 +226,10 @@ class Ledger:
     def _account(self, address: bytes) -> _Account:
         account = self._accounts.get(address)
         if account is None:
-            account = self._accounts[address] = _Account(self.max_in_flight)
+            label = checksum(address)
+            account = self._accounts[address] = _Account(
+                self.max_in_flight, self.metrics.queue_depth.labels(label),
+                self.metrics.in_flight.labels(label))  # fmt: skip
         return account
 
     async def chain_counts(self, address: bytes, *, fresh: bool = False) -> tuple[int, int]:
@@ -274,8 +290,9 @@ class Ledger:
                 "signed or sent, try again shortly"
             )
         label = checksum(address)
+        queued, in_flight = account.queued, account.in_flight
         account.waiting += 1
-        self.metrics.queue_depth.labels(label).inc()
+        queued.inc()
         try:
             try:
                 async with asyncio.timeout(self.pool.read_timeout):
@@ -286,17 +303,17 @@ class Ledger:
                     f"flight within {self.pool.read_timeout:g} s (QSIGNER_MAX_IN_FLIGHT, "
                     "QSIGNER_READ_TIMEOUT); nothing was signed or sent, try again shortly"
                 ) from None
-            self.metrics.queue_depth.labels(label).dec()
-            self.metrics.in_flight.labels(label).inc()
+            queued.dec()
+            in_flight.inc()
             try:
                 yield
             finally:
                 account.pipeline.release()
-                self.metrics.in_flight.labels(label).dec()
-                self.metrics.queue_depth.labels(label).inc()
+                in_flight.dec()
+                queued.inc()
         finally:
             account.waiting -= 1
-            self.metrics.queue_depth.labels(label).dec()
+            queued.dec()
 
     async def reserve(self, address: bytes, origin: Origin, *, kind: str = "send",
                       idempotency: Idempotency | None = None) -> Slot:  # fmt: skip
@@ -312,6 +329,9 @@ class Ledger:
         slot = await answer
         if slot is None:  # pragma: no cover (no room bound on fresh nonces: turn() bounds them)
             raise RuntimeError("the ledger reserved no nonce")
+        if not slot.existing:
+            account.guessed = slot.nonce == account.guess
+            account.guess = slot.nonce + 1
         digest = idempotency.digest if idempotency else None
         if slot.existing and slot.digest != digest:
             raise InvalidParams(
@@ -319,6 +339,18 @@ class Ledger:
                 "use a new key for a different request"
             )
         return slot
+
+    def likely_nonce(self, address: bytes) -> int | None:
+        """The nonce `reserve` will most likely give the one request of `address` under way in
+        this replica (called within its turn()): the one after this replica's last reservation,
+        when that one got the nonce guessed for it in turn. None when another request of the
+        account is under way here, or the guess was wrong last time (another replica, a hole).
+        A request may sign at it while the reservation runs, and uses that signature only if
+        the reservation gives it this very nonce: see the module's docstring."""
+        account = self._accounts.get(address)
+        if account is None or account.waiting != 1 or not account.guessed:
+            return None
+        return account.guess
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

@@ -15,11 +15,12 @@ import asyncpg
 import pytest
 
 from proxy.settings import Settings
-from tests.support.anvil import rpc, run_anvil
+from tests.support.anvil import free_port, rpc, run_anvil
 from tests.support.checks import assert_signed_by
 from tests.support.forwarder import forwarder
 from tests.support.proxy_client import Proxy
-from tests.support.stack import CHAIN_ID, build_stack, in_process
+from tests.support.serve import serve
+from tests.support.stack import CHAIN_ID, build_stack, environment, in_process
 
 
 @dataclasses.dataclass
@@ -285,3 +286,43 @@ async def test_after_a_node_reset_the_lost_transactions_are_sent_again(
         await proxy.wait_mined(4, seconds=20)
         for tx_hash in [*sent, after["result"]]:  # the same bytes, mined again
             assert (await _rpc(anvil, "eth_getTransactionReceipt", [tx_hash]))["status"] == "0x1"
+
+
+async def _hsm_signs(proxy: Proxy) -> float:
+    """Signatures the proxy's HSM made so far (its signing latency histogram's count)."""
+    async with proxy.session.get(proxy.url + "/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("qsigner_hsm_sign_seconds_count "):
+            return float(line.split()[1])
+    raise AssertionError("no qsigner_hsm_sign_seconds_count in /metrics")
+
+
+async def test_a_lone_request_signs_while_its_nonce_is_reserved_and_keeps_only_a_right_guess(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str, tmp_path: Path
+) -> None:
+    """One request at a time signs at the nonce it expects while the reservation runs. When
+    another replica took that nonce meanwhile, the early signature is dropped unseen: never
+    stored or sent; the request signs at the nonce it got, and every nonce is used once."""
+    stack = await build_stack(anvil, database_url, softhsm_module)
+    env = environment(stack, softhsm_conf, f"127.0.0.1:{free_port()}")
+    with contextlib.ExitStack() as replicas:
+        url = await asyncio.to_thread(replicas.enter_context,
+                                      serve(env, tmp_path / "second.log"))  # fmt: skip
+        async with in_process(stack.settings) as (first_url, session):
+            first = Ledgered(first_url, session, stack, anvil)
+            second = Ledgered(url, session, stack, anvil)
+            hashes = [(await first.send())[1]["result"] for _ in range(3)]
+            hashes.append((await second.send())[1]["result"])  # takes the nonce `first` expects
+            signs = await _hsm_signs(first)
+            hashes += [(await first.send())[1]["result"] for _ in range(3)]
+            # The first of these three guessed wrong (one signature thrown away), the next
+            # guessed nothing (the last guess was wrong), the third guessed right again.
+            assert await _hsm_signs(first) == signs + 4
+            await first.wait_mined(7)
+            nonces = [int((await _rpc(anvil, "eth_getTransactionByHash", [h]))["nonce"], 16)
+                      for h in hashes]  # fmt: skip
+            assert nonces == list(range(7))
+            rows = await first.rows()
+            assert sorted(row["nonce"] for row in rows) == list(range(7))
+            assert {"0x" + bytes(row["tx_hash"]).hex() for row in rows} == set(hashes)

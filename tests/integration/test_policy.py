@@ -433,3 +433,45 @@ async def test_editing_a_rule_keeps_the_limits_counting(
         assert "result" in await _send(proxy)
         assert "result" in await _send(proxy)
         _refused(await _send(proxy), "limit_exceeded", "one-a-day")
+
+
+async def _chain(stack: Stack) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await conn.fetch("SELECT content FROM audit_log WHERE chain = 'acme' ORDER BY seq")
+    finally:
+        await conn.close()
+    return [json.loads(r["content"]) for r in rows]
+
+
+async def test_each_sent_transaction_has_its_decision_then_its_outcome_in_the_log(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    """The decision is in the log before its transaction is answered; the outcome (its hash)
+    follows without making the caller wait: with the next decision, on its own shortly after,
+    and in any case before the app has closed."""
+    stack = await build_stack(anvil, database_url, softhsm_module)
+    async with in_process(stack.settings) as (url, session):
+        proxy = Proxy(url, session, stack)
+        hashes = [(await _send(proxy))["result"] for _ in range(3)]
+        assert len(await _decisions(stack)) == 3  # each one on record once answered
+        for _ in range(100):  # alone, the last outcome is appended on its own
+            if hashes[-1] in [c.get("tx_hash") for c in await _chain(stack)]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the last outcome was not appended on its own")
+        # A request that fails after its decision (its nonce is taken) answers once that
+        # decision is on record too.
+        _, used = await proxy.call("eth_sendTransaction", [
+            {"from": stack.address, "to": SINK, "value": "0x1", "nonce": "0x0"}])  # fmt: skip
+        assert used["error"]["code"] == -32602, used
+        assert len(await _decisions(stack)) == 4
+        hashes.append((await _send(proxy))["result"])  # closing the app records its outcome
+    chain = await _chain(stack)
+    outcomes = [c for c in chain if c["kind"] == "signed"]
+    assert [(c["tx_hash"], c["action"]) for c in outcomes] == [(h, "sent") for h in hashes]
+    for outcome in outcomes:
+        decided = next(i for i, c in enumerate(chain) if c["kind"] == "decision"
+                       and c["request_id"] == outcome["request_id"])  # fmt: skip
+        assert decided < chain.index(outcome)
