@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 
 from proxy.nodes.facts import ChainFacts
@@ -27,8 +26,8 @@ def anvil() -> Iterator[str]:
 async def test_callers_arriving_during_a_balance_read_share_the_next_one(anvil: str) -> None:
     address = "0x" + ACCOUNT.hex()
     rpc(anvil, "anvil_setBalance", [address, hex(1000)])
-    async with forwarder(anvil) as node, aiohttp.ClientSession() as session:
-        pool = NodePool([node.url], session)
+    async with forwarder(anvil) as node:
+        pool = NodePool([node.url])
         await pool.start()
         try:
             facts = ChainFacts(pool)
