@@ -18,7 +18,6 @@ import secrets
 from collections.abc import Sequence
 
 import asyncpg
-from yarl import URL
 
 from proxy import logs
 from proxy.audit import AuditLog
@@ -33,6 +32,7 @@ from proxy.identity.credentials import (
 from proxy.identity.model import ROLES, Account, BlockingWork, NewApiKey, Principal, security_event
 from proxy.identity.rowcache import RowCache
 from proxy.identity.unlock import Unlocker
+from proxy.nodes.http import http_endpoint
 from proxy.nodes.transport import mask_url
 from proxy.settings import Settings
 from signer.base import checksum
@@ -558,11 +558,7 @@ class Provisioning:
 
 
 def _check_tessera_url(url: str) -> None:
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+    if http_endpoint(url) is None:
         raise BadInput(f"{mask_url(url)} is not an http(s) URL of a Tessera third-party API")
 
 

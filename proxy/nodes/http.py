@@ -16,6 +16,7 @@ answer that allows keep-alive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import select
 import socket
 import ssl
@@ -240,6 +241,22 @@ class NodeHttp:
         except OSError:
             raise NodeUnreachable("could not connect", delivered=False) from None
         return connection
+
+
+def http_endpoint(url: str) -> tuple[URL, dict[str, str]] | None:
+    """`url` without its credentials, and the header that carries them instead (HTTP Basic), so
+    that no exception or log can quote them; None when `url` is not an http(s) URL."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    headers: dict[str, str] = {}
+    if parsed.user is not None:
+        user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+    return parsed.with_user(None).with_fragment(None), headers
 
 
 def _header_value(value: str) -> str:

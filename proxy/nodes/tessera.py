@@ -16,7 +16,6 @@ import binascii
 import string
 
 import orjson
-from yarl import URL
 
 from proxy.errors import (
     NodeAnswerTooLarge,
@@ -25,7 +24,7 @@ from proxy.errors import (
     SettingsError,
     TesseraError,
 )
-from proxy.nodes.http import NodeHttp
+from proxy.nodes.http import NodeHttp, http_endpoint
 from proxy.nodes.transport import mask_url
 
 MAX_ANSWER = 64 * 1024  # a storeraw answer is one base64 key
@@ -82,17 +81,12 @@ class Tessera:
     def _client(self, url: str) -> NodeHttp:
         client = self._clients.get(url)
         if client is None:
-            try:
-                parsed = URL(url)
-            except (ValueError, TypeError):
-                parsed = None
-            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            found = http_endpoint(url)
+            if found is None:
                 raise SettingsError(f"{mask_url(url)} is not an http(s) URL of a Tessera")
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
-            if parsed.user is not None:
-                user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
-                headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
-            endpoint = parsed.with_user(None).with_fragment(None).with_query(None)
+            endpoint, headers = found
+            headers.update({"Content-Type": "application/json", "Accept": "application/json"})
+            endpoint = endpoint.with_query(None)
             endpoint = endpoint.with_path(endpoint.path.rstrip("/") + "/storeraw")
             client = self._clients[url] = NodeHttp(
                 endpoint, headers, connect_timeout=self._connect_timeout,

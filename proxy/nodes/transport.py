@@ -6,14 +6,11 @@ that surely never left or may have been delivered. What to do about it is the po
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
-
-from yarl import URL
 
 from proxy import rpc
 from proxy.errors import (
@@ -24,7 +21,7 @@ from proxy.errors import (
     NodeUnreachable,
     SettingsError,
 )
-from proxy.nodes.http import NodeHttp
+from proxy.nodes.http import NodeHttp, http_endpoint
 
 _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
 
@@ -64,18 +61,12 @@ class NodeTransport:
         max_response_bytes: int,
     ) -> None:
         self.masked = mask_url(url)
-        try:
-            parsed = URL(url)
-        except (ValueError, TypeError):
-            parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        endpoint = http_endpoint(url)
+        if endpoint is None:
             raise SettingsError(f"QSIGNER_UPSTREAMS: {self.masked} is not an http(s) URL")
         # Credentials travel as a header, never in a URL that an exception or a log could quote.
-        self.endpoint = parsed.with_user(None).with_fragment(None)
-        headers: dict[str, str] = {"Content-Type": "application/json"}
-        if parsed.user is not None:
-            user_pass = f"{parsed.user}:{parsed.password or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+        self.endpoint, headers = endpoint
+        headers["Content-Type"] = "application/json"
         # Requests sent or waiting for a connection: the pool sends new ones to the least busy.
         self.in_flight = 0
         # Only the connect has a timeout of its own: a node that never accepted the connection
