@@ -32,11 +32,19 @@ _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warni
            logging.ERROR: "error", logging.CRITICAL: "critical"}  # fmt: skip
 
 
-def _timestamp(created: float, _cache: list[Any] = [0, ""]) -> str:  # noqa: B006 - a cache
+# The last second formatted, as one (second, text) pair: lines come from several threads, and
+# replacing the pair whole keeps a second and its text together.
+_last_second: tuple[int, str] = (0, "")
+
+
+def _timestamp(created: float) -> str:
+    global _last_second
     second = int(created)
-    if second != _cache[0]:
-        _cache[0], _cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_cache[1]}.{int((created - second) * 1000):03d}Z"
+    cached, text = _last_second
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{int((created - second) * 1000):03d}Z"
 
 
 def _json_line(level: str, message: str, fields: dict[str, Any], created: float) -> str:
