@@ -308,7 +308,7 @@ class _Parser:
                 _fail(key_node, field, "a party name is letters, digits, _ and -, starting "
                       "with a letter")  # fmt: skip
             key = self.text(value_node, field)
-            if not _is_tessera_key(key):
+            if not is_tessera_key(key):
                 _fail(value_node, field, "expected a Tessera public key (32 bytes in base64)")
             if key in by_key:
                 _fail(value_node, field, f"the same key as {by_key[key]}")
@@ -321,7 +321,7 @@ class _Parser:
         for text, item in self.texts(node, field):
             if text in self.parties:
                 keys.add(self.parties[text])
-            elif _is_tessera_key(text):
+            elif is_tessera_key(text):
                 keys.add(text)
             else:
                 known = ", ".join(self.parties) or "none declared"
@@ -808,7 +808,7 @@ def _address(text: str, node: Node, field: str) -> bytes:
     return bytes.fromhex(body)
 
 
-def _is_tessera_key(text: str) -> bool:
+def is_tessera_key(text: str) -> bool:
     """A Tessera public key: 32 bytes (a Curve25519 key) in standard base64."""
     try:
         return len(base64.b64decode(text, validate=True)) == 32

@@ -263,7 +263,7 @@ async def _forward_together(services: Services, caller: Caller,
     elapsed = time.perf_counter() - started
     for (n, call), result in zip(sent, results, strict=True):
         if isinstance(result, bytes):
-            answers[n] = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (rpc.id_json(call.id), result)
+            answers[n] = rpc.result_bytes(rpc.id_json(call.id), result)
             _record(services, caller, call.method, request_id, None, elapsed)
         else:
             error = translate(result)

@@ -4,10 +4,10 @@ id and network id) remembered here, where they are used."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from proxy import rpc
 from proxy.nodes.pool import NodePool
 
 # The execution API's `eth_` reads and submission (ethereum/execution-apis), and geth's reads
@@ -86,6 +86,5 @@ class Forwarding:
                       caller_id: bytes) -> bytes:  # fmt: skip
         """The whole answer to a caller's read, as bytes with `caller_id` (JSON) for its id."""
         if method in CONSTANT_ANSWERS:
-            result = json.dumps(await self.call(method), separators=(",", ":")).encode()
-            return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (caller_id, result)
+            return rpc.result_bytes(caller_id, rpc.dumps(await self.call(method)))
         return await self.pool.forward(method, params, headers, caller_id)

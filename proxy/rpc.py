@@ -148,6 +148,11 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
 
+def result_bytes(id_json: bytes, result_json: bytes) -> bytes:
+    """A JSON-RPC result answer built from its id and result, each already JSON."""
+    return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (id_json, result_json)
+
+
 def id_json(request_id: Any) -> bytes:
     """A request's id as JSON, to splice into an answer built as bytes."""
     if type(request_id) is int:

@@ -9,8 +9,6 @@ transaction, so bad input leaves no half-written rows.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import logging
 import re
@@ -19,6 +17,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from policy.parse import is_tessera_key
 from proxy import logs
 from proxy.audit import AuditLog
 from proxy.errors import BadInput, Forbidden
@@ -325,7 +324,7 @@ class Provisioning:
         _check_tessera_url(url)
         wanted = list(dict.fromkeys(key.strip() for key in keys))
         for key in wanted:
-            if not _is_tessera_key(key):
+            if not is_tessera_key(key):
                 raise BadInput(f"{key!r} is not a Tessera public key (32 bytes, base64)")
         async with self.pool.acquire() as conn, conn.transaction():
             org_id = await self._lock_organisation(conn, organisation)
@@ -560,11 +559,3 @@ class Provisioning:
 def _check_tessera_url(url: str) -> None:
     if http_endpoint(url) is None:
         raise BadInput(f"{mask_url(url)} is not an http(s) URL of a Tessera third-party API")
-
-
-def _is_tessera_key(key: str) -> bool:
-    """A Tessera public key: a Curve25519 key, 32 bytes in standard base64."""
-    try:
-        return len(base64.b64decode(key, validate=True)) == 32
-    except (ValueError, binascii.Error):
-        return False

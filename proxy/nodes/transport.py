@@ -115,8 +115,7 @@ class NodeTransport:
         prefix = b'{"jsonrpc":"2.0","id":%d,"result":' % request_id
         if 200 <= status < 300 and body.startswith(prefix) and body.rstrip().endswith(b"}"):
             return b'{"jsonrpc":"2.0","id":%s,"result":%s' % (caller_id, body[len(prefix) :])
-        result = json.dumps(_json_rpc_result(status, body), separators=(",", ":")).encode()
-        return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (caller_id, result)
+        return rpc.result_bytes(caller_id, rpc.dumps(_json_rpc_result(status, body)))
 
     async def forward_batch(
         self, calls: list[tuple[str, Any]], headers: Mapping[str, str] | None, *, timeout: float
