@@ -226,7 +226,7 @@ class RequestFacts:
     deploy: bool = False  # a transaction without `to`
     private: bool = False
     private_for: tuple[str, ...] = ()  # Tessera public keys (privateFor)
-    privacy_flag: int = 0  # GoQuorum's privacyFlag: 0, 1 or 3
+    privacy_flag: int = 0  # GoQuorum's privacyFlag: 0, 1, 2 or 3
     typed_domain: Mapping[str, Any] | None = None  # eth_signTypedData*: the domain
     typed_primary_type: str | None = None
 

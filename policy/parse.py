@@ -42,8 +42,9 @@ from policy.model import (
 )
 
 FORMAT_VERSION = 1
-# GoQuorum's privacyFlag values: standard private, party protection, private state validation.
-PRIVACY_FLAGS = (0, 1, 3)
+# GoQuorum's privacyFlag values: standard private, party protection, mandatory recipients,
+# private state validation.
+PRIVACY_FLAGS = (0, 1, 2, 3)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
@@ -338,7 +339,8 @@ class _Parser:
             value = self.value(item, field)
             if value not in PRIVACY_FLAGS or isinstance(value, bool):
                 _fail(item, field, "a GoQuorum privacy flag is 0 (standard), 1 (party "
-                      "protection) or 3 (private state validation)")  # fmt: skip
+                      "protection), 2 (mandatory recipients) or 3 (private state "
+                      "validation)")  # fmt: skip
             flags.add(value)
         return frozenset(flags)
 

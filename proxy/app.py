@@ -42,6 +42,7 @@ from proxy.ledger.recovery import Recovery
 from proxy.metrics import Metrics
 from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
+from proxy.nodes.tessera import Tessera
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
 from proxy.settings import Settings
@@ -108,6 +109,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         opened.push_async_callback(identity.close)
         await identity.listen(settings.require_database())
         await pool.start()
+        if pool.chain_id == 1:
+            raise SettingsError(
+                "QSIGNER_UPSTREAMS: the nodes are on chain 1 (Ethereum mainnet); quorum-signer "
+                "serves Quorum networks, and GoQuorum refuses chain id 1, whose EIP-155 v (37/38) "
+                "marks its private transactions"
+            )
         ledger = Ledger(store.BoundedPool(db, settings.database_timeout), pool,
                         LedgerMetrics(app[METRICS].registry),
                         max_in_flight=settings.max_in_flight,
@@ -123,13 +130,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                     GuardMetrics(app[METRICS].registry))  # fmt: skip
         await gate.start()
         opened.push_async_callback(gate.close)
+        tessera = Tessera(timeout=settings.read_timeout)
+        opened.callback(tessera.close)
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
-            gate=gate,
+            gate=gate, tessera=tessera,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

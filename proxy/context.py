@@ -15,6 +15,7 @@ from proxy.ledger.nonces import Ledger
 from proxy.metrics import Metrics
 from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
+from proxy.nodes.tessera import Tessera
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter
 from proxy.settings import Settings
@@ -41,6 +42,7 @@ class Services:
     chain_facts: ChainFacts
     audit: AuditLog
     gate: Gate
+    tessera: Tessera
 
 
 @dataclass

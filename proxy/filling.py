@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policy.parse import is_tessera_key
 from proxy.errors import InvalidParams
 from signer.base import SignedTransaction, checksum
 from signer.errors import InvalidTransaction
@@ -29,6 +30,7 @@ TX_CREATE_GAS = 32_000
 ZERO_BYTE_GAS, NONZERO_BYTE_GAS = 4, 16
 ACCESS_ADDRESS_GAS, ACCESS_KEY_GAS = 2_400, 1_900
 INITCODE_WORD_GAS = 2
+FLOOR_TOKEN_GAS = 10  # EIP-7623 (Prague): the least a transaction pays per calldata token
 FEE_1559 = ("maxFeePerGas", "maxPriorityFeePerGas")
 # Every field of an `eth_sendTransaction` / `eth_signTransaction` object that the proxy
 # understands; any other field is refused, so that nothing that changes the transaction's
@@ -40,9 +42,33 @@ TRANSACTION_FIELDS = frozenset({
 # Accepted and ignored on purpose (README): web3.js / ethereumjs options for signing locally
 # (which chain rules to apply); no node reads them and they change nothing in the transaction.
 IGNORED_FIELDS = frozenset({"chain", "hardfork", "common", "networkId"})
-# GoQuorum's private-transaction fields: signing such a request as a public transaction would
-# publish the private payload in clear.
+# GoQuorum's private-transaction fields (CONTRACT 4.4): such a request is signed as a private
+# transaction through the organisation's Tessera, never as a public one (which would publish
+# the private payload in clear).
 PRIVATE_FIELDS = ("privateFor", "privateFrom", "privacyFlag", "mandatoryFor", "privateTxType")
+# GoQuorum's privacyFlag: standard private, party protection, mandatory recipients (with
+# mandatoryFor), private state validation.
+PRIVACY_FLAGS = (0, 1, 2, 3)
+MANDATORY_RECIPIENTS = 2
+TESSERA_HASH_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Private:
+    """A private transaction's GoQuorum fields, validated (keys are Tessera public keys)."""
+
+    private_for: tuple[str, ...]
+    private_from: str | None
+    privacy_flag: int
+    mandatory_for: tuple[str, ...]
+
+    def send_args(self) -> dict[str, Any]:
+        """eth_sendRawPrivateTransaction's second parameter."""
+        args: dict[str, Any] = {"privateFor": list(self.private_for),
+                                "privacyFlag": self.privacy_flag}  # fmt: skip
+        if self.mandatory_for:
+            args["mandatoryFor"] = list(self.mandatory_for)
+        return args
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,57 @@ class Request:
     wants_legacy: bool
     to: bytes | None = None  # `to`, parsed (None: a contract creation)
     data: bytes = b""  # `data` (or `input`), parsed
+    private: Private | None = None  # GoQuorum private transaction (privateFor given)
+
+
+def _tessera_keys(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidParams(f'"{name}" must be an array of Tessera public keys (base64)')
+    keys: list[str] = []
+    for key in value:
+        if not isinstance(key, str) or not is_tessera_key(key):
+            shown = key[:60] if isinstance(key, str) else type(key).__name__
+            raise InvalidParams(f'"{name}": {shown!r} is not a Tessera public key (32 bytes, '
+                                "base64)")  # fmt: skip
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _private(given: Mapping[str, Any]) -> Private | None:
+    """GoQuorum's private fields, as GoQuorum checks them (None: a public transaction)."""
+    named = [name for name in PRIVATE_FIELDS if name in given]
+    if not named:
+        return None
+    if "privateFor" not in given:
+        raise InvalidParams(f'"{named[0]}" is for private transactions: give "privateFor" (the '
+                            "recipients' Tessera public keys) as well")  # fmt: skip
+    private_for = _tessera_keys("privateFor", given["privateFor"])
+    private_from = given.get("privateFrom")
+    if private_from is not None and (not isinstance(private_from, str)
+                                     or not is_tessera_key(private_from)):  # fmt: skip
+        raise InvalidParams('"privateFrom" must be a Tessera public key (32 bytes, base64)')
+    tx_type = given.get("privateTxType", "restricted")
+    if tx_type != "restricted":
+        raise InvalidParams('"privateTxType": Tessera supports only "restricted"')
+    flag_given = given.get("privacyFlag", 0)
+    try:
+        flag = (flag_given if isinstance(flag_given, int) and not isinstance(flag_given, bool)
+                else parse_optional_quantity("privacyFlag", flag_given))  # fmt: skip
+    except InvalidTransaction:
+        flag = None
+    if flag not in PRIVACY_FLAGS:
+        raise InvalidParams('"privacyFlag" must be 0 (standard private), 1 (party protection), '
+                            "2 (mandatory recipients) or 3 (private state validation)")  # fmt: skip
+    mandatory = _tessera_keys("mandatoryFor", given.get("mandatoryFor", []))
+    if flag == MANDATORY_RECIPIENTS and not mandatory:
+        raise InvalidParams('privacyFlag 2 (mandatory recipients) needs "mandatoryFor"')
+    if mandatory and flag != MANDATORY_RECIPIENTS:
+        raise InvalidParams('"mandatoryFor" goes with privacyFlag 2 (mandatory recipients) only')
+    outside = [key for key in mandatory if key not in private_for]
+    if outside:
+        raise InvalidParams(f'"mandatoryFor": {outside[0]} is not among "privateFor"')
+    return Private(private_for, private_from, flag, mandatory)
 
 
 def parse_request(params: Any) -> Request:
@@ -65,13 +142,8 @@ def parse_request(params: Any) -> Request:
         raise InvalidParams("the first parameter must be a transaction object")
     # A field given as null is absent, as nodes read it.
     given = {k: v for k, v in params.items() if v is not None}
-    for name in PRIVATE_FIELDS:
-        if name in given:
-            raise InvalidParams(
-                f'"{name}": private transactions need QSIGNER_TESSERA_URL (a Tessera for the '
-                "private payload); they are refused, never sent as public transactions"
-            )
-    unknown = sorted(set(given) - TRANSACTION_FIELDS - IGNORED_FIELDS)
+    private = _private(given)
+    unknown = sorted(set(given) - TRANSACTION_FIELDS - IGNORED_FIELDS - set(PRIVATE_FIELDS))
     if unknown:
         raise InvalidParams(f'unsupported transaction field "{unknown[0]}": refused rather than '
                             "signed without it")  # fmt: skip
@@ -108,11 +180,29 @@ def parse_request(params: Any) -> Request:
     if tx_type == 2 and wants_legacy:
         raise InvalidParams("a type 2 transaction takes maxFeePerGas, not gasPrice")
     data = payloads["data"] if "data" in payloads else payloads.get("input", b"")
-    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy, to, data)
+    if private is not None:
+        _check_private(fields, tx_type, wants_1559, data)
+    return Request(sender, fields, tx_type, nonce, gas, wants_1559, wants_legacy, to, data,
+                   private)  # fmt: skip
+
+
+def _check_private(fields: Mapping[str, Any], tx_type: int | None, wants_1559: bool,
+                   data: bytes) -> None:  # fmt: skip
+    """What GoQuorum accepts in a private transaction: legacy, value 0, a payload."""
+    if wants_1559 or tx_type not in (None, 0) or fields.get("accessList"):
+        raise InvalidParams("a GoQuorum private transaction is legacy (type 0, gasPrice): "
+                            "maxFeePerGas, accessList and other types are refused")  # fmt: skip
+    if parse_optional_quantity("value", fields.get("value")):
+        raise InvalidParams("a GoQuorum private transaction carries no value (value must be 0)")
+    if not data:
+        raise InvalidParams('a private transaction needs "data": the payload Tessera keeps '
+                            "for its recipients")  # fmt: skip
 
 
 def uses_fee_market(request: Request, base_fee: int | None) -> bool:
     """Whether the filled transaction is EIP-1559 (type 2)."""
+    if request.private is not None:
+        return False
     if request.tx_type is not None:
         return request.tx_type == 2
     if request.wants_1559:
@@ -184,6 +274,23 @@ def at_nonce(tx: Transaction, nonce: int) -> Transaction:
     in it depends on the nonce."""
     try:
         return dataclasses.replace(tx, nonce=nonce)
+    except InvalidTransaction as exc:
+        raise InvalidParams(str(exc)) from None
+
+
+def private_at(tx: Transaction, tessera_hash: bytes) -> Transaction:
+    """The private transaction GoQuorum takes for `tx` (from `build`, over the caller's payload):
+    its `data` replaced by the payload's Tessera hash, signed without chain id (v 37/38). Gas
+    stays as estimated over the payload (the private execution's), and covers at least the
+    public transaction's own intrinsic cost (with EIP-7623's calldata floor, which chains past
+    Prague charge)."""
+    if len(tessera_hash) != TESSERA_HASH_BYTES:
+        raise InvalidParams("a Tessera hash is 64 bytes")
+    zeros = tessera_hash.count(0)
+    floor = TX_GAS + FLOOR_TOKEN_GAS * (zeros + 4 * (len(tessera_hash) - zeros))
+    gas = max(tx.gas, intrinsic_gas(tessera_hash, tx.to is None, None), floor)
+    try:
+        return dataclasses.replace(tx, data=tessera_hash, chain_id=None, private=True, gas=gas)
     except InvalidTransaction as exc:
         raise InvalidParams(str(exc)) from None
 

@@ -156,6 +156,7 @@ def _replayed(content: dict[str, Any]) -> RequestFacts | None:
     if detail.get("data_cut"):
         return None
     to = detail.get("to")
+    private = detail.get("private")
     return RequestFacts(
         method=content["method"], organisation=content["organisation"], user=content["user"],
         role=detail.get("role", ""), account=bytes.fromhex(content["account"][2:]),
@@ -163,6 +164,9 @@ def _replayed(content: dict[str, Any]) -> RequestFacts | None:
         to=bytes.fromhex(to[2:]) if to else None, value=int(detail.get("value", 0)),
         data=bytes.fromhex(detail.get("data", "0x")[2:]), gas=int(detail.get("gas", 0)),
         deploy=detail.get("to") is None and "gas" in detail,
+        private=private is not None,
+        private_for=tuple(private["private_for"]) if private is not None else (),
+        privacy_flag=int(private["privacy_flag"]) if private is not None else 0,
         typed_domain=detail.get("typed_domain"),
         typed_primary_type=detail.get("typed_primary_type"),
     )  # fmt: skip

@@ -13,6 +13,7 @@ from policy.model import RequestFacts
 from proxy.audit.records import AuditEvent
 from proxy.context import Caller, Services
 from proxy.errors import DatabaseUnavailable, PolicyRefused
+from proxy.filling import Private
 from proxy.guard.gate import InForce, Verdict, request_digest
 from proxy.rpc import RpcRequest
 from signer.base import checksum
@@ -39,22 +40,27 @@ async def _account_name(services: Services, caller: Caller, account: bytes) -> s
 
 async def for_transaction(services: Services, caller: Caller, request: RpcRequest,
                           policy: InForce | None, sender: bytes, tx: Transaction,
-                          ) -> Verdict:  # fmt: skip
-    """The transaction's verdict. An allowed decision may still be on its way to the audit
-    log (`Verdict.recording`): `recorded` waits for it, and must before anything signed is
-    stored, sent or shown."""
+                          private: Private | None = None) -> Verdict:  # fmt: skip
+    """The transaction's verdict (a private one's over its payload, before Tessera keeps it).
+    An allowed decision may still be on its way to the audit log (`Verdict.recording`):
+    `recorded` waits for it, and must before anything signed is stored, sent or shown."""
     principal = caller.principal
     facts = RequestFacts(
         method=request.method, organisation=principal.organisation, user=principal.user_id,
         role=principal.role, account=sender,
         account_name=await _account_name(services, caller, sender), to=tx.to, value=tx.value,
-        data=tx.data, gas=tx.gas, deploy=tx.to is None,
+        data=tx.data, gas=tx.gas, deploy=tx.to is None, private=private is not None,
+        private_for=private.private_for if private is not None else (),
+        privacy_flag=private.privacy_flag if private is not None else 0,
     )  # fmt: skip
-    replay = {"role": principal.role, "account_name": facts.account_name,
-              "to": checksum(tx.to) if tx.to else None,
-              "value": str(tx.value), "gas": tx.gas,
-              "data": "0x" + tx.data[:REPLAY_DATA_BYTES].hex(),
-              "data_cut": len(tx.data) > REPLAY_DATA_BYTES}  # fmt: skip
+    replay: dict[str, Any] = {"role": principal.role, "account_name": facts.account_name,
+                              "to": checksum(tx.to) if tx.to else None,
+                              "value": str(tx.value), "gas": tx.gas,
+                              "data": "0x" + tx.data[:REPLAY_DATA_BYTES].hex(),
+                              "data_cut": len(tx.data) > REPLAY_DATA_BYTES}  # fmt: skip
+    if private is not None:
+        replay["private"] = {"private_for": list(private.private_for),
+                             "privacy_flag": private.privacy_flag}  # fmt: skip
     # What an approval is bound to: only a policy can hold a request for one.
     digest = (request_digest(principal.user_id, request.method, request.positional)
               if policy is not None else b"")  # fmt: skip

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from policy import abi
@@ -28,7 +30,14 @@ from proxy.errors import (
 from proxy.guard import preflight
 from proxy.guard.gate import Verdict
 from proxy.handlers import decisions
-from proxy.ledger.nonces import Idempotency, Origin, Slot, params_digest, refusal_kind
+from proxy.ledger.nonces import (
+    Idempotency,
+    Origin,
+    Slot,
+    params_digest,
+    refusal_kind,
+    resend_call,
+)
 from proxy.rpc import RpcRequest
 from signer.base import AsyncSigner, Signature, SignedTransaction, checksum
 from signer.ecdsa import keccak256
@@ -89,6 +98,10 @@ async def _prepare(
     fields, sender = request.fields, request.sender
     to, payload = request.to, request.data
     estimate_failed: list[NodeError] = []
+    # A private transaction runs in the private states of its parties, which the public state
+    # the nodes answer for here does not hold: no pre-flight call or token balance is read for
+    # it (the native balance still pays its gas).
+    private = request.private is not None
 
     async def gas() -> int | None:
         if request.gas is not None:
@@ -118,7 +131,7 @@ async def _prepare(
     # waits, all at once, and without a task each when one read is all there is.
     bare = to is not None and not payload and not fields.get("accessList")
     code = facts.fresh_has_code(to) if bare and to is not None else None
-    move = preflight.token_move(sender, to, payload)
+    move = None if private else preflight.token_move(sender, to, payload)
     block = facts.fresh_block()
     reads: dict[str, Awaitable[Any]] = {"balance": facts.balance(sender)}
     if block is None:
@@ -131,7 +144,7 @@ async def _prepare(
             reads["gas"] = gas()
     if move is not None:
         reads["token"] = preflight.token_shortfall(pool, move)
-    if request.gas is not None and code is not False:
+    if request.gas is not None and code is not False and not private:
         reads["call"] = given_gas_call()
     if block is not None:  # the fee fields it decides, read with the rest when not fresh
         fee_market = filling.uses_fee_market(request, block[0])
@@ -166,6 +179,11 @@ async def _prepare(
         raise token_refusal
     if estimate_failed:
         error = estimate_failed[0]
+        if private and preflight.is_revert(error):
+            raise InvalidParams(
+                'give "gas" for this private transaction: its gas cannot be estimated on the '
+                f"public state, where the call failed ({error.message[:200]})"
+            )
         if preflight.is_revert(error):
             raise preflight.reverted(error, errors)
         # The node ran out of funds during the call itself (a value sent on by the contract,
@@ -228,7 +246,56 @@ class _NonceTakenOutside(Exception):
         self.refusal = refusal
 
 
-_Decided = tuple[filling.Request, AsyncSigner, Transaction, Verdict]
+@dataclass(frozen=True)
+class _Privately:
+    """Where a private transaction's payload goes: the organisation's Tessera, and the key it
+    is sent from (None: Tessera's default key)."""
+
+    url: str
+    sender: str | None
+
+
+_Decided = tuple[filling.Request, AsyncSigner, Transaction, Verdict, "_Privately | None"]
+
+
+async def _tessera_for(services: Services, caller: Caller,
+                       private: filling.Private) -> _Privately:  # fmt: skip
+    """The organisation's Tessera (`org set-tessera`, else QSIGNER_TESSERA_URL), once
+    `privateFrom` is one of the organisation's keys and every recipient is known to the
+    Tessera network: refused before anything is decided or any nonce is taken."""
+    principal = caller.principal
+    configured = await services.identity.tessera_of(principal.organisation_id)
+    if configured is None:
+        url, owned = services.settings.tessera_url, tuple[str, ...]()
+        if url is None:
+            raise InvalidParams(
+                "private transactions need a Tessera: none is set for this organisation "
+                "(quorum-signer org set-tessera) nor QSIGNER_TESSERA_URL; refused, never sent as "
+                "a public transaction"
+            )
+    else:
+        url, owned = configured
+    sender = private.private_from
+    if sender is None:
+        sender = owned[0] if owned else None
+    elif sender not in owned:
+        raise Forbidden(
+            f"privateFrom {sender} is not a Tessera key of organisation "
+            f"{principal.organisation!r} (quorum-signer org set-tessera --key)"
+        )
+    await services.tessera.check_recipients(url, private.private_for)
+    return _Privately(url, sender)
+
+
+async def _stored_privately(services: Services, probe: Transaction, privately: _Privately | None
+                            ) -> Transaction:  # fmt: skip
+    """For a private transaction, its payload stored in Tessera and the transaction GoQuorum
+    takes (data = the payload's Tessera hash, v 37/38); a public one as it is. Comes after the
+    decision (a refused payload is never stored) and before any nonce is taken."""
+    if privately is None:
+        return probe
+    tessera_hash = await services.tessera.store_raw(privately.url, probe.data, privately.sender)
+    return filling.private_at(probe, tessera_hash)
 
 
 async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _Decided:
@@ -237,6 +304,9 @@ async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _
     decision recorded. Nothing here takes a nonce."""
     parsed = filling.parse_request(_first_param(request))
     key = await signer_for(services, caller, parsed.sender)
+    privately = None
+    if parsed.private is not None:
+        privately = await _tessera_for(services, caller, parsed.private)
     policy = await services.gate.in_force(caller.principal.organisation_id)
     try:
         probe = await _prepare(services, parsed, services.gate.revert_errors(policy, parsed.to))
@@ -244,8 +314,8 @@ async def _decided(services: Services, caller: Caller, request: RpcRequest) -> _
         await decisions.refused_by_check(services, caller, request, parsed.sender, refusal)
         raise
     verdict = await decisions.for_transaction(services, caller, request, policy, parsed.sender,
-                                              probe)  # fmt: skip
-    return parsed, key, probe, verdict
+                                              probe, parsed.private)  # fmt: skip
+    return parsed, key, probe, verdict, privately
 
 
 async def send_transaction(services: Services, caller: Caller, request: RpcRequest) -> Any:
@@ -258,8 +328,9 @@ async def send_transaction(services: Services, caller: Caller, request: RpcReque
             sent = await services.ledger.wait_for_hash(earlier)
             if sent is not None:
                 return "0x" + sent.hex()
-    parsed, key, probe, verdict = await _decided(services, caller, request)
+    parsed, key, probe, verdict, privately = await _decided(services, caller, request)
     try:
+        probe = await _stored_privately(services, probe, privately)
         return await _send(services, caller, request, key, parsed, probe, idempotency, verdict)
     except SendOutcomeUnknown:
         raise  # it may have reached a node: it stays counted
@@ -312,7 +383,7 @@ async def _send(services: Services, caller: Caller, request: RpcRequest, key: As
                 try:
                     tx = filling.at_nonce(probe, slot.nonce)
                     result = await _sign_store_send(services, caller, key, tx, slot, verdict,
-                                                    early)  # fmt: skip
+                                                    early, parsed.private)  # fmt: skip
                     decisions.signed(services, caller, request.method, slot.account,
                                      bytes.fromhex(result[2:]), slot.nonce, "sent")  # fmt: skip
                     return result
@@ -360,12 +431,16 @@ def _retrieved(signing: asyncio.Future[SignedTransaction]) -> None:
 
 async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
                            tx: Transaction, slot: Slot, verdict: Verdict,
-                           early: _Early | None = None) -> str:  # fmt: skip
+                           early: _Early | None = None,
+                           private: filling.Private | None = None) -> str:  # fmt: skip
     """Sign at the reserved nonce (or take the signature made early at it), store the bytes,
-    then send them. What failed before anything left the process, or what a node refused for
+    then send them (a private transaction with eth_sendRawPrivateTransaction and its
+    recipients). What failed before anything left the process, or what a node refused for
     sure, gives the nonce back (and fills the hole at once if a higher nonce is already out); a
     send whose outcome is unknown keeps the nonce: recovery sends the same bytes again."""
     ledger = services.ledger
+    if private is not None:
+        slot.private_args = json.dumps(private.send_args())
     signed = await _sign_and_store(services, caller, key, tx, slot, early)
     if verdict.gas_counted:
         # Before the send: a receipt seen at once must find the hash to correct the gas by.
@@ -376,10 +451,10 @@ async def _sign_store_send(services: Services, caller: Caller, key: AsyncSigner,
         except DatabaseUnavailable:
             log.warning("gas of %s stays counted as its limit", "0x" + signed.hash.hex())
     tx_hash = "0x" + signed.hash.hex()
+    method, params = resend_call(signed.raw, slot.private_args)
     try:
         result, node = await services.pool.submit(
-            "eth_sendRawTransaction", ["0x" + signed.raw.hex()], tx_hash,
-            headers=caller.forward_headers, affinity=slot.account,
+            method, params, tx_hash, headers=caller.forward_headers, affinity=slot.account,
         )  # fmt: skip
     except SendOutcomeUnknown:
         raise  # kept as signed: only these bytes are ever sent for this nonce
@@ -460,8 +535,9 @@ async def sign_transaction(services: Services, caller: Caller, request: RpcReque
     that no other transaction gets it; when the bytes are sent (through us or elsewhere) or
     mined, the reservation is settled, and if they never appear within
     QSIGNER_SIGNED_TX_TIMEOUT recovery fills the nonce."""
-    parsed, key, probe, verdict = await _decided(services, caller, request)
+    parsed, key, probe, verdict, privately = await _decided(services, caller, request)
     try:
+        probe = await _stored_privately(services, probe, privately)
         tx, signed, nonce = await _sign_only(services, caller, key, parsed, probe, verdict)
     except BaseException:
         await _failed(services, caller, verdict)
@@ -594,7 +670,7 @@ async def forward_raw(services: Services, caller: Caller, request: RpcRequest) -
         headers=caller.forward_headers,
         answers_hash=SUBMISSIONS[request.method],
     )
-    if request.method == "eth_sendRawTransaction":
+    if request.method != "eth_distributePrivateTransaction":
         # Bytes of our own eth_signTransaction arriving: their reservation is settled. Best
         # effort: the node took them already, and recovery settles by hash in any case.
         try:

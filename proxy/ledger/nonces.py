@@ -112,6 +112,9 @@ class Slot:
     existing: bool = False  # an Idempotency-Key's earlier transaction, not a new reservation
     digest: bytes | None = None
     started: float = field(default_factory=time.perf_counter)
+    # A GoQuorum private transaction's eth_sendRawPrivateTransaction arguments (JSON), stored
+    # with its bytes for recovery to resend it the same way; None for a public one.
+    private_args: str | None = None
 
 
 @dataclass
@@ -141,7 +144,10 @@ _DEFINITE = re.compile(
     r"priority fee per gas higher than|invalid sender|invalid signature|invalid chain ?id|"
     r"chain ?id mismatch|only replay-protected|pool is full|txpool is full|nonce too high|"
     r"nonce too far|exceeds the configured cap|oversized data|init ?code size|"
-    r"transaction type not supported|tx type not supported", re.IGNORECASE)  # fmt: skip
+    r"transaction type not supported|tx type not supported|"
+    # GoQuorum's private transactions, refused by the node or its Tessera before any pool
+    r"transaction is not private|not supported for private transactions|"
+    r"recipient not found|privacy metadata|privacy flag", re.IGNORECASE)  # fmt: skip
 
 
 def refusal_kind(error: NodeError) -> str:
@@ -154,6 +160,15 @@ def refusal_kind(error: NodeError) -> str:
     if _DEFINITE.search(error.message):
         return "definite"
     return "unknown"
+
+
+def resend_call(raw: bytes, private_args: str | None) -> tuple[str, list[Any]]:
+    """How stored bytes are sent again: as they were first sent, a GoQuorum private transaction
+    with eth_sendRawPrivateTransaction and its recipients (the same Tessera hash: its Tessera
+    sends the same payload again), any other with eth_sendRawTransaction."""
+    if private_args is None:
+        return "eth_sendRawTransaction", ["0x" + raw.hex()]
+    return "eth_sendRawPrivateTransaction", ["0x" + raw.hex(), json.loads(private_args)]
 
 
 def fill_transaction(chain_id: int, account: bytes, nonce: int, gas_price: int) -> Transaction:
@@ -587,8 +602,9 @@ class Ledger:
             """WITH stored AS (
                    UPDATE ledger_transactions t
                       SET state = 'signed', raw = u.raw, tx_hash = u.hash, signed_at = now(),
-                          updated_at = now()
-                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u(id, raw, hash)
+                          updated_at = now(), private_args = u.private::jsonb
+                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $6::text[])
+                          AS u(id, raw, hash, private)
                     WHERE t.id = u.id AND t.state = 'reserved'
                 RETURNING t.id),
                marked AS (
@@ -602,6 +618,7 @@ class Ledger:
             [slot.row_id for slot, _, _ in batch], [signed.raw for _, signed, _ in batch],
             [signed.hash for _, signed, _ in batch],
             [row_id for row_id, _ in sent], [node for _, node in sent],
+            [slot.private_args for slot, _, _ in batch],
         )  # fmt: skip
         return {row["id"] for row in rows}
 

@@ -50,7 +50,7 @@ import asyncpg
 
 from proxy.errors import NodeError, NoNodeAvailable, ProxyError, SendOutcomeUnknown
 from proxy.keyring import Keyring
-from proxy.ledger.nonces import Ledger, Origin, refusal_kind
+from proxy.ledger.nonces import Ledger, Origin, refusal_kind, resend_call
 from signer.base import checksum
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class Recovery:
                 chain_id, account, mined,
             )  # fmt: skip
             open_rows = await conn.fetch(
-                """SELECT id, nonce, state, kind, tx_hash, raw, node, created_at,
+                """SELECT id, nonce, state, kind, tx_hash, raw, node, created_at, private_args,
                           coalesce(sent_at, signed_at, created_at) < now() - make_interval(
                               secs => $3) AS stale,
                           signed_at < now() - make_interval(secs => $4) AS sign_expired
@@ -299,10 +299,10 @@ class Recovery:
             if not moved and not row["stale"]:
                 continue
             tx_hash = "0x" + row["tx_hash"].hex()
+            method, params = resend_call(row["raw"], row["private_args"])
             try:
-                _, sent_to = await self.ledger.pool.submit(
-                    "eth_sendRawTransaction", ["0x" + row["raw"].hex()], tx_hash,
-                    affinity=account)  # fmt: skip
+                _, sent_to = await self.ledger.pool.submit(method, params, tx_hash,
+                                                           affinity=account)  # fmt: skip
             except (SendOutcomeUnknown, NoNodeAvailable):
                 return  # next time
             except NodeError as refusal:

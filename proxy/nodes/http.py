@@ -168,10 +168,11 @@ def _decoded(body: bytes, encoding: bytes, cap: int) -> bytes:
 
 
 class NodeHttp:
-    """POSTs of JSON to one URL, over connections kept alive between requests."""
+    """POSTs of JSON to one URL (or GETs, with `method`), over connections kept alive between
+    requests."""
 
     def __init__(self, url: URL, headers: Mapping[str, str], *, connect_timeout: float,
-                 max_response_bytes: int, max_idle: int) -> None:  # fmt: skip
+                 max_response_bytes: int, max_idle: int, method: str = "POST") -> None:  # fmt: skip
         self._host = url.raw_host or ""
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
@@ -179,7 +180,7 @@ class NodeHttp:
         self._cap = max_response_bytes
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
-        lines = [f"POST {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {url.raw_authority}"]
+        lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {url.raw_authority}"]
         lines += [f"{name}: {_header_value(value)}" for name, value in headers.items()]
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
 

@@ -161,3 +161,40 @@ async def test_once_any_organisation_holds_psis_a_caller_without_one_is_refused(
     await within_a_second(no_tenancy)
     assert await _read(tenancy, "gina") == (0, None)
     assert await _read(tenancy, "gina", "PS-GLOBEX") == (4100, None)
+
+
+# GoQuorum's private reads (the private-transaction issue): the same binding as every call.
+PRIVATE_READS = {
+    "eth_getQuorumPayload": ["0x" + "ab" * 64],
+    "eth_getPrivateTransactionReceipt": ["0x" + "cd" * 32],
+    "eth_getPrivacyPrecompileAddress": [],
+    "eth_getContractPrivacyMetadata": ["0x" + "ef" * 20],
+}
+
+
+@pytest.mark.parametrize("method", sorted(PRIVATE_READS))
+async def test_private_reads_carry_only_the_organisations_psi(
+    tenancy: Tenants, cli: Cli, method: str
+) -> None:
+    """Organisation A cannot read with organisation B's PSI; A's single PSI is sent when the
+    caller names none. Checked on what reached the node."""
+    cli.ok("org", "set-psi", "--org", "acme", "PS-ACME")
+    cli.ok("org", "set-psi", "--org", "globex", "PS-GLOBEX")
+
+    async def read(user: str, psi: str | None) -> tuple[int, object]:
+        tenancy.node.clear()
+        headers = {} if psi is None else {"Quorum-PSI": psi}
+        _, answer = await tenancy.call(user, method, PRIVATE_READS[method], headers)
+        received = tenancy.node.calls(method)
+        sent = {k.lower(): v for k, v in received[0].headers.items()} if received else {}
+        error = answer.get("error")
+        return (error["code"] if isinstance(error, dict) else 0), sent.get("quorum-psi")
+
+    async def bound() -> bool:
+        return await read("alice", None) == (0, "PS-ACME")
+
+    await within_a_second(bound)
+    assert await read("alice", "PS-GLOBEX") == (4100, None)  # B's state: refused, not sent
+    assert await read("alice", "PS-ACME") == (0, "PS-ACME")
+    assert await read("gina", "PS-ACME") == (4100, None)
+    assert await read("gina", None) == (0, "PS-GLOBEX")

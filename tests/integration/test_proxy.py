@@ -267,18 +267,25 @@ async def test_cors_for_configured_origins_only(
 
 
 async def test_private_and_unknown_fields_are_refused_and_nothing_is_sent(proxy: Proxy) -> None:
-    """A private payload must never reach the chain as a public transaction (issue 13, item 1)."""
+    """A private payload must never reach the chain as a public transaction (issue 13, item 1):
+    without a Tessera for the organisation or QSIGNER_TESSERA_URL, a private request is
+    refused."""
     secret_payload = "0x" + b"private payload for org B only".hex()
     count = rpc(proxy.stack.anvil_url, "eth_getTransactionCount", [proxy.stack.address, "pending"])
     base = {"from": proxy.stack.address, "to": proxy.stack.address, "data": secret_payload}
     for method in ("eth_sendTransaction", "eth_signTransaction"):
-        for extra in ({"privateFor": ["ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc="]},
-                      {"privateFrom": "BULeR8JyUWhiuuCMU/HLA0Q5pzkYT+cHII3ZKBey3Bo="},
-                      {"privacyFlag": 1}, {"mandatoryFor": ["x"]}):  # fmt: skip
+        party, own = ("ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc=",
+                      "BULeR8JyUWhiuuCMU/HLA0Q5pzkYT+cHII3ZKBey3Bo=")  # fmt: skip
+        for extra in ({"privateFor": [party]}, {"privateFor": [], "privateFrom": own},
+                      {"privateFor": [party], "privacyFlag": 1},
+                      {"privateFor": [party], "privacyFlag": 2,
+                       "mandatoryFor": [party]}):  # fmt: skip
             status, answer = await proxy.call(method, [{**base, **extra}])
             assert status == 200 and answer["error"]["code"] == -32602, answer
             assert "QSIGNER_TESSERA_URL" in answer["error"]["message"]
-            assert next(iter(extra)) in answer["error"]["message"]
+        for alone in ({"privateFrom": party}, {"privacyFlag": 1}, {"mandatoryFor": [party]}):
+            status, answer = await proxy.call(method, [{**base, **alone}])
+            assert answer["error"]["code"] == -32602 and "privateFor" in answer["error"]["message"]
         status, answer = await proxy.call(method, [{**base, "blobVersionedHashes": ["0x01"]}])
         assert answer["error"]["code"] == -32602
         assert "blobVersionedHashes" in answer["error"]["message"]

@@ -1,12 +1,17 @@
 """A stand-in for Tessera, written here because no registry reachable from these machines ships
-Tessera. It implements, from Tessera's published OpenAPI specification, only what the proxy uses:
-the third-party API's `POST /storeraw` ({"payload": base64, "from"?: base64 key} ->
-{"key": base64 of the 64-byte hash}), `GET /upcheck`, and the Quorum-to-Tessera API's
-`GET /transaction/{hash}` ({"payload": base64}), through which a test reads what was stored.
+Tessera. It implements, from Tessera's published OpenAPI specification, only what the proxy and
+the GoQuorum stand-in (tests/support/quorum.py) use:
+- the third-party API's `POST /storeraw` ({"payload": base64, "from"?: base64 key} ->
+  {"key": base64 of the 64-byte hash}), `GET /partyinfo/keys` ({"keys": [{"key": base64}]}: its
+  own keys and its peers'), and `GET /upcheck`;
+- the Quorum-to-Tessera API's `POST /sendsignedtx` ({"hash": base64, "to": [keys],
+  "privacyFlag"?, "mandatoryRecipients"?} -> {"key": base64}; 404 for a hash it never stored or
+  a recipient it does not know), which a GoQuorum node calls for eth_sendRawPrivateTransaction,
+  and `GET /transaction/{hash}` ({"payload": base64}), through which a test reads what was stored.
 
-What it does not do, and tests here therefore do not verify: encryption, distribution to the
-recipients' Tessera nodes, and a GoQuorum node's use of the hash. A test that relies on it says
-so in its name or docstring.
+What it does not do, and tests here therefore do not verify: encryption, and the distribution
+itself to the recipients' Tessera nodes (it records to whom a payload would go). A test that
+relies on it says so in its name or docstring.
 """
 
 from __future__ import annotations
@@ -36,11 +41,21 @@ class Stored:
 
 
 @dataclass
+class Distributed:
+    recipients: list[str]
+    privacy_flag: int
+    mandatory: list[str]
+
+
+@dataclass
 class TesseraStandIn:
     keys: list[str]  # the keys this Tessera holds; the first is its default sender
+    peers: list[str] = field(default_factory=list)  # its peers' keys (party info)
     port: int = field(default_factory=free_port)
     mode: str = "serve"  # or "fail" (HTTP 500), "hang" (never answers)
     stored: dict[bytes, Stored] = field(default_factory=dict)
+    distributed: dict[bytes, Distributed] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)  # the paths asked for, in order
     basic_auth: str | None = None  # "user:pass" the requests must carry, when set
     _runner: web.AppRunner | None = None
 
@@ -51,6 +66,8 @@ class TesseraStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/storeraw", self._store_raw)
+        app.router.add_get("/partyinfo/keys", self._party_keys)
+        app.router.add_post("/sendsignedtx", self._send_signed)
         app.router.add_get("/upcheck", self._upcheck)
         app.router.add_get("/transaction/{hash}", self._receive)
         self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
@@ -68,7 +85,9 @@ class TesseraStandIn:
     async def _upcheck(self, request: web.Request) -> web.Response:
         return web.Response(text="I'm up!")
 
-    async def _store_raw(self, request: web.Request) -> web.Response:
+    async def _refusal(self, request: web.Request) -> web.Response | None:
+        """What the stand-in answers instead of serving (its credentials, its failure modes)."""
+        self.calls.append(request.path)
         if self.basic_auth is not None:
             expected = "Basic " + base64.b64encode(self.basic_auth.encode()).decode()
             if request.headers.get("Authorization") != expected:
@@ -77,6 +96,36 @@ class TesseraStandIn:
             await asyncio.sleep(3600)
         if self.mode == "fail":
             return web.Response(status=500, text="Internal Server Error")
+        return None
+
+    async def _party_keys(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
+        return web.json_response({"keys": [{"key": key} for key in self.keys + self.peers]})
+
+    async def _send_signed(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        key = base64.b64decode(body.get("hash", ""))
+        if key not in self.stored:
+            return web.Response(status=404, text="Transaction with hash not found")
+        for recipient in body.get("to") or []:
+            if recipient not in self.keys + self.peers:
+                return web.Response(status=404, text=f"Recipient not found for key: {recipient}")
+        self.distributed[key] = Distributed(
+            list(body.get("to") or []),
+            int(body.get("privacyFlag") or 0),
+            list(body.get("mandatoryRecipients") or []),
+        )
+        return web.json_response({"key": body["hash"]})
+
+    async def _store_raw(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         body = await request.json()
         try:
             payload = base64.b64decode(body["payload"], validate=True)
@@ -102,8 +151,9 @@ class TesseraStandIn:
 
 
 @contextlib.asynccontextmanager
-async def tessera(keys: list[str] | None = None) -> AsyncIterator[TesseraStandIn]:
-    standin = TesseraStandIn(keys or [tessera_key()])
+async def tessera(keys: list[str] | None = None,
+                  peers: list[str] | None = None) -> AsyncIterator[TesseraStandIn]:  # fmt: skip
+    standin = TesseraStandIn(keys or [tessera_key()], list(peers or ()))
     await standin.start()
     try:
         yield standin

@@ -93,15 +93,6 @@ def test_type_2_on_a_network_without_fee_market_is_detected() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["privateFor", "privateFrom", "privacyFlag", "mandatoryFor", "privateTxType"]
-)
-def test_private_transactions_are_refused_not_sent_in_public(field: str) -> None:
-    value: Any = ["ROAZBWtSacxXQrOe3FGAqJDyJjFePR5ce4TSIzmJ0Bc="]
-    with pytest.raises(InvalidParams, match=f'"{field}".*QSIGNER_TESSERA_URL'):
-        parse_request({"from": FROM, "to": TO, "data": "0x01", field: value})
-
-
-@pytest.mark.parametrize(
     "field",
     ["blobVersionedHashes", "maxFeePerBlobGas", "authorizationList", "blobs", "hash", "v", "r",
      "s", "yParity", "privacyGroupId", "callbackUrl", "madeUp"],

@@ -426,7 +426,7 @@ def test_parties_name_tessera_keys_for_private_for_not_in() -> None:
          "      private_for_not_in: [bank-z]\n", 6, "rules[0].match.private_for_not_in",
          '"bank-z" is not a Tessera public key nor a party in parties (none declared)'),
         ("version: 1\nrules:\n  - name: r\n    action: deny\n    match:\n"
-         "      privacy_flag: [0, 2]\n", 6, "rules[0].match.privacy_flag",
+         "      privacy_flag: [0, 4]\n", 6, "rules[0].match.privacy_flag",
          "a GoQuorum privacy flag is 0"),
         ("version: 1\nrules:\n  - name: r\n    action: deny\n    match:\n"
          "      privacy_flag_not_in: []\n", 6, "rules[0].match.privacy_flag_not_in",
