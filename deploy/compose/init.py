@@ -1,6 +1,8 @@
 """One-shot set-up of the docker-compose stack, run by its `init` service before the proxies
-start: the schema, the SoftHSM token in the volume the proxies share, and the demo organisation
-with its HSM account and user. Safe to run again: what exists is left as it is.
+start: the schema, the SoftHSM token in the volume the proxies share, the demo organisation
+with its HSM account and user, and the organisation's Tessera (the one beside the first node, with
+its public key, from the generated network.json) for private transactions. Safe to run again:
+what exists is left as it is.
 
 It drives the same `quorum-signer` commands an operator types. The token PINs and the demo
 user's password are read from files (the stack's docker secrets, or INIT_SECRETS_DIR); nothing
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ from signer.pkcs11 import Hsm
 
 ORGANISATION, USER, TOKEN_LABEL, ACCOUNT_NAME = "demo", "demo", "demo", "treasury"
 SECRETS = Path(os.environ.get("INIT_SECRETS_DIR", "/run/secrets"))
+NETWORK = Path(os.environ.get("INIT_NETWORK_JSON", "/deploy/network.json"))
 
 
 def progress(message: str) -> None:
@@ -84,10 +88,24 @@ def ensure_demo() -> str:
     return address
 
 
+def ensure_tessera() -> None:
+    """The demo organisation's Tessera: the first one of the network, and its key as the
+    organisation's own (`privateFrom`). Setting it again with the same values changes nothing."""
+    if not NETWORK.is_file():
+        raise SystemExit(f"init: {NETWORK} is missing (run `make network`)")
+    nodes = json.loads(NETWORK.read_text())["nodes"]
+    tessera = next(node["tessera"] for node in nodes if node.get("tessera"))
+    must("org", "set-tessera", "--org", ORGANISATION, tessera["third_party"],
+         "--key", tessera["public_key"])  # fmt: skip
+    progress(f"the organisation {ORGANISATION!r} sends private transactions through "
+             f"{tessera['service']}")  # fmt: skip
+
+
 def main() -> int:
     must("db", "upgrade")
     ensure_token()
     address = ensure_demo()
+    ensure_tessera()
     progress(f"ready: the demo account is {address}")
     print(address)
     return 0

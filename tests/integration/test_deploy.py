@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import yaml
 
 from proxy.dev import network
 from proxy.settings import PREFIX, Settings
-from tests.support.cli import JWT_SECRET
+from tests.support.cli import JWT_SECRET, query
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -171,8 +172,9 @@ def test_proxy_replicas_share_one_database_and_the_same_nodes(compose: dict[str,
     assert environment(init)["QSIGNER_DATABASE_URL"] == env["QSIGNER_DATABASE_URL"]
     assert "softhsm-tokens:/var/lib/quorum-signer/tokens:rw" in init["volumes"]
     assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
-    mounted = [v.split(":")[0] for v in init["volumes"] if v.endswith("/deploy/init.py:ro")]
-    assert mounted and Path(mounted[0]).is_file()
+    for inside in ("/deploy/init.py:ro", "/deploy/network.json:ro"):
+        mounted = [v.split(":")[0] for v in init["volumes"] if v.endswith(inside)]
+        assert mounted and Path(mounted[0]).is_file(), inside
     # The database's password reaches PostgreSQL as a docker secret, the same one in the DSN.
     postgres = services["postgres"]
     assert environment(postgres)["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
@@ -212,15 +214,19 @@ def test_compose_init_sets_up_the_stack_once(
     network_dir: Path, database_url: str, softhsm_conf: Path, tmp_path: Path
 ) -> None:
     """The init service's script, run as the image runs it: the schema, the token, the demo
-    organisation, account and user; run again, it changes nothing."""
+    organisation, account and user, and its Tessera; run again, it changes nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QSIGNER_")}
     env.update(QSIGNER_DATABASE_URL=database_url, SOFTHSM2_CONF=str(softhsm_conf),
                INIT_SECRETS_DIR=str(network_dir / "secrets"), QSIGNER_JWT_SECRET=JWT_SECRET,
-               QSIGNER_PBKDF2_ITERATIONS="100000")  # fmt: skip
+               QSIGNER_PBKDF2_ITERATIONS="100000",
+               INIT_NETWORK_JSON=str(network_dir / "network.json"))  # fmt: skip
     init = str(ROOT / "deploy" / "compose" / "init.py")
     first = run(sys.executable, init, env=env).strip()
     assert re.fullmatch(r"0x[0-9a-fA-F]{40}", first)
     assert run(sys.executable, init, env=env).strip() == first
+    tessera = json.loads((network_dir / "network.json").read_text())["nodes"][0]["tessera"]
+    (row,) = query(database_url, "SELECT url, keys FROM organisation_tessera")
+    assert (row["url"], list(row["keys"])) == (tessera["third_party"], [tessera["public_key"]])
     # The demo user's envelope opens with the generated password and holds the token's PIN.
     password_file = str(network_dir / "secrets" / "demo_password")
     key = run(str(Path(sys.executable).parent / "quorum-signer"), "apikey", "create",
