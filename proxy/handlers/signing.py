@@ -47,6 +47,7 @@ from signer.transactions import (
     Transaction,
     parse_address,
     parse_hex,
+    parse_optional_quantity,
     sign_transaction_async,
 )
 
@@ -166,6 +167,12 @@ async def _prepare(
         tip_value = got["tip"] if "tip" in got else await facts.tip()
     if not fee_market and "gasPrice" not in fields:
         price = got["price"] if "price" in got else await facts.gas_price()
+    elif base_fee is None and parse_optional_quantity("gasPrice", fields.get("gasPrice")):
+        # GoQuorum refuses a price unless its genesis enables one; eth_gasPrice then is not 0.
+        if not await facts.gas_price():
+            raise InvalidParams("this network does not price gas (its blocks have no base fee "
+                                "and eth_gasPrice is 0, as on GoQuorum): give gasPrice 0, or "
+                                "leave it out")  # fmt: skip
     build = functools.partial(
         filling.build, request, chain_id=pool.chain_id, block_gas_limit=gas_limit,
         fee_market=fee_market, base_fee=base_fee, gas_price=price, tip=tip_value,

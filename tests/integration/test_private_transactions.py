@@ -93,7 +93,8 @@ async def _network(database_url: str, softhsm_module: str, *,
                    quorum_like: bool = True) -> AsyncIterator[Private]:  # fmt: skip
     own, peers = [tessera_key(), tessera_key()], [tessera_key(), tessera_key()]
     with run_anvil(chain_id=CHAIN_ID, quorum_like=quorum_like) as anvil_url:
-        async with tessera(own, peers) as standin, quorum_node(anvil_url, standin) as node:
+        async with (tessera(own, peers) as standin,
+                    quorum_node(anvil_url, standin, pre_london=quorum_like) as node):  # fmt: skip
             stack = await build_stack(anvil_url, database_url, softhsm_module,
                                       upstreams=(node.url,), resend_seconds=1)  # fmt: skip
             await _set_tessera(stack, standin.url, own)
@@ -106,6 +107,21 @@ async def private(database_url: str, softhsm_conf: Path,
                   softhsm_module: str) -> AsyncIterator[Private]:  # fmt: skip
     async with _network(database_url, softhsm_module) as network:
         yield network
+
+
+async def test_goquorum_rules_on_fees_apply_before_a_node_refuses(private: Private) -> None:
+    """Toward GoQuorum (blocks without baseFeePerGas, eth_gasPrice 0): no type 2 transaction,
+    and no gas price, public or private; what is filled is legacy at price 0."""
+    public = {"from": private.stack.address, "to": RECIPIENT, "value": "0x1"}
+    for fields in ({**public, "maxFeePerGas": "0x1"}, {**public, "type": "0x2"},
+                   {**public, "gasPrice": "0x3b9aca00"}, private.tx(gasPrice="0x1")):  # fmt: skip
+        _, answer = await private.proxy.call("eth_sendTransaction", [fields])
+        assert answer.get("error", {}).get("code") == -32602, (fields, answer)
+    assert private.node.private_sends == [] and await private.ledger() == []
+    for fields in ({**public, "gasPrice": "0x0"}, public):
+        tx_hash = await private.proxy.result("eth_sendTransaction", [fields])
+        mined = rpc(private.stack.anvil_url, "eth_getTransactionByHash", [tx_hash])
+        assert mined["type"] == "0x0" and mined["gasPrice"] == "0x0"
 
 
 async def test_on_a_fee_market_chain_a_private_transaction_is_legacy_and_priced(

@@ -60,6 +60,13 @@ def test_startup_problems_name_the_setting(base_env: dict[str, str]) -> None:
         assert "QSIGNER_UPSTREAMS" in error_line(start(no_upstreams))
 
 
+def test_chain_id_1_is_refused_at_start_up(base_env: dict[str, str]) -> None:
+    """GoQuorum refuses chain id 1: its EIP-155 v (37/38) is that of private transactions."""
+    with run_anvil(chain_id=1) as mainnet_like:
+        line = error_line(start({**base_env, "QSIGNER_UPSTREAMS": mainnet_like}))
+    assert "QSIGNER_UPSTREAMS" in line and "chain 1" in line and "private" in line, line
+
+
 @pytest.mark.parametrize(
     "broken",
     [

@@ -14,7 +14,10 @@ these machines. It sits in front of anvil (the public chain) and its own Tessera
   hash of anvil's copy is shown as the given bytes' hash, and the other way round in requests,
   so that the proxy's ledger and a user's receipt polling see the transaction they sent.
 
-Every other call goes to anvil as it is. What this does not verify: GoQuorum's own private
+Every other call goes to anvil as it is, except that with `pre_london` (the default, as a
+GoQuorum network without London or gas pricing in its genesis) blocks carry no `baseFeePerGas`
+and `eth_gasPrice` is 0 (anvil answers 1 gwei even when it charges nothing). What this does
+not verify: GoQuorum's own private
 execution (the private state, private receipts), QBFT, and GoQuorum's actual error texts.
 """
 
@@ -55,6 +58,7 @@ class QuorumStandIn:
     port: int = field(default_factory=free_port)
     private_sends: list[PrivateSend] = field(default_factory=list)
     refuse_private: str | None = None  # a -32000 message every private send gets, when set
+    pre_london: bool = True  # blocks without baseFeePerGas, as GoQuorum's
     _ours: dict[str, str] = field(default_factory=dict)  # anvil's hash -> the given bytes' hash
     _theirs: dict[str, str] = field(default_factory=dict)  # and back
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -96,6 +100,8 @@ class QuorumStandIn:
                 return {"jsonrpc": "2.0", "id": call.get("id"),
                         "error": {"code": -32000, "message": str(refusal)}}  # fmt: skip
             return {"jsonrpc": "2.0", "id": call.get("id"), "result": result}
+        if self.pre_london and call.get("method") == "eth_gasPrice":
+            return {"jsonrpc": "2.0", "id": call.get("id"), "result": "0x0"}
         return await self._anvil(call)
 
     async def _anvil(self, call: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +114,11 @@ class QuorumStandIn:
             got = await answer.text()
         for theirs, ours in self._ours.items():
             got = got.replace(theirs, ours)
-        return dict(json.loads(got))
+        answer = dict(json.loads(got))
+        block = answer.get("result")
+        if self.pre_london and call.get("method", "").startswith("eth_getBlockBy") and block:
+            block.pop("baseFeePerGas", None)
+        return answer
 
     async def _send_private(self, params: list[Any]) -> str:
         if len(params) != 2 or not isinstance(params[0], str) or not isinstance(params[1], dict):
@@ -167,8 +177,9 @@ class _Refused(Exception):
 
 
 @contextlib.asynccontextmanager
-async def quorum_node(anvil_url: str, own_tessera: TesseraStandIn) -> AsyncIterator[QuorumStandIn]:
-    node = QuorumStandIn(anvil_url, own_tessera)
+async def quorum_node(anvil_url: str, own_tessera: TesseraStandIn, *,
+                      pre_london: bool = True) -> AsyncIterator[QuorumStandIn]:  # fmt: skip
+    node = QuorumStandIn(anvil_url, own_tessera, pre_london=pre_london)
     await node.start()
     try:
         yield node
