@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import functools
 import getpass
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -283,6 +284,18 @@ def _number(value: int | None) -> str:
 _RECEIPT_STATUS: dict[int | None, str] = {1: "1 (success)", 0: "0 (reverted)", None: "-"}
 
 
+def _private_shown(private_args: str | None) -> str:
+    """A private transaction's recipients and privacy flag; "-" for a public one."""
+    if private_args is None:
+        return "-"
+    args = json.loads(private_args)
+    shown = f"for {', '.join(args.get('privateFor') or []) or 'no one else'}"
+    shown += f" (privacy flag {args.get('privacyFlag', 0)}"
+    if args.get("mandatoryFor"):
+        shown += f"; mandatory for {', '.join(args['mandatoryFor'])}"
+    return shown + ")"
+
+
 def _tx_show(args: argparse.Namespace, settings: Settings) -> int:
     tx_hash = _tx_hash(args.hash)
     rows = _with_pool(settings, lambda pool: queries.transactions_by_hash(pool, tx_hash))
@@ -304,6 +317,7 @@ def _tx_show(args: argparse.Namespace, settings: Settings) -> int:
             ("nonce", str(tx.nonce)),
             ("state", tx.state),
             ("kind", tx.kind),
+            ("private", _private_shown(tx.private_args)),
             ("user", _shown(tx.user_id)),
             ("request id", _shown(tx.request_id)),
             ("node", _shown(tx.node)),

@@ -50,12 +50,22 @@ NODE_SIGNING = frozenset({
 # and quorumExtension_* (extendContract, approveExtension, ...), which take `from` and send a
 # transaction signed with the node's own account.
 NODE_SIGNING_NAMESPACES = ("personal", "account", "quorumPermission", "quorumExtension")
+# The reads of those GoQuorum namespaces sign nothing: QSIGNER_PASSTHROUGH may add them, by name
+# or with their namespace (`quorumPermission_*` then forwards these and nothing else of it).
+QUORUM_NAMESPACE_READS = frozenset({
+    "quorumPermission_orgList", "quorumPermission_acctList", "quorumPermission_nodeList",
+    "quorumPermission_roleList", "quorumPermission_getOrgDetails",
+    "quorumPermission_connectionAllowed", "quorumPermission_transactionAllowed",
+    "quorumExtension_activeExtensionContracts",
+})  # fmt: skip
 
 
 def is_forwarded(method: str, passthrough: tuple[str, ...]) -> bool:
     """The allowlist, plus QSIGNER_PASSTHROUGH's methods and `ns_*` namespaces."""
     namespace = method.partition("_")[0]
-    if method in NODE_SIGNING or namespace in NODE_SIGNING_NAMESPACES:
+    if method in NODE_SIGNING:
+        return False
+    if namespace in NODE_SIGNING_NAMESPACES and method not in QUORUM_NAMESPACE_READS:
         return False
     if method in STANDARD_ETH or method in QUORUM_ETH or namespace in FORWARDED_NAMESPACES:
         return True

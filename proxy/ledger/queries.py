@@ -40,6 +40,7 @@ class LedgerTransaction:
     signed_at: datetime | None
     sent_at: datetime | None
     mined_at: datetime | None
+    private_args: str | None  # a GoQuorum private transaction's recipients (JSON), else None
 
 
 def _row(record: Any) -> LedgerTransaction:
@@ -69,7 +70,7 @@ async def transactions_by_hash(db: Database, tx_hash: bytes) -> list[LedgerTrans
         """
         SELECT chain_id, account, nonce, state, kind, tx_hash, user_id, request_id, node,
                block_number, receipt_status, reason, send_attempts, created_at, signed_at,
-               sent_at, mined_at
+               sent_at, mined_at, private_args
           FROM ledger_transactions
          WHERE id IN (SELECT id FROM ledger_transactions
                        WHERE tx_hash = $1 AND state <> 'released'
@@ -94,7 +95,7 @@ async def recent_transactions(db: Database, *, account: bytes | None = None,
         """
         SELECT chain_id, account, nonce, state, kind, tx_hash, user_id, request_id, node,
                block_number, receipt_status, reason, send_attempts, created_at, signed_at,
-               sent_at, mined_at
+               sent_at, mined_at, private_args
           FROM ledger_transactions
          WHERE ($1::bytea IS NULL OR account = $1) AND ($2::text IS NULL OR state = $2)
          ORDER BY created_at DESC, id DESC

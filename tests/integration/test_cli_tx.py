@@ -87,13 +87,14 @@ async def test_show_and_list_tell_what_the_ledger_knows(
 
     # A mined transaction: everything, times in order.
     shown = _show(cli, first)
-    assert list(shown) == ["hash", "account", "chain id", "nonce", "state", "kind", "user",
-                           "request id", "node", "block", "status", "reason", "send attempts",
-                           "created", "signed", "sent", "mined"]  # fmt: skip
+    assert list(shown) == ["hash", "account", "chain id", "nonce", "state", "kind", "private",
+                           "user", "request id", "node", "block", "status", "reason",
+                           "send attempts", "created", "signed", "sent", "mined"]  # fmt: skip
     assert shown == {
         **shown,
         "hash": first, "account": stack.address, "chain id": str(CHAIN_ID),
-        "nonce": str(nonce_of[first]), "state": "mined", "kind": "send", "user": "alice",
+        "nonce": str(nonce_of[first]), "state": "mined", "kind": "send", "private": "-",
+        "user": "alice",
         "request id": "req-first", "node": node.url,
         "block": str(int(on_chain[first]["blockNumber"], 16)), "status": "1 (success)",
         "reason": "-", "send attempts": "1",

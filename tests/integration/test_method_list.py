@@ -69,6 +69,20 @@ def test_the_document_is_the_code() -> None:
     # GoQuorum's namespaces that send transactions signed with the node's own account.
     assert {"quorumPermission_*", "quorumExtension_*"} <= never
     assert not {"quorumPermission_*", "quorumExtension_*"} & set(section("Refused unless"))
+    assert set(section("Reads of GoQuorum")) == forwarding.QUORUM_NAMESPACE_READS
+
+
+def test_goquorum_namespace_reads_need_passthrough_and_writes_never_pass() -> None:
+    for read in forwarding.QUORUM_NAMESPACE_READS:
+        namespace = read.partition("_")[0] + "_*"
+        assert not forwarding.is_forwarded(read, ())
+        assert forwarding.is_forwarded(read, (namespace,))
+        assert forwarding.is_forwarded(read, (read,))
+    for write in ("quorumPermission_addOrg", "quorumExtension_extendContract"):
+        assert not forwarding.is_forwarded(write, (write, write.partition("_")[0] + "_*"))
+    for namespace in ("istanbul", "qbft", "raft"):
+        assert not forwarding.is_forwarded(f"{namespace}_getValidators", ())
+        assert forwarding.is_forwarded(f"{namespace}_getValidators", (f"{namespace}_*",))
 
 
 @pytest.fixture
@@ -148,6 +162,12 @@ async def test_every_listed_method_is_answered_forwarded_or_refused_as_documente
             answer = await call(method)
             assert not refused_by_proxy(answer), (method, answer)
             assert method not in seen, method
+
+        # This stack's QSIGNER_PASSTHROUGH names both GoQuorum namespaces: their reads pass.
+        for method in section("Reads of GoQuorum"):
+            seen.clear()
+            answer = await call(method)
+            assert not refused_by_proxy(answer) and method in seen, (method, answer)
 
         refused = expand(section("Never forwarded")) + expand(section("Refused unless"))
         for method in refused:

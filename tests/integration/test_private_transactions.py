@@ -18,6 +18,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +180,12 @@ async def test_a_private_deployment_goes_through_tessera_and_is_mined(private: P
     (row,) = await private.ledger()
     assert row["nonce"] == 0 and row["tx_hash"] == _b64(tx_hash)
     assert json.loads(row["private_args"]) == sent.args
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "quorum-signer"), "tx", "show", tx_hash],
+        env={**os.environ, "QSIGNER_DATABASE_URL": private.stack.database_url},
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f"private: for {private.peers[0]} (privacy flag 0)" in shown.splitlines()
     allowed = [d for d in await private.audited() if d.get("kind") == "decision"]
     assert allowed and allowed[-1]["detail"]["private"] == {"private_for": [private.peers[0]],
                                                             "privacy_flag": 0}  # fmt: skip
