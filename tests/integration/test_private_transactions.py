@@ -221,6 +221,24 @@ async def test_public_and_private_transactions_share_one_nonce_space(private: Pr
     assert await proxy.result("eth_getTransactionCount", [private.stack.address, "latest"]) == "0xc"
 
 
+async def test_a_private_send_carries_the_organisations_private_state(private: Private) -> None:
+    """Multi-tenancy: the organisation's single PSI goes with the private send; another's PSI
+    is refused (4100) before Tessera is asked anything."""
+    pool = await store.connect(private.stack.database_url, max_size=2)
+    try:
+        identity = Identity(pool, private.stack.settings)
+        await identity.set_private_states("acme", ["PS-ACME"])
+        await identity.set_private_states("globex", ["PS-GLOBEX"])
+    finally:
+        await pool.close()
+    await asyncio.sleep(1.1)  # every replica sees the change within a second
+    headers = {**private.proxy.jwt(True), "Quorum-PSI": "PS-GLOBEX"}
+    _, answer = await private.proxy.call("eth_sendTransaction", [private.tx()], headers=headers)
+    assert answer["error"]["code"] == 4100 and private.tessera.calls == []
+    await private.proxy.result("eth_sendTransaction", [private.tx()])
+    assert [send.psi for send in private.node.private_sends] == ["PS-ACME"]
+
+
 async def test_sign_transaction_returns_the_signed_private_transaction(private: Private) -> None:
     """eth_signTransaction with privateFor stores the payload and signs, without sending; the
     caller's own eth_sendRawPrivateTransaction through the proxy then settles the reservation."""

@@ -49,6 +49,7 @@ class PrivateSend:
     nonce: int
     tessera_hash: bytes
     tx_hash: str  # the hash of `raw`, as the node answered it
+    psi: str | None = None  # the Quorum-PSI header it came with
 
 
 @dataclass
@@ -87,15 +88,16 @@ class QuorumStandIn:
 
     async def _rpc(self, request: web.Request) -> web.Response:
         body = json.loads(await request.read())
+        psi = request.headers.get("Quorum-PSI")
         if isinstance(body, list):
-            answers = [await self._one(call) for call in body]
+            answers = [await self._one(call, psi) for call in body]
             return web.json_response(answers)
-        return web.json_response(await self._one(body))
+        return web.json_response(await self._one(body, psi))
 
-    async def _one(self, call: dict[str, Any]) -> dict[str, Any]:
+    async def _one(self, call: dict[str, Any], psi: str | None = None) -> dict[str, Any]:
         if call.get("method") == "eth_sendRawPrivateTransaction":
             try:
-                result = await self._send_private(call.get("params") or [])
+                result = await self._send_private(call.get("params") or [], psi)
             except _Refused as refusal:
                 return {"jsonrpc": "2.0", "id": call.get("id"),
                         "error": {"code": -32000, "message": str(refusal)}}  # fmt: skip
@@ -120,7 +122,7 @@ class QuorumStandIn:
             block.pop("baseFeePerGas", None)
         return answer
 
-    async def _send_private(self, params: list[Any]) -> str:
+    async def _send_private(self, params: list[Any], psi: str | None) -> str:
         if len(params) != 2 or not isinstance(params[0], str) or not isinstance(params[1], dict):
             raise _Refused("expected [rawTransaction, {privateFor, privacyFlag, mandatoryFor}]")
         if self.refuse_private is not None:
@@ -168,7 +170,7 @@ class QuorumStandIn:
         self._ours[theirs] = tx_hash
         self._theirs[tx_hash] = theirs
         self.private_sends.append(PrivateSend(raw, dict(args), sender, number(nonce, "big"),
-                                              data, tx_hash))  # fmt: skip
+                                              data, tx_hash, psi))  # fmt: skip
         return tx_hash
 
 
