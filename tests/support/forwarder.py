@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.support.anvil import free_port
+from tests.support.servers import serve_on_loopback, stop_serving
 
 # Submissions of a signed transaction: what "hang_sends" and "drop_sends" act on.
 SENDS = frozenset({"eth_sendRawTransaction", "eth_sendRawPrivateTransaction",
@@ -59,15 +60,12 @@ class Forwarder:
         self._released.clear()
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)  # any path, as Infura's /v3/<key>
-        self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_on_loopback(app, self.port)
 
     async def stop(self) -> None:
         self._released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runner, self._runner = self._runner, None
+        await stop_serving(runner)
 
     async def close(self) -> None:
         await self.stop()

@@ -38,6 +38,7 @@ from coincurve import PublicKey
 
 from signer.ecdsa import keccak256
 from tests.support.anvil import free_port
+from tests.support.servers import serve_on_loopback, stop_serving
 from tests.support.tessera import TesseraStandIn
 
 
@@ -74,14 +75,11 @@ class QuorumStandIn:
         self._session = aiohttp.ClientSession()
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/", self._rpc)
-        self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_on_loopback(app, self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runner, self._runner = self._runner, None
+        await stop_serving(runner)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from tests.support.anvil import free_port
+from tests.support.servers import serve_on_loopback, stop_serving
 
 
 def tessera_key() -> str:
@@ -70,14 +71,11 @@ class TesseraStandIn:
         app.router.add_post("/sendsignedtx", self._send_signed)
         app.router.add_get("/upcheck", self._upcheck)
         app.router.add_get("/transaction/{hash}", self._receive)
-        self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_on_loopback(app, self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runner, self._runner = self._runner, None
+        await stop_serving(runner)
 
     def payload_of(self, key: bytes) -> Stored:
         return self.stored[key]
