@@ -24,11 +24,11 @@ HERE = Path(__file__).resolve().parent
 # Each benchmark with its smallest sensible settings: enough rounds for a median where the
 # machine is noisy, short phases where a phase only needs to reach a steady state.
 QUICK: dict[str, list[str]] = {
-    "sign": ["--count", "1000", "--rounds", "3", "--sessions", "2"],
-    "audit": ["--seconds", "2"],
+    "sign": ["--count", "2000", "--rounds", "3", "--sessions", "1", "2"],
+    "audit": ["--seconds", "3"],
     "passthrough": ["--rounds", "3", "--seconds", "2"],
-    "send": ["--quick"],
-    "policy": ["--requests", "60", "--rounds", "2"],
+    "send": ["--transactions", "320", "--sequential", "100", "--rounds", "2", "--raw-seconds", "2"],
+    "policy": ["--requests", "150", "--rounds", "3"],
     "unlock_burst": ["--rounds", "3"],
 }
 
@@ -37,7 +37,8 @@ def run(name: str, flags: list[str], directory: Path) -> tuple[list[summary.Figu
     """One benchmark's figures (a FAILED row if it produced none) and its run time."""
     out = directory / f"{name}.json"
     command = [sys.executable, str(HERE / f"{name}.py"), *flags, "--summary", str(out)]
-    print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    shown = " ".join([f"bench/{name}.py", *command[2:]])
+    print(f"== {name}: {shown}", file=sys.stderr, flush=True)
     started = time.monotonic()
     # stdout of the benchmark goes to our stderr: our stdout is the table alone.
     finished = subprocess.run(command, stdout=sys.stderr, check=False)
