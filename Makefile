@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: dev test lint check contracts network deps system-deps clean
+.PHONY: dev test lint check contracts network bench docs deps system-deps clean
 
 dev: deps
 	$(BIN)/quorum-signer dev
@@ -25,6 +25,15 @@ contracts: deps
 	node scripts/compile-contracts.mjs
 
 check: lint test
+
+# Every benchmark of bench/ with short settings (a few minutes), then one table of figures and
+# ratios against their in-run baselines (bench/README.md). BENCH_ARGS=--full: their own defaults.
+bench: deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Regenerate docs/configuration.md's table of QSIGNER_ variables from proxy/settings.py.
+docs: deps
+	$(BIN)/python scripts/configuration_table.py
 
 # Keys, genesis and configs of the 4-node GoQuorum network that docker-compose.yml runs, in
 # ./network (private keys and secrets: it ignores itself in git). NETWORK_ARGS=--force replaces it.

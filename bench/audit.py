@@ -4,7 +4,7 @@ the signing path does, one row per eth_sendTransaction at least), through `Audit
 
 Runs on a fresh database of the PostgreSQL at 127.0.0.1:5432 (else an embedded one), dropped
 afterwards. Prints appends/s, p50 and p99 latency of an append, and rows per statement.
-Usage: .venv/bin/python bench/audit.py [--tasks 32] [--seconds 5] [--replicas 1]
+Usage: .venv/bin/python bench/audit.py [--tasks 32] [--seconds 5] [--replicas 1] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import summary
 
 from proxy import store
 from proxy.audit import AuditEvent, AuditLog
@@ -48,12 +50,14 @@ async def run(append: object, tasks: int, seconds: float) -> tuple[int, list[flo
 
 
 def show(name: str, count: int, latencies: list[float], seconds: float, rows: int,
-         statements: int) -> None:  # fmt: skip
+         statements: int) -> float:  # fmt: skip
+    """Prints one way's figures; returns its appends per second."""
     cuts = statistics.quantiles(latencies, n=100)
     print(
         f"{name:<28} {count / seconds:8.0f} appends/s   p50 {cuts[49] * 1000:6.2f} ms   "
         f"p99 {cuts[98] * 1000:6.2f} ms   {rows / max(statements, 1):5.1f} rows/statement"
     )
+    return count / seconds
 
 
 class CountingPool(store.BoundedPool):
@@ -66,7 +70,7 @@ class CountingPool(store.BoundedPool):
         return await super().fetch(query, *args)
 
 
-async def measure(dsn: str, tasks: int, seconds: float, replicas: int) -> None:
+async def measure(dsn: str, tasks: int, seconds: float, replicas: int) -> list[summary.Figure]:
     pools = [await store.connect(dsn, max_size=10) for _ in range(replicas)]
     await store.upgrade(pools[0])
     try:
@@ -78,7 +82,7 @@ async def measure(dsn: str, tasks: int, seconds: float, replicas: int) -> None:
             await pool.fetch(_APPEND, e.chain, [at], [content])
 
         count, latencies = await run(single, min(tasks, 10), seconds)
-        show("one statement per event", count, latencies, seconds, count, count)
+        single_rate = show("one statement per event", count, latencies, seconds, count, count)
 
         logs = [AuditLog(CountingPool(p, 5)) for p in pools]
         rows_before = await pools[0].fetchval("SELECT count(*) FROM audit_log")
@@ -90,7 +94,8 @@ async def measure(dsn: str, tasks: int, seconds: float, replicas: int) -> None:
         count, latencies = await run(grouped, tasks, seconds)
         done = CountingPool.statements
         rows = await pools[0].fetchval("SELECT count(*) FROM audit_log") - rows_before
-        show(f"AuditLog.append x{replicas} pools", count, latencies, seconds, rows, done)
+        grouped_rate = show(f"AuditLog.append x{replicas} pools", count, latencies, seconds, rows,
+                            done)  # fmt: skip
         for audit_log in logs:
             await audit_log.close()
         broken = await pools[0].fetchval(
@@ -98,6 +103,9 @@ async def measure(dsn: str, tasks: int, seconds: float, replicas: int) -> None:
                  ON b.chain = a.chain AND b.seq = a.seq + 1 WHERE b.prev_hash <> a.hash"""
         )
         print(f"chain of {rows_before + rows} rows, {broken} links broken")
+        return [summary.Figure("audit", f"appends/s, group commit, {tasks} appenders",
+                               grouped_rate, "/s", "one statement per append",
+                               single_rate)]  # fmt: skip
     finally:
         for p in pools:
             await p.close()
@@ -108,6 +116,8 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--replicas", type=int, default=1, help="AuditLog instances (pools)")
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     args = parser.parse_args()
     with postgres_server() as server, fresh_database(server) as dsn:
-        asyncio.run(measure(dsn, args.tasks, args.seconds, args.replicas))
+        summary.write(args.summary, asyncio.run(measure(dsn, args.tasks, args.seconds,
+                                                        args.replicas)))  # fmt: skip

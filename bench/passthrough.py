@@ -10,6 +10,7 @@ forwarder) and differences (proxy - direct) mean anything on a shared, noisy mac
 Everything real: anvil, PostgreSQL (local, else embedded), SoftHSM, `quorum-signer serve` as a
 separate process with the product's defaults. Nothing is asserted: it prints figures.
 Usage: .venv/bin/python bench/passthrough.py [--rounds 5] [--seconds 5] [--concurrency 64]
+       [--event-loop uvloop|asyncio] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import summary
 from _stack import running_stack
 
 from tests.support.anvil import free_port
@@ -121,6 +123,7 @@ def main() -> None:
         default="uvloop",
         help="the proxy's QSIGNER_EVENT_LOOP (the product's default: uvloop)",
     )
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     parser.add_argument(
         "--forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS
     )
@@ -185,6 +188,14 @@ def main() -> None:
               f"(goal >= 1.0x); p50 at c=1 over direct: {idle[name] - idle['direct']:+.3f} ms "
               f"(goal <= +0.3 ms)")  # fmt: skip
     print(f"forwarder p50 at c=1 over direct: {idle['forwarder'] - idle['direct']:+.3f} ms")
+    proxies = (("proxy-jwt", "JWT"), ("proxy-key", "API key"))
+    figures = [summary.Figure("passthrough", f"eth_blockNumber req/s c={c}, {how}", rate[name],
+                              "/s", "aiohttp forwarder", rate["forwarder"])
+               for name, how in proxies]  # fmt: skip
+    figures += [summary.Figure("passthrough", f"eth_blockNumber p50 c=1, {how}", idle[name], "ms",
+                               "node direct", idle["direct"], difference=True)
+                for name, how in proxies]  # fmt: skip
+    summary.write(args.summary, figures)
 
 
 if __name__ == "__main__":

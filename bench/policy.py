@@ -11,7 +11,7 @@ evaluation, the counters reserved in one transaction with the decision's audit r
 
 Nothing is asserted: it prints figures. Every process it starts is stopped on the way out.
 
-Usage: .venv/bin/python bench/policy.py [--requests 200] [--rounds 3] [--quick]
+Usage: .venv/bin/python bench/policy.py [--requests 200] [--rounds 3] [--quick] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import summary
 from _stack import Running, running_stack
 
 from proxy import store
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per organisation per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds = 30, 1
@@ -118,6 +120,11 @@ def main() -> None:
     print(f"  no policy           {median(1, 0.5):>7.2f}  {median(1, 0.99):>7.2f}")
     print(f"  added by the policy {median(0, 0.5) - median(1, 0.5):>+7.2f}  "
           f"{median(0, 0.99) - median(1, 0.99):>+7.2f}")  # fmt: skip
+    summary.write(args.summary, [
+        summary.Figure("policy", f"eth_sendTransaction {name}, 20 rules + 4 limits, c=1",
+                       median(0, q), "ms", "no policy", median(1, q), difference=True)
+        for name, q in (("p50", 0.5), ("p99", 0.99))
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ no phase starts behind another's backlog. The replicas run with the product's de
 Nothing is asserted: it prints figures. Every process it starts is stopped on the way out.
 
 Usage: .venv/bin/python bench/send.py [--quick] [--transactions 320] [--sequential 200]
-       [--concurrency 32] [--rounds 3] [--max-in-flight N]
+       [--concurrency 32] [--rounds 3] [--max-in-flight N] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from eth_account import Account
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import summary
 from _stack import Running, running_stack
 from pkcs11 import Mechanism
 
@@ -262,6 +263,7 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int,
                         help="QSIGNER_MAX_IN_FLIGHT of the replicas (default: theirs)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     args = parser.parse_args()
     if args.quick:
         args.transactions, args.sequential, args.rounds, args.raw_seconds = 64, 30, 1, 1.0
@@ -337,6 +339,19 @@ def main() -> None:
               f"{rate(local):>8.1f}")  # fmt: skip
         print(f"   added  {label:>5} {p(proxy, 0.5) - p(local, 0.5):>+8.2f} "
               f"{p(proxy, 0.99) - p(local, 0.99):>+8.2f}")  # fmt: skip
+    local = "local signer, straight to the node"
+    summary.write(args.summary, [
+        summary.Figure("send", f"eth_sendTransaction tx/s, 1 replica, c={c}", one, "/s",
+                       "raw HSM signs/s, 4 sessions", raw_rate),
+        summary.Figure("send", f"eth_sendTransaction tx/s, 2 replicas, c={c // 2} each", two,
+                       "/s", "1 replica", one),
+        summary.Figure("send", "eth_sendTransaction p50, c=1", p("proxy1", 0.5), "ms", local,
+                       p("local1", 0.5), difference=True),
+        summary.Figure("send", f"eth_sendTransaction p50, c={c}", p("one", 0.5), "ms", local,
+                       p("localc", 0.5), difference=True),
+        summary.Figure("send", f"ledger DB round trips per tx, c={c}",
+                       median(lambda r: r.round_trips, "one")),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

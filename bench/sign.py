@@ -10,6 +10,7 @@ matters on a shared, noisy machine. The CPU columns are this process's CPU time 
 user + system) per signature: steadier than rates when other work shares the cores, and what
 bounds the ratio once the sessions outnumber the cores (raw CPU / ours).
 Usage: .venv/bin/python bench/sign.py [--count 2000] [--rounds 5] [--sessions 1 2 4]
+       [--summary FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import summary
 from pkcs11 import Mechanism
 
 from signer.pkcs11 import Hsm, HsmKey, find_softhsm_module
@@ -139,7 +141,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="signatures per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     args = parser.parse_args()
+    figures: list[summary.Figure] = []
     module = find_softhsm_module()
     if module is None:
         raise SystemExit("SoftHSM2 is not installed (make deps)")
@@ -166,6 +170,13 @@ def main() -> None:
                     f"{proxy_cpu:>5.0f}",
                     flush=True,
                 )
+                figures += [
+                    summary.Figure("sign", f"tx signed/s, threads, {sessions} session(s)",
+                                   threads_rate, "/s", "raw C_Sign", raw_rate),
+                    summary.Figure("sign", f"tx signed/s, proxy's path, {sessions} session(s)",
+                                   proxy_rate, "/s", "raw C_Sign", raw_rate),
+                ]  # fmt: skip
+    summary.write(args.summary, figures)
 
 
 if __name__ == "__main__":

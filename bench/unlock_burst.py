@@ -6,7 +6,7 @@ finished or not, so that a stalled stretch counts as many slow requests). Each r
 both, quiet first; the burst's users are new every round (a user's first unlock is cached
 afterwards). The ratio of the p50s is what matters on a shared, noisy machine: close to 1 when
 unlocking never delays signing (the PBKDF2 threads still take CPU). Medians over rounds.
-Usage: .venv/bin/python bench/unlock_burst.py [--rounds 5] [--burst 20]
+Usage: .venv/bin/python bench/unlock_burst.py [--rounds 5] [--burst 20] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import summary
 from _stack import Running, running_stack
 
 from proxy import store
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--signs", type=int, default=100, help="quiet signs per round")
     parser.add_argument("--interval", type=float, default=10, help="ms between signs")
+    parser.add_argument("--summary", metavar="FILE", help="write the figures there (JSON)")
     args = parser.parse_args()
     with running_stack() as running:
         users = [asyncio.run(add_users(running, args.burst)) for _ in range(args.rounds)]
@@ -104,6 +106,9 @@ def main() -> None:
     print(f"p50 of an unlocked personal_sign, quiet:            {p50_quiet:.2f} ms")
     print(f"p50 of an unlocked personal_sign, during the burst: {p50_during:.2f} ms")
     print(f"ratio: {p50_during / p50_quiet:.2f}x")
+    summary.write(args.summary, [summary.Figure(
+        "unlock_burst", f"personal_sign p50 during {args.burst} first unlocks", p50_during, "ms",
+        "quiet", p50_quiet, difference=True)])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,59 +9,170 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy.errors import SettingsError
 from proxy.ratelimit import trusted_networks
 from signer.pkcs11 import find_softhsm_module
 
 PREFIX = "QSIGNER_"
+T = TypeVar("T")
+
+
+def setting(default: T, meaning: str, *, unset: str | None = None) -> T:
+    """A field of `Settings`, with the one line that docs/configuration.md shows for it; `unset`
+    says what an empty default (None, none, 0) means. `configuration_table()` renders them."""
+    return field(default=default, metadata={"meaning": meaning, "unset": unset})
 
 
 @dataclass(frozen=True)
 class Settings:
-    listen: str = "127.0.0.1:8545"
-    upstreams: tuple[str, ...] = ()
-    database_url: str | None = None
-    pkcs11_module: str | None = None
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    chain_id: int | None = None
-    pbkdf2_iterations: int = 600_000
-    lockout_attempts: int = 5
-    lockout_seconds: int = 900
-    passthrough: tuple[str, ...] = ()
-    tessera_url: str | None = None
-    log_format: str | None = None
-    event_loop: str = "uvloop"  # or "asyncio": the standard library's loop
-    cors_origins: tuple[str, ...] = ()
-    rate_limit: int = 0
-    rate_burst: int = 0
-    unlock_cache_seconds: int = 900
-    unlock_cache_size: int = 10_000
-    read_timeout: float = 10.0  # seconds a node may take over one caller's request
-    node_connections: int = 64  # requests (hence connections) to one node at once
-    max_response_bytes: int = 32 * 1024 * 1024  # a node's answer, at most
-    max_in_flight: int = 64  # one account's transactions under way in a replica, at most
-    caller_nonces: str = "respect"  # or "reassign": managed accounts always get the ledger's
-    signed_tx_timeout: int = 600  # an eth_signTransaction nonce never seen is filled after this
-    idempotency_ttl: int = 86400  # seconds an Idempotency-Key is remembered
-    resend_seconds: int = 30  # a stored transaction not mined after this is sent again
-    database_timeout: int = 5  # seconds a request waits for the database, at most
-    hsm_queue_limit: int = 256
-    unlock_threads: int = 2
-    unlock_queue_limit: int = 64
-    row_cache_seconds: int = 30
-    auth_failure_rate: int = 20
-    auth_failure_burst: int = 40
-    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For counts
-    audit_checkpoint_rows: int = 1000  # a chain's head is signed after this many rows ...
-    audit_checkpoint_seconds: int = 60  # ... or this many seconds, whichever comes first
+    # Each variable is QSIGNER_ + the field's name in capitals. The meanings are the user's
+    # reference (docs/configuration.md is generated from them: scripts/configuration_table.py).
+    listen: str = setting("127.0.0.1:8545", "host:port the proxy serves on")
+    upstreams: tuple[str, ...] = setting(
+        (),
+        "the nodes' JSON-RPC URLs (http or https), comma-separated; a URL may carry "
+        "credentials or an API key (`https://user:pass@host`, `/v3/<key>`), which `/readyz`, "
+        "logs and errors never show",
+        unset="required for `serve`",
+    )
+    database_url: str | None = setting(
+        None, "PostgreSQL DSN: the one state the replicas share", unset="required for `serve`"
+    )
+    pkcs11_module: str | None = setting(
+        None, "path of the HSM's PKCS#11 library", unset="SoftHSM2's, found in the usual places"
+    )
+    jwt_secret: str | None = setting(
+        None,
+        "HS256 secret (at least 32 bytes) that JWTs are verified with; `token issue` signs with it",
+        unset="`serve` needs exactly one of the three JWT verifiers",
+    )
+    jwt_public_key: str | None = setting(
+        None,
+        "path of a PEM public key that JWTs are verified with: RSA (RS256), P-256 (ES256) "
+        "or Ed25519 (EdDSA)",
+        unset="see `QSIGNER_JWT_SECRET`",
+    )
+    jwt_jwks_url: str | None = setting(
+        None,
+        "the identity provider's JWKS URL that JWTs are verified with (keys kept 5 min, "
+        "fetched again for an unknown `kid` at most every 5 s)",
+        unset="see `QSIGNER_JWT_SECRET`",
+    )
+    jwt_issuer: str | None = setting(None, "the `iss` every JWT must carry", unset="not checked")
+    jwt_audience: str | None = setting(None, "the `aud` every JWT must carry", unset="not checked")
+    chain_id: int | None = setting(
+        None,
+        "the chain id the nodes must serve (they must also agree with each other); decimal or 0x",
+        unset="read from the nodes",
+    )
+    pbkdf2_iterations: int = setting(
+        600_000, "PBKDF2-HMAC-SHA256 iterations for new password envelopes (at least 100000)"
+    )
+    lockout_attempts: int = setting(5, "wrong passwords in a row that lock a user")
+    lockout_seconds: int = setting(
+        900, "seconds a lockout lasts; wrong passwords closer together than this are in a row"
+    )
+    passthrough: tuple[str, ...] = setting(
+        (),
+        "methods or namespaces (`txpool_*`) forwarded to the nodes besides the allowlist of "
+        "[rpc.md](rpc.md), comma-separated; never one that signs with a node's keys",
+        unset="only the allowlist",
+    )
+    tessera_url: str | None = setting(
+        None,
+        "Tessera's third-party API, for the private transactions of organisations without "
+        "a Tessera of their own (`org set-tessera`)",
+        unset="`privateFor` refused for those organisations",
+    )
+    log_format: str | None = setting(
+        None, "`json` (one object a line) or `text`", unset="`text` on a terminal, else `json`"
+    )
+    event_loop: str = setting("uvloop", "`uvloop`, or `asyncio` for the standard library's")
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "origins whose web pages may call the proxy from a browser, comma-separated (`*` for any)",
+        unset="browsers are refused",
+    )
+    rate_limit: int = setting(0, "JSON-RPC calls per second one user may make", unset="no limit")
+    rate_burst: int = setting(
+        0,
+        "calls one user may make at once, within the rate limit",
+        unset="twice `QSIGNER_RATE_LIMIT`",
+    )
+    unlock_cache_seconds: int = setting(
+        900, "seconds an unlocked password stays cached in a replica's memory"
+    )
+    unlock_cache_size: int = setting(
+        10_000,
+        "entries of each of a replica's credential caches (unlocked passwords, API keys, "
+        "rows read to authenticate), at most",
+    )
+    read_timeout: float = setting(
+        10.0,
+        "seconds a node (or Tessera) may take over one caller's request; also the longest "
+        "wait for a free connection or an account's place",
+    )
+    node_connections: int = setting(
+        64, "requests (hence connections) to one node at once; more wait for a free one"
+    )
+    max_response_bytes: int = setting(
+        32 * 1024 * 1024,
+        "a node's answer, at most (32 MiB); a larger one fails for that caller with -32005",
+    )
+    max_in_flight: int = setting(
+        64,
+        "one account's transactions under way in a replica (from the nonce's reservation to "
+        "the node's answer); as many more wait, beyond that -32005",
+    )
+    caller_nonces: str = setting(
+        "respect",
+        "`respect`: a nonce the caller gives is used as given, and refused if the "
+        "proxy already used it; `reassign`: the proxy's accounts always get the ledger's next",
+    )
+    signed_tx_timeout: int = setting(
+        600,
+        "seconds after which a nonce reserved by `eth_signTransaction`, whose transaction "
+        "never appeared, is filled",
+    )
+    idempotency_ttl: int = setting(86400, "seconds an `Idempotency-Key` is remembered")
+    resend_seconds: int = setting(
+        30, "seconds after which a stored transaction not yet mined is sent again (same bytes)"
+    )
+    database_timeout: int = setting(
+        5, "seconds a request waits for the database before it fails closed (HTTP 503)"
+    )
+    hsm_queue_limit: int = setting(
+        256, "signing calls that may wait for a token's sessions; beyond, -32005"
+    )
+    unlock_threads: int = setting(2, "threads that derive password keys (PBKDF2, first unlocks)")
+    unlock_queue_limit: int = setting(
+        64, "first unlocks that may wait for those threads; beyond, -32005"
+    )
+    row_cache_seconds: int = setting(
+        30, "seconds the rows read to authenticate (users, keys, grants) may be cached, at most"
+    )
+    auth_failure_rate: int = setting(
+        20, "failed authentications per second allowed from one client address (0: off)"
+    )
+    auth_failure_burst: int = setting(
+        40, "failed authentications at once allowed from one client address"
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "reverse proxies (addresses or CIDR blocks, comma-separated) whose "
+        "`X-Forwarded-For` names the client",
+        unset="the header is ignored",
+    )
+    audit_checkpoint_rows: int = setting(
+        1000, "audit rows after which the audit key signs a chain's head"
+    )
+    audit_checkpoint_seconds: int = setting(
+        60, "seconds after which the audit key signs a chain's head (rows or seconds: the first)"
+    )
 
     @classmethod
     def from_env(
@@ -143,6 +254,43 @@ class Settings:
                 "QSIGNER_PKCS11_MODULE is not set and SoftHSM2 was not found in the usual places"
             )
         return self.pkcs11_module
+
+
+def configuration_table(settings_class: type[Settings] = Settings) -> str:
+    """The Markdown table of every QSIGNER_ variable (name, meaning, default) that
+    docs/configuration.md holds, built from the fields of `Settings`."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    for spec in fields(settings_class):
+        meaning = spec.metadata.get("meaning")
+        if not meaning:
+            raise ValueError(f"Settings.{spec.name} has no meaning: declare it with setting()")
+        name = f"`{PREFIX}{spec.name.upper()}`"
+        rows.append(f"| {name} | {_cell(meaning)} | {_cell(_default_shown(spec))} |")
+    return "\n".join(rows) + "\n"
+
+
+def _default_shown(spec: Field[Any]) -> str:
+    """The default as the code has it, and what an empty one means (its `unset` text)."""
+    value, unset = spec.default, spec.metadata.get("unset")
+    if value is None:
+        shown = "unset"
+    elif value == ():
+        shown = "none"
+    elif isinstance(value, float):
+        shown = f"`{value:g}`"
+    elif isinstance(value, tuple):
+        shown = f"`{','.join(value)}`"
+    else:
+        shown = f"`{value}`"
+    if unset is None:
+        return shown
+    if value not in (None, (), 0):
+        raise ValueError(f"Settings.{spec.name}: `unset` explains an empty default only")
+    return f"{shown}: {unset}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def _toml_value(key: str, value: Any) -> str:
