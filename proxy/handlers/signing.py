@@ -212,9 +212,14 @@ async def _all(reads: Mapping[str, Awaitable[Any]]) -> dict[str, Any]:
     return dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
 
 
+# Precompiles have no code and cost more than 21000: Ethereum's sit at 0x01-0xff (0x01-0x11 as of
+# Prague), rollups' and RIP-7212's at 0x100-0x1ff, GoQuorum's privacy precompile among the low
+# ones. Below this bound an address without code is estimated anyway.
+PRECOMPILES_BELOW = 0x1000
+
+
 def _above_precompiles(to: bytes | None) -> bool:
-    # Precompiles (low addresses) have no code and cost more than 21000.
-    return to is not None and int.from_bytes(to, "big") >= 0x10000
+    return to is not None and int.from_bytes(to, "big") >= PRECOMPILES_BELOW
 
 
 async def _plain_transfer(services: Services, request: filling.Request, to: bytes | None,

@@ -50,3 +50,32 @@ async def test_callers_arriving_during_a_balance_read_share_the_next_one(anvil: 
             assert node.methods().count("eth_getBalance") == 4
         finally:
             await pool.close()
+
+
+async def test_a_plain_transfer_skips_the_estimate_except_toward_a_precompile(
+    anvil: str, database_url: str, softhsm_conf: object, softhsm_module: str
+) -> None:
+    """A value transfer to an address without code costs 21000 gas: no eth_estimateGas, and it
+    is mined. A precompile has no code either and may cost more (ecrecover, 0x01): the node's
+    estimate is asked for."""
+    from tests.support.proxy_client import Proxy
+    from tests.support.stack import build_stack, in_process
+
+    dead, ecrecover = ("0x000000000000000000000000000000000000dEaD",
+                       "0x0000000000000000000000000000000000000001")  # fmt: skip
+    async with forwarder(anvil) as node:
+        stack = await build_stack(anvil, database_url, softhsm_module, upstreams=(node.url,))
+        async with in_process(stack.settings) as (url, session):
+            proxy = Proxy(url, session, stack)
+            hashes = {}
+            for to, estimated in ((dead, False), (ecrecover, True)):
+                before = node.methods().count("eth_estimateGas")
+                hashes[to] = await proxy.result("eth_sendTransaction", [
+                    {"from": stack.address, "to": to, "value": "0x1"}])  # fmt: skip
+                assert (node.methods().count("eth_estimateGas") > before) is estimated, to
+    for _ in range(50):
+        receipt = rpc(anvil, "eth_getTransactionReceipt", [hashes[dead]])
+        if receipt is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert receipt is not None and receipt["status"] == "0x1" and receipt["gasUsed"] == "0x5208"
