@@ -53,6 +53,9 @@ def _step(name: str, doing: str) -> Iterator[_Outcome]:
     outcome, started = _Outcome(), time.monotonic()
     try:
         yield outcome
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted", file=sys.stderr, flush=True)
+        raise
     except BaseException:
         print("failed", file=sys.stderr, flush=True)
         raise
@@ -239,8 +242,8 @@ def run(base: Settings, state_dir: Path, *, reset: bool = False) -> int:
                     state.stop(pid, what)
                     outcome.text = "stopped"
         if reset:
-            for line in state.reset(state_dir) or ["nothing to remove"]:
-                print(f"  {'reset':<12} removed {line}", file=sys.stderr, flush=True)
+            for line in [f"removed {r}" for r in state.reset(state_dir)] or ["nothing to remove"]:
+                print(f"  {'reset':<12} {line}", file=sys.stderr, flush=True)
         # SoftHSM reads its configuration from the environment of the process that loads it.
         os.environ["SOFTHSM2_CONF"] = str(write_config(state_dir / state.SOFTHSM))
         module = base.require_pkcs11_module()

@@ -58,7 +58,7 @@ def lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise BadInput(f"quorum-signer dev (pid {holder}) is running on {state_dir}: "
+            raise BadInput(f"another dev (pid {holder}) is running on {state_dir}: "
                            "stop it first (Ctrl-C)") from None  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
