@@ -48,7 +48,10 @@ system-deps:
 $(PY_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,test]'
+	@# setuptools tells of every editable install in a framed notice (information, not a
+	@# deprecation): that one message is filtered, any other warning still shows.
+	PYTHONWARNINGS='ignore:Editable installation' \
+	    $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,test]'
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -14,7 +14,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -404,9 +404,11 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections.
-    A startup problem raises SettingsError."""
+def serve_app(settings: Settings, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGINT / SIGTERM; `on_ready` runs once the port accepts connections, while
+    requests are served (`dev` deploys its demo contract through the proxy then). A signal
+    cancels it; its exception stops the server and is raised. A startup problem raises
+    SettingsError."""
     logs.configure(settings.log_format)
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -420,22 +422,38 @@ def serve_app(settings: Settings, on_ready: Callable[[], None] | None = None) ->
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            try:
+                await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            except OSError as exc:
+                raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
+                                    f"({exc.strerror})") from None  # fmt: skip
             print(
                 f"quorum-signer listening on http://{settings.listen}", file=sys.stderr, flush=True
             )
             if on_ready is not None:
-                on_ready()
+                await _unless_stopped(on_ready(), stop)
             await stop.wait()
-        except OSError as exc:
-            raise SettingsError(f"QSIGNER_LISTEN: cannot listen on {settings.listen} "
-                                f"({exc.strerror})") from None  # fmt: skip
         finally:
             await runner.cleanup()
             logs.stop()
 
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         runner.run(run())
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """`work`, cancelled if `stop` is set first; its exception is raised."""
+    task, stopping = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        task.result()
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -108,7 +108,7 @@ def _progress(message: str) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.dev import stack
 
-    return stack.run(settings, Path(args.state_dir))
+    return stack.run(settings, Path(args.state_dir), reset=args.reset)
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -459,9 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run everything on this machine with nothing to configure",
         description="Start a SoftHSM token, an embedded PostgreSQL (unless QSIGNER_DATABASE_URL "
         "is set) and an anvil node (unless QSIGNER_UPSTREAMS is set) under ./.quorum-signer/, "
-        "a demo organisation, account and user; print the RPC URL and credentials; serve until "
-        "Ctrl-C. A second run reuses the same state.",
+        "a demo organisation, account, user and API key, and an asset token deployed through "
+        "the proxy; print the RPC URL, credentials and client snippets; serve until Ctrl-C. "
+        "A second run reuses the same state.",
     )
+    dev.add_argument("--reset", action="store_true",
+                     help="start over: remove the dev state first (refused while a dev runs on "
+                     "it)")  # fmt: skip
     dev.add_argument("--state-dir", default=".quorum-signer",
                      help="where the dev state lives (default: %(default)s)")  # fmt: skip
     dev.set_defaults(handler=_dev)

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -74,6 +75,7 @@ class _Writer(threading.Thread):
         self.stopping = False
         self._dropped = 0
         self._dropped_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._stream = open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",
                             closefd=False)  # fmt: skip
 
@@ -94,6 +96,10 @@ class _Writer(threading.Thread):
         self.write_out()  # what came in the meantime, and drops counted after the last line
 
     def write_out(self) -> None:
+        with self._write_lock:  # the writer thread, or `quiet` flushing what is waiting
+            self._write_out()
+
+    def _write_out(self) -> None:
         taken: list[str] = []
         with self._dropped_lock:
             dropped, self._dropped = self._dropped, 0
@@ -123,6 +129,8 @@ class _Handler(logging.Handler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < _floor:
+            return
         try:
             fields = dict(getattr(record, "fields", {}))
             if record.exc_info:
@@ -135,6 +143,7 @@ class _Handler(logging.Handler):
 
 
 _writer: _Writer | None = None
+_floor = logging.NOTSET  # lines below it are not written (see `quiet`)
 
 
 def configure(log_format: str | None) -> None:
@@ -167,7 +176,23 @@ def stop(timeout: float = STOP_SECONDS) -> None:
 atexit.register(stop)
 
 
+@contextlib.contextmanager
+def quiet(level: int = logging.WARNING) -> Iterator[None]:
+    """Only lines at `level` or above meanwhile, what was waiting written first: `dev` keeps its
+    start-up steps one line each while its own requests set up the demo."""
+    global _floor
+    if _writer is not None:
+        _writer.write_out()
+    previous, _floor = _floor, level
+    try:
+        yield
+    finally:
+        _floor = previous
+
+
 def event(message: str, level: int = logging.INFO, exc_info: bool = False, **fields: Any) -> None:
+    if level < _floor:
+        return
     writer = _writer
     if writer is None or exc_info or level < logging.INFO:
         LOGGER.log(level, message, exc_info=exc_info, extra={"fields": fields})
