@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import dispatch, logs, rpc, store
@@ -38,9 +38,14 @@ from proxy.metrics import Metrics
 from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
 from proxy.nodes.tessera import Tessera
+from proxy.nodes.websocket import websocket_urls
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
 from proxy.settings import Settings
+from proxy.sockets import endpoint as sockets
+from proxy.sockets.endpoint import recheck
+from proxy.sockets.feeds import SubscriptionHub
+from proxy.sockets.registry import SocketRegistry
 from signer.errors import ModuleNotFound
 from signer.executors import BoundedExecutor
 from signer.pkcs11 import Hsm
@@ -123,17 +128,25 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         opened.push_async_callback(gate.close)
         tessera = Tessera(timeout=settings.read_timeout)
         opened.callback(tessera.close)
+        subscriptions = SubscriptionHub(
+            pool, websocket_urls(settings.upstreams, settings.upstreams_ws), app[METRICS]
+        )
+        opened.push_async_callback(subscriptions.close)
+        services: list[Services] = []
+        sockets = SocketRegistry(identity.rows, lambda session: recheck(services[0], session),
+                                 settings.ws_max_connections, app[METRICS])  # fmt: skip
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
-            gate=gate, tessera=tessera,
+            gate=gate, tessera=tessera, sockets=sockets, subscriptions=subscriptions,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),
         )  # fmt: skip
+        services.append(app[SERVICES])
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
 
@@ -184,6 +197,18 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     if not answers:
         return web.Response(status=204)
     return web.Response(body=b"[%s]" % b",".join(answers), content_type="application/json")
+
+
+async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
+    return await sockets.serve(request, request.app[SERVICES])
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """At shutdown, before the services close: every client socket is told (1001, going away),
+    rather than waited for."""
+    if SERVICES in app:
+        for session in app[SERVICES].sockets.sessions():
+            session.close_soon(WSCloseCode.GOING_AWAY, "shutdown", "the proxy is stopping")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -254,6 +279,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services)
     app.router.add_post("/", rpc_endpoint)
     app.router.add_post("/rpc/{apikey}", rpc_endpoint)
+    app.router.add_get("/", websocket_endpoint, allow_head=False)
+    app.router.add_get("/rpc/{apikey}", websocket_endpoint, allow_head=False)
+    app.on_shutdown.append(_close_sockets)
     app.router.add_route("OPTIONS", "/", _options)
     app.router.add_route("OPTIONS", "/rpc/{apikey}", _options)
     app.router.add_get("/healthz", healthz)

@@ -25,6 +25,16 @@ PSI = "Quorum-PSI"
 
 
 async def authenticate(services: Services, request: web.Request) -> Caller:
+    """The caller of an HTTP request: the API key in the path, or `Authorization: Bearer`."""
+    caller, _ = await authenticate_upgrade(services, request, None, None)
+    return caller
+
+
+async def authenticate_upgrade(services: Services, request: web.Request, credential: str | None,
+                               password: str | None) -> tuple[Caller, str]:  # fmt: skip
+    """The caller, and the credential it proved itself with: the API key in the path, else
+    `Authorization: Bearer`, else `credential` (a WebSocket's protocol header); the password
+    of `X-Signer-Password`, else `password`. Failures count against the client's address."""
     # X-Forwarded-For counts only as far as QSIGNER_TRUSTED_PROXIES vouch for it: any caller
     # could set it.
     address = services.auth_failures.address_of(
@@ -32,25 +42,29 @@ async def authenticate(services: Services, request: web.Request) -> Caller:
     )
     services.auth_failures.check(address)
     try:
-        return await identify(services, request)
+        credential = (request.match_info.get("apikey")
+                      or bearer(request.headers.get("Authorization")) or credential)  # fmt: skip
+        if not credential:
+            raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
+        password = request.headers.get("X-Signer-Password", password)
+        caller = await identify(services, credential, password, request.headers.getall(PSI, []))
     except Unauthorized:
         services.auth_failures.failed(address)
         raise
+    return caller, credential
 
 
-async def identify(services: Services, request: web.Request) -> Caller:
-    credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
-    if not credential:
-        raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
+async def identify(services: Services, credential: str, password: str | None,
+                   psi_wanted: list[str]) -> Caller:  # fmt: skip
     if is_api_key(credential):
         principal, credentials = await services.identity.unlock_with_api_key(credential)
         caller = Caller(principal, credentials)
     else:
         user_id = await services.verifier.verify(credential)
         principal = await services.identity.principal(user_id)
-        caller = Caller(principal, None, request.headers.get("X-Signer-Password"))
+        caller = Caller(principal, None, password)
     # GoQuorum multi-tenancy: only a private state of the caller's organisation reaches a node.
-    psi = await services.identity.private_state_for(principal, request.headers.getall(PSI, []))
+    psi = await services.identity.private_state_for(principal, psi_wanted)
     if psi is not None:
         caller.forward_headers[PSI] = psi
     return caller

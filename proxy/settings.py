@@ -62,6 +62,11 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For counts
     audit_checkpoint_rows: int = 1000  # a chain's head is signed after this many rows ...
     audit_checkpoint_seconds: int = 60  # ... or this many seconds, whichever comes first
+    upstreams_ws: tuple[str, ...] = ()  # the nodes' WebSocket URLs; derived from upstreams if unset
+    ws_max_connections: int = 32  # one user's open WebSockets in a replica, at most
+    ws_max_subscriptions: int = 100  # eth_subscribe subscriptions of one WebSocket, at most
+    ws_max_message_bytes: int = 1024 * 1024  # a client's message, at most (as an HTTP body)
+    ws_send_queue: int = 256  # messages waiting for a slow client; past it, the socket closes
 
     @classmethod
     def from_env(
@@ -128,6 +133,14 @@ class Settings:
             raise SettingsError("QSIGNER_SIGNED_TX_TIMEOUT, QSIGNER_IDEMPOTENCY_TTL and "
                                 "QSIGNER_RESEND_SECONDS must be at least 1 (seconds)")  # fmt: skip
 
+        if min(self.ws_max_connections, self.ws_max_subscriptions, self.ws_send_queue) < 1:
+            raise SettingsError("QSIGNER_WS_MAX_CONNECTIONS, QSIGNER_WS_MAX_SUBSCRIPTIONS and "
+                                "QSIGNER_WS_SEND_QUEUE must be at least 1")  # fmt: skip
+        if self.ws_max_message_bytes < 1024:
+            raise SettingsError("QSIGNER_WS_MAX_MESSAGE_BYTES must be at least 1024")
+        if self.upstreams_ws and len(self.upstreams_ws) != len(self.upstreams):
+            raise SettingsError("QSIGNER_UPSTREAMS_WS must name one WebSocket URL per node of "
+                                "QSIGNER_UPSTREAMS, in the same order")  # fmt: skip
         if self.audit_checkpoint_rows < 1 or self.audit_checkpoint_seconds < 1:
             raise SettingsError("QSIGNER_AUDIT_CHECKPOINT_ROWS and "
                                 "QSIGNER_AUDIT_CHECKPOINT_SECONDS must be at least 1")  # fmt: skip

@@ -1,0 +1,322 @@
+"""JSON-RPC over WebSocket (CONTRACT 3 and 4.6): the proxy in process behind a real HTTP server,
+in front of a real anvil (`--block-time 1`, its own WebSocket), PostgreSQL and SoftHSM. Reads,
+batches and signing as over HTTP; authentication and origins at the upgrade; subscriptions to
+new heads, filtered logs and pending transactions under the proxy's own ids; the limits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_abi.abi import encode
+from sha3 import keccak_256
+
+from policy.abi import encode_call, parse_signature
+from tests.support.anvil import rpc, run_anvil
+from tests.support.checks import assert_signed_by
+from tests.support.contracts import deploy, dev_account, send
+from tests.support.proxy_client import Proxy
+from tests.support.stack import CHAIN_ID, build_stack, in_process
+from tests.support.websocket import Socket, connect
+
+INCREMENT = parse_signature("increment(uint256 by)")
+INCREMENTED = "0x" + keccak_256(b"Incremented(address,uint256)").hexdigest()
+
+
+@pytest.fixture
+def chain() -> Iterator[str]:
+    with run_anvil(chain_id=CHAIN_ID, extra=("--block-time", "1")) as url:
+        yield url
+
+
+async def _proxy(chain: str, database_url: str, softhsm_module: str,
+                 **overrides: Any) -> AsyncIterator[Proxy]:  # fmt: skip
+    stack = await build_stack(chain, database_url, softhsm_module, **overrides)
+    async with in_process(stack.settings) as (url, session):
+        yield Proxy(url, session, stack)
+
+
+@pytest.fixture
+async def proxy(chain: str, database_url: str, softhsm_conf: Path,
+                softhsm_module: str) -> AsyncIterator[Proxy]:  # fmt: skip
+    async for running in _proxy(chain, database_url, softhsm_module):
+        yield running
+
+
+def _bearer(proxy: Proxy, password: bool = True) -> dict[str, str]:
+    return proxy.jwt(password=password)
+
+
+async def _mined(proxy: Proxy, tx_hash: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while (receipt := rpc(proxy.stack.anvil_url, "eth_getTransactionReceipt",
+                              [tx_hash])) is None:  # fmt: skip
+            await asyncio.sleep(0.1)
+    return dict(receipt)
+
+
+async def test_reads_batch_and_signing_over_a_socket(proxy: Proxy) -> None:
+    sender = bytes.fromhex(proxy.stack.address[2:])
+    async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+        assert await socket.result("eth_chainId") == hex(CHAIN_ID)
+        assert (await socket.result("eth_blockNumber")).startswith("0x")
+        assert await socket.result("eth_accounts") == [proxy.stack.address]
+        answers = await socket.batch([("eth_chainId", []), ("net_version", []),
+                                      ("eth_getBalance", [proxy.stack.address, "latest"]),
+                                      ("eth_accounts", []), ("admin_peers", [])])  # fmt: skip
+        assert [a["id"] for a in answers] == [1 + n for n in range(3, 8)]
+        assert answers[0]["result"] == hex(CHAIN_ID) and answers[1]["result"] == str(CHAIN_ID)
+        assert int(answers[2]["result"], 16) == 10**21
+        assert answers[3]["result"] == [proxy.stack.address]
+        assert answers[4]["error"]["code"] == -32601  # refused as over HTTP
+        # Signing: the API key alone unlocks, as over HTTP.
+        tx_hash = await socket.result("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": "0x000000000000000000000000000000000000dEaD",
+             "value": "0x5"}])  # fmt: skip
+        assert (await _mined(proxy, tx_hash))["status"] == "0x1"
+        raw = rpc(proxy.stack.anvil_url, "eth_getRawTransactionByHash", [tx_hash])
+        assert_signed_by(bytes.fromhex(raw[2:]), sender, chain_id=CHAIN_ID)
+        # A message that is not JSON, and a batch with a bad item: errors, and the socket serves.
+        await socket.send_raw("{not json")
+        assert (await socket.next_unmatched())["error"]["code"] == -32700
+        answers = await socket.batch([("eth_chainId", []), ("", [])])
+        assert answers[0]["result"] == hex(CHAIN_ID)
+        assert answers[1]["error"]["code"] == -32600
+    # A JWT with X-Signer-Password at the upgrade: the password holds for the connection.
+    async with connect(proxy.session, proxy.url, headers=_bearer(proxy)) as socket:
+        signature = await socket.result("personal_sign", ["0x68656c6c6f", proxy.stack.address])
+        assert len(bytes.fromhex(signature[2:])) == 65
+        tx_hash = await socket.result("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": proxy.stack.address}])  # fmt: skip
+        raw = rpc(proxy.stack.anvil_url, "eth_getRawTransactionByHash", [tx_hash])
+        assert_signed_by(bytes.fromhex(raw[2:]), sender, chain_id=CHAIN_ID)
+    # Without the password, reads work and signing is refused, as over HTTP.
+    async with connect(proxy.session, proxy.url, headers=_bearer(proxy, False)) as socket:
+        assert await socket.result("eth_chainId") == hex(CHAIN_ID)
+        answer = await socket.request("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": proxy.stack.address}])  # fmt: skip
+        assert answer["error"]["code"] == 4100
+
+
+async def _refused(proxy: Proxy, path: str = "/", **kwargs: Any) -> tuple[int, Any]:
+    """The HTTP answer to an upgrade the proxy refuses."""
+    ws_url = (proxy.url + path).replace("http://", "ws://")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxy.session.ws_connect(ws_url, **kwargs)
+    # aiohttp's handshake error has the status; the body is read with a plain GET upgrade.
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+               **kwargs.get("headers", {})}  # fmt: skip
+    if kwargs.get("protocols"):
+        headers["Sec-WebSocket-Protocol"] = ", ".join(kwargs["protocols"])
+    if kwargs.get("origin"):
+        headers["Origin"] = kwargs["origin"]
+    async with proxy.session.get(proxy.url + path, headers=headers) as response:
+        assert response.status == refused.value.status
+        return response.status, json.loads(await response.read())
+
+
+async def test_authentication_at_the_upgrade(proxy: Proxy) -> None:
+    status, body = await _refused(proxy)
+    assert status == 401 and body["error"]["code"] == 4100
+    for headers in ({"Authorization": "Bearer nonsense"}, {"Authorization": "Basic x"},
+                    {"Authorization": "Bearer qsk_0000000000000000_" + "a" * 43}):  # fmt: skip
+        status, body = await _refused(proxy, headers=headers)
+        assert status == 401 and body["error"]["code"] == 4100
+    status, _ = await _refused(proxy, "/rpc/qsk_nope")
+    assert status == 401
+    # A GET without the upgrade is not a route of its own.
+    async with proxy.session.get(proxy.url + "/") as response:
+        assert response.status == 405
+    # Over HTTP, eth_subscribe is -32601, as a node answers it there.
+    status, answer = await proxy.call("eth_subscribe", ["newHeads"])
+    assert status == 200 and answer["error"]["code"] == -32601
+
+
+async def test_browsers_authenticate_with_the_protocol_header(proxy: Proxy) -> None:
+    """A browser cannot set headers on a WebSocket: `new WebSocket(url, ["qsigner",
+    "bearer.<JWT>", "password.<base64url>"])`; the proxy answers with the `qsigner` protocol."""
+    password = base64.urlsafe_b64encode(proxy.stack.password.encode()).decode().rstrip("=")
+    protocols = ("qsigner", f"bearer.{proxy.stack.jwt}", f"password.{password}")
+    async with connect(proxy.session, proxy.url, protocols=protocols) as socket:
+        assert socket.ws.protocol == "qsigner"
+        tx_hash = await socket.result("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": proxy.stack.address}])  # fmt: skip
+        assert (await _mined(proxy, tx_hash))["status"] == "0x1"
+    protocols = ("qsigner", f"bearer.{proxy.stack.api_key}")
+    async with connect(proxy.session, proxy.url, protocols=protocols) as socket:
+        assert await socket.result("eth_accounts") == [proxy.stack.address]
+    status, body = await _refused(proxy, protocols=("qsigner", "bearer.nonsense"))
+    assert status == 401 and body["error"]["code"] == 4100
+
+
+async def test_origins_are_checked_at_the_upgrade(chain: str, database_url: str,
+                                                  softhsm_conf: Path,
+                                                  softhsm_module: str) -> None:  # fmt: skip
+    async for proxy in _proxy(chain, database_url, softhsm_module,
+                              cors_origins=("https://dapp.example",)):  # fmt: skip
+        url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+        async with connect(proxy.session, url, origin="https://dapp.example") as socket:
+            assert await socket.result("eth_chainId") == hex(CHAIN_ID)
+        async with connect(proxy.session, url) as socket:  # no Origin: not a browser
+            assert await socket.result("eth_chainId") == hex(CHAIN_ID)
+        status, body = await _refused(proxy, f"/rpc/{proxy.stack.api_key}",
+                                      origin="https://evil.example")  # fmt: skip
+        assert status == 403 and body["error"]["code"] == 4100
+        # Without QSIGNER_CORS_ORIGINS, no web page may open a socket.
+        settings = dataclasses.replace(proxy.stack.settings, cors_origins=())
+        async with in_process(settings) as (url, session):
+            status, _ = await _refused(Proxy(url, session, proxy.stack),
+                                       f"/rpc/{proxy.stack.api_key}",
+                                       origin="https://dapp.example")  # fmt: skip
+            assert status == 403
+
+
+async def _subscribe(socket: Socket, *params: Any) -> str:
+    subscription = await socket.result("eth_subscribe", list(params))
+    assert isinstance(subscription, str) and subscription.startswith("0x")
+    return subscription
+
+
+async def test_new_heads_arrive_in_order_under_the_proxys_id(proxy: Proxy) -> None:
+    async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+        first = await _subscribe(socket, "newHeads")
+        second = await _subscribe(socket, "newHeads")
+        assert first != second
+        heads = [await socket.notification(first) for _ in range(3)]
+        numbers = [int(head["number"], 16) for head in heads]
+        assert numbers == list(range(numbers[0], numbers[0] + 3))
+        for head in heads:
+            block = rpc(proxy.stack.anvil_url, "eth_getBlockByNumber", [head["number"], False])
+            assert block["hash"] == head["hash"]
+        # The answer naming an id comes before any notification under it.
+        assert socket.order.index(("answer", 1)) < socket.order.index(("notification", first))
+        # Unsubscribed: no notification under that id after the answer.
+        assert await socket.result("eth_unsubscribe", [first]) is True
+        seen = len(socket.order)
+        await socket.notification(second)
+        while socket.queue(second).qsize() < 2:  # two more heads
+            await socket.notification(second)
+        assert ("notification", first) not in socket.order[seen:]
+        answer = await socket.request("eth_unsubscribe", [first])
+        assert answer["error"]["code"] == -32602  # no longer ours
+
+
+async def test_logs_with_a_filter(proxy: Proxy) -> None:
+    anvil = proxy.stack.anvil_url
+    counter = deploy(anvil, "Counter")
+    other = deploy(anvil, "Counter")
+    mine = "0x" + encode(["address"], [proxy.stack.address]).hex()
+    async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+        wanted = await _subscribe(socket, "logs", {"address": counter.lower(),
+                                                   "topics": [INCREMENTED, mine]})  # fmt: skip
+        everything = await _subscribe(socket, "logs", {"address": [counter, other]})
+        # What the filter leaves out: the other contract, and another sender.
+        send(anvil, other, encode_call(INCREMENT, [1]))
+        send(anvil, counter, encode_call(INCREMENT, [1]), sender=dev_account(anvil, 1))
+        tx_hash = await socket.result("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": counter,
+             "data": "0x" + encode_call(INCREMENT, [5]).hex()}])  # fmt: skip
+        log = await socket.notification(wanted)
+        assert log["transactionHash"] == tx_hash and log["address"].lower() == counter.lower()
+        assert log["topics"] == [INCREMENTED, mine]
+        assert int(log["data"], 16) == 6
+        assert [(await socket.notification(everything))["address"].lower()
+                for _ in range(3)] == [other.lower(), counter.lower(), counter.lower()]  # fmt: skip
+        for bad in (["logs", {"fromBlock": "0x0"}], ["logs", {"address": "0x12"}],
+                    ["logs", {"topics": ["nope"]}], ["syncing"], ["nonsense"], [],
+                    ["newHeads", {"x": 1}], [7]):  # fmt: skip
+            answer = await socket.request("eth_subscribe", bad)
+            assert answer["error"]["code"] == -32602, (bad, answer)
+        assert await socket.result("eth_chainId") == hex(CHAIN_ID)  # still serving
+
+
+async def test_pending_transactions(proxy: Proxy) -> None:
+    async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+        pending = await _subscribe(socket, "newPendingTransactions")
+        tx_hash = await socket.result("eth_sendTransaction", [
+            {"from": proxy.stack.address, "to": proxy.stack.address}])  # fmt: skip
+        seen = [await socket.notification(pending)]
+        while seen[-1] != tx_hash:
+            seen.append(await socket.notification(pending))
+        assert tx_hash in seen
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def _metrics(proxy: Proxy) -> str:
+    async with proxy.session.get(proxy.url + "/metrics") as response:
+        return await response.text()
+
+
+async def test_metrics_count_sockets_and_subscriptions(proxy: Proxy) -> None:
+    url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+    async with connect(proxy.session, url) as one, connect(proxy.session, url) as two:
+        await _subscribe(one, "newHeads")
+        await _subscribe(two, "newHeads")
+        await _subscribe(two, "logs", {"address": proxy.stack.address})
+        text = await _metrics(proxy)
+        assert _metric(text, "qsigner_ws_connections") == 2
+        assert _metric(text, 'qsigner_ws_subscriptions{kind="newHeads"}') == 2
+        assert _metric(text, 'qsigner_ws_subscriptions{kind="logs"}') == 1
+        # Two clients of newHeads share one subscription on the node.
+        assert _metric(text, 'qsigner_ws_upstream_subscriptions{kind="newHeads"}') == 1
+    async with asyncio.timeout(10):
+        while _metric(await _metrics(proxy), "qsigner_ws_connections") != 0:
+            await asyncio.sleep(0.05)
+    text = await _metrics(proxy)
+    assert _metric(text, 'qsigner_ws_subscriptions{kind="newHeads"}') == 0
+    async with asyncio.timeout(10):
+        while _metric(await _metrics(proxy),
+                      'qsigner_ws_upstream_subscriptions{kind="newHeads"}') != 0:  # fmt: skip
+            await asyncio.sleep(0.05)
+
+
+async def test_a_revoked_key_closes_its_sockets_within_a_second(proxy: Proxy) -> None:
+    from tests.support.identity import revoke_elsewhere
+
+    url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+    async with connect(proxy.session, url) as keyed, \
+            connect(proxy.session, proxy.url, headers=_bearer(proxy)) as other:  # fmt: skip
+        subscription = await _subscribe(keyed, "newHeads")
+        await keyed.notification(subscription)
+        revoked_at = await revoke_elsewhere(proxy.stack.database_url, proxy.stack.settings,
+                                            proxy.stack.api_key)  # fmt: skip
+        code, reason = await keyed.wait_closed()
+        assert time.monotonic() - revoked_at < 1.0
+        assert code == 1008 and "revoked" in reason
+        # The same user's JWT socket stays: only the key was revoked.
+        assert await other.result("eth_chainId") == hex(CHAIN_ID)
+    # And the key no longer opens one.
+    status, _ = await _refused(proxy, f"/rpc/{proxy.stack.api_key}")
+    assert status == 401
+
+
+async def test_a_disabled_user_s_sockets_close_within_a_second(proxy: Proxy) -> None:
+    from tests.support.identity import disable_elsewhere
+
+    url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+    async with connect(proxy.session, url) as keyed, \
+            connect(proxy.session, proxy.url, headers=_bearer(proxy)) as bearer, \
+            connect(proxy.session, proxy.url, headers={
+                "Authorization": f"Bearer {proxy.stack.viewer_jwt}"}) as viewer:  # fmt: skip
+        disabled_at = await disable_elsewhere(proxy.stack.database_url, proxy.stack.settings,
+                                              "alice")  # fmt: skip
+        for socket in (keyed, bearer):
+            code, reason = await socket.wait_closed()
+            assert code == 1008 and "disabled" in reason
+        assert time.monotonic() - disabled_at < 1.0
+        assert await viewer.result("eth_chainId") == hex(CHAIN_ID)  # another user
