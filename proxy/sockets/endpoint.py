@@ -92,11 +92,13 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
     except Exception as exc:
         refused = translate(exc)
         return web.json_response(rpc.error(None, refused), status=refused.http_status)
+    transport = request.transport
     await ws.prepare(request)
     session = SocketSession(ws, caller, credential, api_key_id(credential),
                             send_queue=settings.ws_send_queue,
                             max_subscriptions=settings.ws_max_subscriptions,
-                            metrics=services.metrics)  # fmt: skip
+                            metrics=services.metrics,
+                            abort=lambda: transport is not None and transport.abort())  # fmt: skip
     services.sockets.add(session, generation)
     caller.socket = session
     slots = asyncio.Semaphore(IN_FLIGHT_PER_SOCKET)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from proxy.sockets.feeds import ClientSubscription
 
 _SESSION_IDS = itertools.count(1)
+# A close waits this long for its frame to go out and the client's answer; a client that reads
+# nothing (and may still be sending) does not hold the connection any longer.
+CLOSE_SECONDS = 5.0
 
 
 class SocketSession:
@@ -25,7 +29,7 @@ class SocketSession:
 
     def __init__(self, ws: web.WebSocketResponse, caller: Caller, credential: str,
                  api_key_id: str | None, *, send_queue: int, max_subscriptions: int,
-                 metrics: Metrics) -> None:  # fmt: skip
+                 metrics: Metrics, abort: Callable[[], None]) -> None:  # fmt: skip
         self.id = next(_SESSION_IDS)
         self.ws = ws
         self.caller = caller  # as authenticated at the upgrade; each message gets its own copy
@@ -35,6 +39,7 @@ class SocketSession:
         self.subscriptions: dict[str, ClientSubscription] = {}
         self.closing: str | None = None  # why the proxy closes it, once it does
         self._metrics = metrics
+        self._abort = abort  # drops the connection without a word
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(send_queue)
         self._send_queue = send_queue
         self._pending: dict[str, list[ClientSubscription]] = {}
@@ -83,8 +88,11 @@ class SocketSession:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=message)
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.ws.close(code=code, message=message)
+        except Exception:
+            self._abort()
 
     async def _write(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -320,3 +320,96 @@ async def test_a_disabled_user_s_sockets_close_within_a_second(proxy: Proxy) -> 
             assert code == 1008 and "disabled" in reason
         assert time.monotonic() - disabled_at < 1.0
         assert await viewer.result("eth_chainId") == hex(CHAIN_ID)  # another user
+
+
+async def test_subscriptions_per_connection(chain: str, database_url: str, softhsm_conf: Path,
+                                            softhsm_module: str) -> None:  # fmt: skip
+    async for proxy in _proxy(chain, database_url, softhsm_module, ws_max_subscriptions=2):
+        url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+        async with connect(proxy.session, url) as socket, connect(proxy.session, url) as other:
+            first = await _subscribe(socket, "newHeads")
+            await _subscribe(socket, "logs", {})
+            answer = await socket.request("eth_subscribe", ["newPendingTransactions"])
+            assert answer["error"]["code"] == -32005
+            assert "QSIGNER_WS_MAX_SUBSCRIPTIONS" in answer["error"]["message"]
+            await _subscribe(other, "newHeads")  # counted per connection
+            assert await socket.result("eth_unsubscribe", [first]) is True
+            again = await _subscribe(socket, "newHeads")
+            await socket.notification(again)
+
+
+async def test_connections_per_user(chain: str, database_url: str, softhsm_conf: Path,
+                                    softhsm_module: str) -> None:  # fmt: skip
+    async for proxy in _proxy(chain, database_url, softhsm_module, ws_max_connections=2):
+        url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+        async with connect(proxy.session, url), \
+                connect(proxy.session, proxy.url, headers=_bearer(proxy)) as second:  # fmt: skip
+            status, body = await _refused(proxy, f"/rpc/{proxy.stack.api_key}")
+            assert status == 429 and body["error"]["code"] == -32005
+            assert "QSIGNER_WS_MAX_CONNECTIONS" in body["error"]["message"]
+            # Another user is not counted against alice.
+            async with connect(proxy.session, proxy.url, headers={
+                    "Authorization": f"Bearer {proxy.stack.viewer_jwt}"}) as viewer:  # fmt: skip
+                assert await viewer.result("eth_chainId") == hex(CHAIN_ID)
+            await second.close()
+            # Once one of hers has closed, she may open another.
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        async with connect(proxy.session, url) as third:
+                            assert await third.result("eth_chainId") == hex(CHAIN_ID)
+                        break
+                    except aiohttp.WSServerHandshakeError as refused:
+                        assert refused.status == 429
+                        await asyncio.sleep(0.05)
+
+
+async def test_message_size(chain: str, database_url: str, softhsm_conf: Path,
+                            softhsm_module: str) -> None:  # fmt: skip
+    async for proxy in _proxy(chain, database_url, softhsm_module, ws_max_message_bytes=1024):
+        url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+        async with connect(proxy.session, url) as socket:
+            big = json.dumps({"jsonrpc": "2.0", "id": "x" * 1500, "method": "eth_chainId"})
+            await socket.send_raw(big)
+            answer = await socket.next_unmatched()
+            assert answer["error"]["code"] == -32600 and answer["id"] is None
+            assert "QSIGNER_WS_MAX_MESSAGE_BYTES" in answer["error"]["message"]
+            assert await socket.result("eth_chainId") == hex(CHAIN_ID)  # still serving
+            # Beyond twice the limit a message is not even read: the socket closes with 1009.
+            await socket.send_raw("x" * 3000)
+            code, _ = await socket.wait_closed()
+            assert code == 1009
+
+
+async def test_a_slow_consumer_is_closed_with_a_reason(chain: str, database_url: str,
+                                                       softhsm_conf: Path,
+                                                       softhsm_module: str) -> None:  # fmt: skip
+    """A client that does not read: its answers pile up past QSIGNER_WS_SEND_QUEUE once the
+    kernel's buffers are full, and the proxy closes the socket (1008, with the reason) rather
+    than hold them without end. Small requests with large answers fill the buffers quickly:
+    eth_getCode of a contract of 24 kB (48 kB of hex an answer)."""
+    async for proxy in _proxy(chain, database_url, softhsm_module, ws_send_queue=4):
+        # Init code that returns 0x6000 zero bytes as the contract's code: PUSH2 0x6000
+        # PUSH1 0 RETURN.
+        receipt = send(proxy.stack.anvil_url, None, bytes.fromhex("6160006000f3"))
+        big = receipt["contractAddress"]
+        ws_url = f"{proxy.url}/rpc/{proxy.stack.api_key}".replace("http://", "ws://")
+        ws = await proxy.session.ws_connect(ws_url)
+        try:
+            for n in range(400):  # ~20 MB of answers, ~40 kB of requests
+                await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": n, "method": "eth_getCode",
+                                              "params": [big, "latest"]}))  # fmt: skip
+            answered = 0
+            async with asyncio.timeout(60):
+                while (message := await ws.receive()).type == aiohttp.WSMsgType.TEXT:
+                    answered += 1
+            assert message.type == aiohttp.WSMsgType.CLOSE, message
+            assert message.data == 1008 and "QSIGNER_WS_SEND_QUEUE" in message.extra
+            assert answered < 400
+        finally:
+            await ws.close()
+        # The proxy serves on.
+        async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+            assert await socket.result("eth_chainId") == hex(CHAIN_ID)
+        text = await _metrics(proxy)
+        assert _metric(text, 'qsigner_ws_closed_total{reason="slow_consumer"}') == 1
