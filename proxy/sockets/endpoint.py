@@ -93,12 +93,13 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
         refused = translate(exc)
         return web.json_response(rpc.error(None, refused), status=refused.http_status)
     transport = request.transport
+    abort = transport.abort if transport is not None else _nothing
     await ws.prepare(request)
     session = SocketSession(ws, caller, credential, api_key_id(credential),
                             send_queue=settings.ws_send_queue,
                             max_subscriptions=settings.ws_max_subscriptions,
                             metrics=services.metrics,
-                            abort=lambda: transport is not None and transport.abort())  # fmt: skip
+                            abort=abort)  # fmt: skip
     services.sockets.add(session, generation)
     caller.socket = session
     slots = asyncio.Semaphore(IN_FLIGHT_PER_SOCKET)
@@ -129,6 +130,10 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await ws.close()
     return ws
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _answer(services: Services, session: SocketSession, data: bytes, limit: int) -> None:
