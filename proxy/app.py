@@ -129,7 +129,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tessera = Tessera(timeout=settings.read_timeout)
         opened.callback(tessera.close)
         subscriptions = SubscriptionHub(
-            pool, websocket_urls(settings.upstreams, settings.upstreams_ws), app[METRICS]
+            pool,
+            websocket_urls(settings.upstreams, settings.upstreams_ws),
+            app[METRICS],
+            replay_blocks=settings.ws_replay_blocks,
         )
         opened.push_async_callback(subscriptions.close)
         services: list[Services] = []

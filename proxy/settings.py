@@ -67,6 +67,7 @@ class Settings:
     ws_max_subscriptions: int = 100  # eth_subscribe subscriptions of one WebSocket, at most
     ws_max_message_bytes: int = 1024 * 1024  # a client's message, at most (as an HTTP body)
     ws_send_queue: int = 256  # messages waiting for a slow client; past it, the socket closes
+    ws_replay_blocks: int = 256  # a subscription moved to another node catches up this far back
 
     @classmethod
     def from_env(
@@ -133,9 +134,10 @@ class Settings:
             raise SettingsError("QSIGNER_SIGNED_TX_TIMEOUT, QSIGNER_IDEMPOTENCY_TTL and "
                                 "QSIGNER_RESEND_SECONDS must be at least 1 (seconds)")  # fmt: skip
 
-        if min(self.ws_max_connections, self.ws_max_subscriptions, self.ws_send_queue) < 1:
-            raise SettingsError("QSIGNER_WS_MAX_CONNECTIONS, QSIGNER_WS_MAX_SUBSCRIPTIONS and "
-                                "QSIGNER_WS_SEND_QUEUE must be at least 1")  # fmt: skip
+        if min(self.ws_max_connections, self.ws_max_subscriptions, self.ws_send_queue,
+               self.ws_replay_blocks) < 1:  # fmt: skip
+            raise SettingsError("QSIGNER_WS_MAX_CONNECTIONS, _MAX_SUBSCRIPTIONS, _SEND_QUEUE and "
+                                "_REPLAY_BLOCKS must be at least 1")  # fmt: skip
         if self.ws_max_message_bytes < 1024:
             raise SettingsError("QSIGNER_WS_MAX_MESSAGE_BYTES must be at least 1024")
         if self.upstreams_ws and len(self.upstreams_ws) != len(self.upstreams):

@@ -19,7 +19,14 @@ from typing import Any
 import aiohttp
 
 from proxy import logs, rpc
-from proxy.errors import InvalidParams, NodeError, NoNodeAvailable, RateLimited
+from proxy.errors import (
+    InvalidParams,
+    NodeError,
+    NodeTimeout,
+    NodeUnreachable,
+    NoNodeAvailable,
+    RateLimited,
+)
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nodes.websocket import NodeSocket
@@ -124,7 +131,16 @@ class ClientSubscription:
 
 
 class Feed:
-    """One subscription on a node, shared by the clients that asked for the same thing."""
+    """One subscription on a node, shared by the clients that asked for the same thing, and
+    what it delivered: enough to take it up on another node with nothing missed and nothing
+    twice.
+
+    newHeads are delivered in strictly increasing block numbers (`head_through`: the last one,
+    or the chain's height when the feed began); logs are told apart by transaction hash and log
+    index, so the same log seen on two nodes goes out once, and `logs_through` is the block
+    whose logs have all been delivered (a node's next head vouches for its block's logs).
+    While the feed catches up on a new node (`replaying`), the node's own notifications wait.
+    """
 
     def __init__(self, key: tuple[str, bytes, str | None], kind: str, params: list[Any],
                  headers: Mapping[str, str]) -> None:  # fmt: skip
@@ -139,42 +155,96 @@ class Feed:
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.mover: asyncio.Task[None] | None = None
         self.waiting = 0  # clients waiting for `started`
+        self.head_through: int | None = None  # newHeads: the last block number delivered
+        self.logs_through: int | None = None  # logs: every log up to this block delivered
+        self.replaying = False
+        # The fields of the node's own newHeads notifications (geth sends the header, anvil the
+        # whole block): a head caught up from eth_getBlockByNumber is sent with the same ones.
+        self.header_fields: frozenset[str] | None = None
+        self._waiting_notifications: list[Any] = []
         self._recent: deque[bytes] = deque()
         self._recent_set: set[bytes] = set()
 
+    def notified(self, result: Any) -> None:
+        """A notification from the node (it waits while the feed catches up)."""
+        if self.kind == "newHeads" and isinstance(result, dict):
+            self.header_fields = frozenset(result)
+        if self.replaying:
+            self._waiting_notifications.append(result)
+        else:
+            self.deliver(result)
+
+    def caught_up(self) -> None:
+        self.replaying = False
+        waiting, self._waiting_notifications = self._waiting_notifications, []
+        for result in waiting:
+            self.deliver(result)
+
     def deliver(self, result: Any) -> None:
-        """A notification from the node, to every client of the feed, at most once."""
-        identity = _identity(self.kind, result)
-        if identity is not None:
+        """A notification to every client of the feed, unless it was delivered already."""
+        if self.kind == "newHeads":
+            number = _quantity(result, "number")
+            if number is not None:
+                if self.head_through is not None and number <= self.head_through:
+                    return
+                self.head_through = number
+        else:
+            identity = _identity(self.kind, result)
             if identity in self._recent_set:
                 return
-            self._recent.append(identity)
-            self._recent_set.add(identity)
-            if len(self._recent) > RECENT_MAX:
-                self._recent_set.discard(self._recent.popleft())
+            self._remember(identity)
+            if self.kind == "logs" and isinstance(result, dict) and result.get("removed"):
+                # A log taken back by a reorganisation: if the chain includes it again, that
+                # comes out again too.
+                self._recent_set.discard(_identity("logs", {**result, "removed": False}))
         encoded = rpc.dumps(result)
         for client in list(self.clients.values()):
             client.notify(encoded)
 
+    def _remember(self, identity: bytes) -> None:
+        self._recent.append(identity)
+        self._recent_set.add(identity)
+        if len(self._recent) > RECENT_MAX:
+            self._recent_set.discard(self._recent.popleft())
 
-def _identity(kind: str, result: Any) -> bytes | None:
-    """What tells one notification from another of the same feed: a head's hash; a log's
-    block hash, index and removal flag; a pending transaction's hash."""
+
+def _quantity(result: Any, field: str) -> int | None:
+    value = result.get(field) if isinstance(result, dict) else None
+    try:
+        return int(value, 16) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _identity(kind: str, result: Any) -> bytes:
+    """What tells one notification from another of the same feed, on any node: a log's
+    transaction hash, index and removal flag; a pending transaction's hash."""
+    if kind == "logs" and isinstance(result, dict):
+        return (f"{result.get('transactionHash')}:{result.get('logIndex')}:"
+                f"{bool(result.get('removed'))}").encode()  # fmt: skip
     if isinstance(result, dict):
-        if kind == "newHeads":
-            return str(result.get("hash")).encode()
-        if kind == "logs":
-            return (f"{result.get('blockHash')}:{result.get('logIndex')}:"
-                    f"{bool(result.get('removed'))}").encode()  # fmt: skip
         return str(result.get("hash")).encode()
     return str(result).encode()
+
+
+# Fields of eth_getBlockByNumber that a newHeads notification does not carry.
+_NOT_HEADER = ("transactions", "uncles", "size", "totalDifficulty", "withdrawals")
+
+
+def header_of(block: dict[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
+    """A block (eth_getBlockByNumber) as newHeads notifies it: with the `fields` the node's own
+    notifications carry, else the header's (as geth sends it)."""
+    if fields is not None:
+        return {name: value for name, value in block.items() if name in fields}
+    return {name: value for name, value in block.items() if name not in _NOT_HEADER}
 
 
 class SubscriptionHub:
     """The feeds of one replica over WebSockets to the nodes, one socket per node (and private
     state), opened when a feed first needs it."""
 
-    def __init__(self, pool: NodePool, ws_urls: list[str], metrics: Metrics) -> None:
+    def __init__(self, pool: NodePool, ws_urls: list[str], metrics: Metrics,
+                 replay_blocks: int) -> None:  # fmt: skip
         self._pool = pool
         self._urls = ws_urls
         self._metrics = metrics
@@ -184,6 +254,9 @@ class SubscriptionHub:
         self._opening: dict[tuple[int, str | None], asyncio.Future[NodeSocket]] = {}
         self._routes: dict[NodeSocket, dict[str, Feed]] = {}
         self._parked: dict[NodeSocket, deque[tuple[str, Any]]] = {}
+        self._clocks: dict[NodeSocket, str] = {}  # each node socket's own newHeads
+        self._timeout = pool.read_timeout
+        self._replay_blocks = replay_blocks
         self._closed = False
 
     async def subscribe(
@@ -259,7 +332,7 @@ class SubscriptionHub:
     async def _start(self, feed: Feed) -> None:
         """The feed's first subscription on a node; its failure is its first clients'."""
         try:
-            await self._place(feed, avoid=())
+            await self._place_anywhere(feed)
         except BaseException as exc:
             if self._feeds.get(feed.key) is feed:
                 del self._feeds[feed.key]
@@ -274,6 +347,20 @@ class SubscriptionHub:
             feed.mover = None
         feed.started.set_result(None)
 
+    async def _place_anywhere(self, feed: Feed) -> None:
+        """`_place` on each healthy node in turn until one takes the feed."""
+        tried: list[int] = []
+        while True:
+            try:
+                await self._place(feed, avoid=tuple(tried))
+                return
+            except (NodeUnreachable, NodeTimeout):
+                if feed.node is None or feed.node in tried:
+                    raise
+                tried.append(feed.node)
+                if self._pool.pick_node(tried) in tried:
+                    raise
+
     def _release_if_unused(self, feed: Feed) -> None:
         """A feed that nobody joined (its first client went away while it was being made)."""
         if (not feed.clients and not feed.waiting and self._feeds.get(feed.key) is feed
@@ -282,24 +369,74 @@ class SubscriptionHub:
             asyncio.create_task(self._end(feed), name=f"feed {feed.kind} end")  # noqa: RUF006
 
     async def _place(self, feed: Feed, avoid: tuple[int, ...]) -> None:
-        """Subscribe `feed` on a healthy node (another than `avoid` when there is one)."""
+        """Subscribe `feed` on a healthy node (another than `avoid` when there is one). A feed
+        that delivered before catches up there first: the heads, or the logs, that it missed
+        since (at most QSIGNER_WS_REPLAY_BLOCKS blocks back), then the node's own."""
         node = self._pool.pick_node(avoid)
         if node is None:
             raise NoNodeAvailable("no node available")
+        feed.node = node  # the node tried (the one it is on, once subscribed)
         socket = await self._socket(node, feed.key[2], feed.headers)
-        upstream_id = await socket.request("eth_subscribe", feed.params, self._pool.read_timeout)
-        if not isinstance(upstream_id, str):
-            raise NodeError(-32603, "the node answered eth_subscribe without an id")
-        feed.node, feed.socket, feed.upstream_id = node, socket, upstream_id
-        self._routes.setdefault(socket, {})[upstream_id] = feed
-        self._metrics.ws_upstream_subscriptions.labels(feed.kind).inc()
-        # Notifications that arrived before the answer naming their id was read.
-        parked = self._parked.get(socket)
-        if parked:
-            for _, result in [p for p in parked if p[0] == upstream_id]:
-                feed.deliver(result)
-            kept = deque(p for p in parked if p[0] != upstream_id)
-            self._parked[socket] = kept
+        feed.replaying = True
+        try:
+            upstream_id = await socket.request("eth_subscribe", feed.params, self._timeout)
+            if not isinstance(upstream_id, str):
+                raise NodeError(-32603, "the node answered eth_subscribe without an id")
+            feed.socket, feed.upstream_id = socket, upstream_id
+            self._routes.setdefault(socket, {})[upstream_id] = feed
+            self._metrics.ws_upstream_subscriptions.labels(feed.kind).inc()
+            # Notifications that arrived before the answer naming their id was read.
+            parked = self._parked.get(socket)
+            if parked:
+                for _, result in [p for p in parked if p[0] == upstream_id]:
+                    feed.notified(result)
+                self._parked[socket] = deque((p for p in parked if p[0] != upstream_id),
+                                             maxlen=PARKED_MAX)  # fmt: skip
+            try:
+                await self._catch_up(feed, socket)
+            except Exception as exc:  # the feed lives on; what was missed may not come
+                logs.event("subscription could not catch up", logging.WARNING,
+                           kind=feed.kind, error=type(exc).__name__)  # fmt: skip
+        finally:
+            feed.caught_up()
+
+    async def _catch_up(self, feed: Feed, socket: NodeSocket) -> None:
+        """On the node it was just subscribed on: where a new feed starts from, or what a moved
+        feed missed (blocks since it last delivered, up to the node's height)."""
+        if feed.kind == "newPendingTransactions":
+            return  # pending transactions cannot be asked for again
+        height = int(await socket.request("eth_blockNumber", [], self._timeout), 16)
+        through = feed.head_through if feed.kind == "newHeads" else feed.logs_through
+        if through is None:  # a new feed: from now on
+            if feed.kind == "newHeads":
+                feed.head_through = height
+            else:
+                feed.logs_through = height
+            return
+        first = through + 1
+        if height - first + 1 > self._replay_blocks:
+            logs.event("subscription replay bounded: older blocks not delivered",
+                       logging.WARNING, kind=feed.kind, missed=height - through,
+                       replayed=self._replay_blocks)  # fmt: skip
+            first = height - self._replay_blocks + 1
+        if first > height:
+            return
+        if feed.kind == "newHeads":
+            for number in range(first, height + 1):
+                block = await socket.request("eth_getBlockByNumber", [hex(number), False],
+                                             self._timeout)  # fmt: skip
+                if isinstance(block, dict):
+                    feed.deliver(header_of(block, feed.header_fields))
+            return
+        criteria = dict(feed.params[1]) if len(feed.params) > 1 else {}
+        found = await socket.request(
+            "eth_getLogs",
+            [{**criteria, "fromBlock": hex(first), "toBlock": hex(height)}],
+            self._timeout,
+        )
+        for log in found if isinstance(found, list) else []:
+            feed.deliver(log)
+        feed.logs_through = max(feed.logs_through or 0, height)
 
     async def _end(self, feed: Feed) -> None:
         """A feed nobody listens to any more: unsubscribed on its node, best effort."""
@@ -315,7 +452,7 @@ class SubscriptionHub:
         feed.socket = feed.upstream_id = None
         self._metrics.ws_upstream_subscriptions.labels(feed.kind).dec()
         with contextlib.suppress(Exception):
-            await socket.request("eth_unsubscribe", [upstream_id], self._pool.read_timeout)
+            await socket.request("eth_unsubscribe", [upstream_id], self._timeout)
 
     async def _move(self, feed: Feed, failed: int | None) -> None:
         """Re-establish a feed whose node socket was lost, on another node when there is one,
@@ -365,9 +502,12 @@ class SubscriptionHub:
         socket: NodeSocket
 
         def notified(upstream_id: str, result: Any) -> None:
+            if self._clocks.get(socket) == upstream_id:
+                self._tick(socket, result)
+                return
             feed = self._routes.get(socket, {}).get(upstream_id)
             if feed is not None:
-                feed.deliver(result)
+                feed.notified(result)
                 return
             parked = self._parked.setdefault(socket, deque(maxlen=PARKED_MAX))
             parked.append((upstream_id, result))
@@ -375,7 +515,24 @@ class SubscriptionHub:
         socket = NodeSocket(self._session, self._urls[node], headers, notified, self._lost,
                             self._pool.node_name(node))  # fmt: skip
         await socket.open(OPEN_TIMEOUT)
+        try:
+            clock = await socket.request("eth_subscribe", ["newHeads"], self._timeout)
+        except BaseException:
+            await socket.close()
+            raise
+        if isinstance(clock, str):
+            self._clocks[socket] = clock
         return socket
+
+    def _tick(self, socket: NodeSocket, head: Any) -> None:
+        """The node's new head N: its logs feeds have delivered every log up to N - 1 (a node
+        sends a block's logs before the next block's head)."""
+        number = _quantity(head, "number")
+        if number is None:
+            return
+        for feed in self._routes.get(socket, {}).values():
+            if feed.kind == "logs" and not feed.replaying and feed.logs_through is not None:
+                feed.logs_through = max(feed.logs_through, number - 1)
 
     def _lost(self, socket: NodeSocket) -> None:
         """A node socket ended: its feeds move elsewhere."""
@@ -383,6 +540,7 @@ class SubscriptionHub:
             if known is socket:
                 del self._sockets[key]
         self._parked.pop(socket, None)
+        self._clocks.pop(socket, None)
         feeds = self._routes.pop(socket, {})
         if self._closed:
             return

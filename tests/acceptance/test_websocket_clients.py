@@ -120,6 +120,14 @@ async def test_a_disabled_user_s_sockets_close_on_every_replica(
                     assert code == 1008 and "disabled" in reason
                 closed = time.monotonic()
                 assert closed - disabled < 1.0, f"closed {closed - disabled:.3f} s after"
+                # Stopping a replica (Ctrl-C) tells its sockets (1001) rather than wait for them.
+                async with connect(session, group[0].url, headers={
+                        "Authorization": f"Bearer {stack.viewer_jwt}"}) as viewer:  # fmt: skip
+                    await viewer.notification(await viewer.result("eth_subscribe",
+                                                                  ["newHeads"]))  # fmt: skip
+                    await asyncio.to_thread(group.stop)
+                    code, _ = await viewer.wait_closed()
+                    assert code == 1001 and not group.forced
 
 
 def _disable(env: dict[str, Any], user: str) -> float:

@@ -23,6 +23,7 @@ from policy.abi import encode_call, parse_signature
 from tests.support.anvil import rpc, run_anvil
 from tests.support.checks import assert_signed_by
 from tests.support.contracts import deploy, dev_account, send
+from tests.support.forwarder import forwarder
 from tests.support.proxy_client import Proxy
 from tests.support.stack import CHAIN_ID, build_stack, in_process
 from tests.support.websocket import Socket, connect
@@ -212,16 +213,18 @@ async def test_new_heads_arrive_in_order_under_the_proxys_id(proxy: Proxy) -> No
 
 async def test_logs_with_a_filter(proxy: Proxy) -> None:
     anvil = proxy.stack.anvil_url
-    counter = deploy(anvil, "Counter")
-    other = deploy(anvil, "Counter")
+    # The chain's helpers block: on a thread of their own, while the proxy serves on this loop.
+    counter = await asyncio.to_thread(deploy, anvil, "Counter")
+    other = await asyncio.to_thread(deploy, anvil, "Counter")
     mine = "0x" + encode(["address"], [proxy.stack.address]).hex()
     async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
         wanted = await _subscribe(socket, "logs", {"address": counter.lower(),
                                                    "topics": [INCREMENTED, mine]})  # fmt: skip
         everything = await _subscribe(socket, "logs", {"address": [counter, other]})
         # What the filter leaves out: the other contract, and another sender.
-        send(anvil, other, encode_call(INCREMENT, [1]))
-        send(anvil, counter, encode_call(INCREMENT, [1]), sender=dev_account(anvil, 1))
+        await asyncio.to_thread(send, anvil, other, encode_call(INCREMENT, [1]))
+        await asyncio.to_thread(send, anvil, counter, encode_call(INCREMENT, [1]),
+                                dev_account(anvil, 1))  # fmt: skip
         tx_hash = await socket.result("eth_sendTransaction", [
             {"from": proxy.stack.address, "to": counter,
              "data": "0x" + encode_call(INCREMENT, [5]).hex()}])  # fmt: skip
@@ -391,7 +394,8 @@ async def test_a_slow_consumer_is_closed_with_a_reason(chain: str, database_url:
     async for proxy in _proxy(chain, database_url, softhsm_module, ws_send_queue=4):
         # Init code that returns 0x6000 zero bytes as the contract's code: PUSH2 0x6000
         # PUSH1 0 RETURN.
-        receipt = send(proxy.stack.anvil_url, None, bytes.fromhex("6160006000f3"))
+        receipt = await asyncio.to_thread(send, proxy.stack.anvil_url, None,
+                                          bytes.fromhex("6160006000f3"))  # fmt: skip
         big = receipt["contractAddress"]
         ws_url = f"{proxy.url}/rpc/{proxy.stack.api_key}".replace("http://", "ws://")
         ws = await proxy.session.ws_connect(ws_url)
@@ -413,3 +417,50 @@ async def test_a_slow_consumer_is_closed_with_a_reason(chain: str, database_url:
             assert await socket.result("eth_chainId") == hex(CHAIN_ID)
         text = await _metrics(proxy)
         assert _metric(text, 'qsigner_ws_closed_total{reason="slow_consumer"}') == 1
+
+
+async def test_subscriptions_move_to_another_node_with_no_gap_and_no_duplicate(
+    chain: str, database_url: str, softhsm_conf: Path, softhsm_module: str,
+) -> None:  # fmt: skip
+    """Three nodes of one chain (forwarders in front of one anvil, each with its WebSocket
+    derived from its HTTP URL). The nodes carrying the subscriptions go quiet while blocks and
+    logs come, then die: the client keeps its ids, and gets every head and every log, once."""
+    async with forwarder(chain) as one, forwarder(chain) as two, forwarder(chain) as three:
+        nodes = (one, two, three)
+        stack = await build_stack(chain, database_url, softhsm_module,
+                                  upstreams=tuple(node.url for node in nodes))  # fmt: skip
+        counter = await asyncio.to_thread(deploy, chain, "Counter")
+        async with in_process(stack.settings) as (url, session), \
+                connect(session, f"{url}/rpc/{stack.api_key}") as socket:  # fmt: skip
+            heads = await _subscribe(socket, "newHeads")
+            logs = await _subscribe(socket, "logs", {"address": counter})
+            first = int((await socket.notification(heads))["number"], 16)
+            carriers = [node for node in nodes if node.carries_subscriptions()]
+            assert 1 <= len(carriers) <= 2
+            increments = []
+            for node in carriers:
+                node.socket_mode = "mute"  # hangs: what it sends from now on is lost
+            for _ in range(3):
+                receipt = await asyncio.to_thread(send, chain, counter, encode_call(INCREMENT, [1]))
+                increments.append(receipt["transactionHash"])
+            for node in carriers:
+                await node.stop()  # and dies
+            for _ in range(2):
+                receipt = await asyncio.to_thread(send, chain, counter, encode_call(INCREMENT, [1]))
+                increments.append(receipt["transactionHash"])
+            last = int(receipt["blockNumber"], 16)
+            numbers = [first]
+            while numbers[-1] < last + 2:
+                head = await socket.notification(heads)
+                numbers.append(int(head["number"], 16))
+                block = rpc(chain, "eth_getBlockByNumber", [head["number"], False])
+                assert head == block  # anvil's newHeads carry the whole block, and so do replays
+            assert numbers == list(range(first, numbers[-1] + 1))  # no gap, no duplicate
+            delivered = [(await socket.notification(logs))["transactionHash"] for _ in increments]
+            assert delivered == increments
+            # Nothing more: another head came, and no log after those five.
+            await socket.notification(heads)
+            assert socket.queue(logs).empty()
+            text = await _metrics(Proxy(url, session, stack))
+            assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="newHeads"}') >= 1
+            assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="logs"}') >= 1
