@@ -308,6 +308,15 @@ class NodePool:
         node = self._pick([self._nodes[n] for n in avoid]) or self._pick([])
         return None if node is None else self._nodes.index(node)
 
+    def in_rotation(self, place: int) -> bool:
+        """Whether the node at `place` in QSIGNER_UPSTREAMS is healthy now."""
+        return self._nodes[place].healthy
+
+    def height(self, place: int) -> int | None:
+        """The latest block the health probes saw on the node at `place`."""
+        node = self._nodes[place]
+        return node.block if node.reachable else None
+
     def node_name(self, place: int) -> str:
         """The masked name of the node at `place` in QSIGNER_UPSTREAMS."""
         return self._nodes[place].name

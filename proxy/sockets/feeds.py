@@ -37,6 +37,7 @@ OPEN_TIMEOUT = 5.0  # seconds to open a node's WebSocket
 PARKED_MAX = 256  # notifications for ids not known yet (the answer naming them still on its way)
 RECENT_MAX = 4096  # notifications remembered to drop one delivered twice
 RETRY_MAX_SECONDS = 2.0
+WATCH_SECONDS = 1.0  # how often node sockets are held to the pool's view of their node
 
 
 def subscription_key(kind: str, params: list[Any]) -> tuple[str, bytes]:
@@ -255,8 +256,11 @@ class SubscriptionHub:
         self._routes: dict[NodeSocket, dict[str, Feed]] = {}
         self._parked: dict[NodeSocket, deque[tuple[str, Any]]] = {}
         self._clocks: dict[NodeSocket, str] = {}  # each node socket's own newHeads
+        self._heads: dict[NodeSocket, int] = {}  # the last head each socket's clock heard
+        self._behind: set[NodeSocket] = set()  # sockets behind their node at the last look
         self._timeout = pool.read_timeout
         self._replay_blocks = replay_blocks
+        self._watcher: asyncio.Task[None] | None = None
         self._closed = False
 
     async def subscribe(
@@ -317,6 +321,10 @@ class SubscriptionHub:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         for feed in list(self._feeds.values()):
             if feed.mover is not None:
                 feed.mover.cancel()
@@ -517,12 +525,46 @@ class SubscriptionHub:
         await socket.open(OPEN_TIMEOUT)
         try:
             clock = await socket.request("eth_subscribe", ["newHeads"], self._timeout)
+            height = await socket.request("eth_blockNumber", [], self._timeout)
         except BaseException:
             await socket.close()
             raise
         if isinstance(clock, str):
             self._clocks[socket] = clock
+        if isinstance(height, str):
+            self._heads.setdefault(socket, int(height, 16))
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="node sockets watch")
         return socket
+
+    async def _watch(self) -> None:
+        """A node the pool takes out of rotation (it stopped answering, or fell behind) loses
+        its sockets here too, so that their feeds move; so does a socket whose heads stay
+        behind what the node answers over HTTP (a WebSocket that hangs may still answer pings).
+        """
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            for (node, _), socket in list(self._sockets.items()):
+                reason = None
+                if not self._pool.in_rotation(node):
+                    reason = "node out of rotation"
+                elif self._stalled(socket, node):
+                    reason = "the node's WebSocket stopped sending its new blocks"
+                if reason is not None:
+                    logs.event(f"{reason}: its WebSocket is closed", logging.WARNING,
+                               node=socket.name)  # fmt: skip
+                    await socket.close()
+
+    def _stalled(self, socket: NodeSocket, node: int) -> bool:
+        """Behind the node's height by more than a block at two looks in a row."""
+        heard, height = self._heads.get(socket), self._pool.height(node)
+        if heard is None or height is None or height <= heard + 1:
+            self._behind.discard(socket)
+            return False
+        if socket in self._behind:
+            return True
+        self._behind.add(socket)
+        return False
 
     def _tick(self, socket: NodeSocket, head: Any) -> None:
         """The node's new head N: its logs feeds have delivered every log up to N - 1 (a node
@@ -530,6 +572,7 @@ class SubscriptionHub:
         number = _quantity(head, "number")
         if number is None:
             return
+        self._heads[socket] = number
         for feed in self._routes.get(socket, {}).values():
             if feed.kind == "logs" and not feed.replaying and feed.logs_through is not None:
                 feed.logs_through = max(feed.logs_through, number - 1)
@@ -541,6 +584,8 @@ class SubscriptionHub:
                 del self._sockets[key]
         self._parked.pop(socket, None)
         self._clocks.pop(socket, None)
+        self._heads.pop(socket, None)
+        self._behind.discard(socket)
         feeds = self._routes.pop(socket, {})
         if self._closed:
             return

@@ -464,3 +464,26 @@ async def test_subscriptions_move_to_another_node_with_no_gap_and_no_duplicate(
             text = await _metrics(Proxy(url, session, stack))
             assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="newHeads"}') >= 1
             assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="logs"}') >= 1
+
+
+async def test_a_node_whose_websocket_hangs_loses_its_subscriptions(
+    chain: str, database_url: str, softhsm_conf: Path, softhsm_module: str,
+) -> None:  # fmt: skip
+    """A node whose WebSocket goes quiet while its HTTP answers (and its blocks advance): the
+    proxy notices that the socket's heads fall behind the node's height, and moves the
+    subscriptions, which catch up."""
+    async with forwarder(chain) as one, forwarder(chain) as two:
+        stack = await build_stack(chain, database_url, softhsm_module,
+                                  upstreams=(one.url, two.url))  # fmt: skip
+        async with in_process(stack.settings) as (url, session), \
+                connect(session, f"{url}/rpc/{stack.api_key}") as socket:  # fmt: skip
+            heads = await _subscribe(socket, "newHeads")
+            first = int((await socket.notification(heads))["number"], 16)
+            carrier = one if one.carries_subscriptions() else two
+            carrier.socket_mode = "mute"
+            numbers = [first]
+            while len(numbers) < 8:
+                numbers.append(int((await socket.notification(heads))["number"], 16))
+            assert numbers == list(range(first, first + 8))
+            text = await _metrics(Proxy(url, session, stack))
+            assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="newHeads"}') == 1
