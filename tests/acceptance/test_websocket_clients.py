@@ -20,6 +20,9 @@ from web3 import AsyncWeb3, WebSocketProvider
 from tests.acceptance.conftest import Running
 from tests.support.anvil import free_port, rpc, run_anvil
 from tests.support.checks import assert_signed_by
+from tests.support.contracts import deploy
+from tests.support.faults import fronts_in_thread
+from tests.support.forwarder import Forwarder
 from tests.support.replicas import replicas
 from tests.support.serve import BIN, serve
 from tests.support.stack import CHAIN_ID, build_stack, environment
@@ -136,3 +139,62 @@ def _disable(env: dict[str, Any], user: str) -> float:
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return time.monotonic()
+
+
+def test_an_ethers_session_survives_node_kills(
+    database_url: str, softhsm_conf: Path, softhsm_module: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """ethers' WebSocketProvider through `serve` in front of three nodes of one chain
+    (forwarders in front of one anvil, `--block-time 1`). The node carrying its logs
+    subscription is killed, then the one carrying its new heads (each time one node, as a read
+    is retried once elsewhere): it sees no error, every block once, and every event once."""
+    with run_anvil(chain_id=CHAIN_ID, extra=("--block-time", "1")) as anvil_url, \
+            fronts_in_thread(*(Forwarder(anvil_url) for _ in range(3))) as nodes:  # fmt: skip
+        stack = asyncio.run(build_stack(anvil_url, database_url, softhsm_module,
+                                        upstreams=tuple(node.url for node in nodes)))  # fmt: skip
+        counter = deploy(anvil_url, "Counter")
+        env = environment(stack, softhsm_conf, f"127.0.0.1:{free_port()}")
+        artifact = str(ROOT / "contracts" / "build" / "Counter.json")
+        with serve(env, tmp_path / "serve.log") as url:
+            script_env = {
+                **os.environ,
+                "PROXY_WS_URL": _ws(f"{url}/rpc/{stack.api_key}"),
+                "ACCOUNT": stack.address,
+                "COUNTER": counter,
+                "ARTIFACT": artifact,
+            }
+            script = str(Path(__file__).with_name("ethers_failover.mjs"))
+            session = subprocess.Popen(["node", script], cwd=ROOT, env=script_env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)  # fmt: skip
+            killed: list[Forwarder] = []
+            try:
+                assert session.stdout is not None and session.stdin is not None
+                for said, kind in (("READY", "logs"), ("AGAIN", "newHeads")):
+                    assert session.stdout.readline().strip() == said
+                    carrier = next(node for node in nodes if node not in killed
+                                   and _subscribed(node, kind))  # fmt: skip
+                    carrier.stop_from_thread()
+                    killed.append(carrier)
+                    session.stdin.write("KILLED\n")
+                    session.stdin.flush()
+                out, err = session.communicate(timeout=120)
+            finally:
+                if session.poll() is None:
+                    session.kill()
+                    session.wait()
+            assert session.returncode == 0, err
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report["errors"] == []
+        blocks = report["blocks"]
+        assert blocks == list(range(blocks[0], blocks[0] + len(blocks)))  # no gap, none twice
+        heard = report["increments"][report["heardFirst"] :]
+        assert report["events"] == heard  # each once, in order, through both kills
+        assert len(heard) >= 7
+
+
+def _subscribed(node: Forwarder, kind: str) -> bool:
+    """Whether a client subscription of `kind` went through `node` (each of the proxy's node
+    sockets also subscribes to newHeads for itself: a newHeads feed makes a second one)."""
+    kinds = [m["params"][0] for m in node.socket_messages if m.get("method") == "eth_subscribe"]
+    return kinds.count(kind) >= (2 if kind == "newHeads" else 1)

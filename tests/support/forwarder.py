@@ -45,6 +45,7 @@ class Forwarder:
         self.socket_messages: list[dict[str, Any]] = []  # what clients sent over WebSocket
         self._socket_requests: list[web.BaseRequest] = []
         self._released = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -60,6 +61,7 @@ class Forwarder:
         self._released.set()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._client = self._client or aiohttp.ClientSession()
         self._released.clear()
         app = web.Application()
@@ -68,6 +70,11 @@ class Forwarder:
         self._runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop_from_thread(self) -> None:
+        """`stop`, from a thread other than the forwarder's loop (fronts_in_thread)."""
+        assert self._loop is not None, "not started"
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
 
     async def stop(self) -> None:
         """The node dies: its WebSocket connections drop without a close, and it listens no
