@@ -487,3 +487,27 @@ async def test_a_node_whose_websocket_hangs_loses_its_subscriptions(
             assert numbers == list(range(first, first + 8))
             text = await _metrics(Proxy(url, session, stack))
             assert _metric(text, 'qsigner_ws_resubscriptions_total{kind="newHeads"}') == 1
+
+
+async def test_catching_up_is_bounded(chain: str, database_url: str, softhsm_conf: Path,
+                                      softhsm_module: str) -> None:  # fmt: skip
+    """QSIGNER_WS_REPLAY_BLOCKS=1: a subscription moved after missing two blocks or more (its
+    node's WebSocket hung) catches up on the last block only, and its heads still go out in
+    increasing numbers."""
+    async with forwarder(chain) as one, forwarder(chain) as two:
+        stack = await build_stack(chain, database_url, softhsm_module,
+                                  upstreams=(one.url, two.url), ws_replay_blocks=1)  # fmt: skip
+        async with in_process(stack.settings) as (url, session), \
+                connect(session, f"{url}/rpc/{stack.api_key}") as socket:  # fmt: skip
+            heads = await _subscribe(socket, "newHeads")
+            first = int((await socket.notification(heads))["number"], 16)
+            carrier = one if _subscribed_heads(one) else two
+            carrier.socket_mode = "mute"  # moved once two blocks or more went by unheard
+            after = [int((await socket.notification(heads))["number"], 16) for _ in range(3)]
+            assert after[0] > first + 1  # the block(s) before the last were skipped ...
+            assert after == [after[0], after[0] + 1, after[0] + 2]  # ... and then none is
+
+
+def _subscribed_heads(node: Any) -> bool:
+    kinds = [m["params"][0] for m in node.socket_messages if m.get("method") == "eth_subscribe"]
+    return kinds.count("newHeads") >= 2  # the proxy's own newHeads on each socket, and the feed
