@@ -261,6 +261,7 @@ class SubscriptionHub:
         self._timeout = pool.read_timeout
         self._replay_blocks = replay_blocks
         self._watcher: asyncio.Task[None] | None = None
+        self._endings: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def subscribe(
@@ -313,7 +314,13 @@ class SubscriptionHub:
         self._metrics.ws_subscriptions.labels(feed.kind).dec()
         if not feed.clients and self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
-            asyncio.create_task(self._end(feed), name=f"feed {feed.kind} end")  # noqa: RUF006
+            self._ending(feed)
+
+    def _ending(self, feed: Feed) -> None:
+        """`_end` in the background (the task kept until done, as asyncio holds tasks weakly)."""
+        task = asyncio.create_task(self._end(feed), name=f"feed {feed.kind} end")
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
 
     def unsubscribe_all(self, session: SocketSession) -> None:
         for client in list(session.subscriptions.values()):
@@ -374,7 +381,7 @@ class SubscriptionHub:
         if (not feed.clients and not feed.waiting and self._feeds.get(feed.key) is feed
                 and feed.started.done()):  # fmt: skip
             del self._feeds[feed.key]
-            asyncio.create_task(self._end(feed), name=f"feed {feed.kind} end")  # noqa: RUF006
+            self._ending(feed)
 
     async def _place(self, feed: Feed, avoid: tuple[int, ...]) -> None:
         """Subscribe `feed` on a healthy node (another than `avoid` when there is one). A feed
