@@ -511,3 +511,16 @@ async def test_catching_up_is_bounded(chain: str, database_url: str, softhsm_con
 def _subscribed_heads(node: Any) -> bool:
     kinds = [m["params"][0] for m in node.socket_messages if m.get("method") == "eth_subscribe"]
     return kinds.count("newHeads") >= 2  # the proxy's own newHeads on each socket, and the feed
+
+
+async def test_another_socket_s_subscription_cannot_be_ended(proxy: Proxy) -> None:
+    url = f"{proxy.url}/rpc/{proxy.stack.api_key}"
+    async with connect(proxy.session, url) as mine, connect(proxy.session, url) as other:
+        heads = await _subscribe(mine, "newHeads")
+        answer = await other.request("eth_unsubscribe", [heads])
+        assert answer["error"]["code"] == -32602
+        assert "no subscription with this id" in answer["error"]["message"]
+        for bad in ([], [7], [heads, heads]):
+            assert (await other.request("eth_unsubscribe", bad))["error"]["code"] == -32602
+        first = int((await mine.notification(heads))["number"], 16)
+        assert int((await mine.notification(heads))["number"], 16) == first + 1  # still mine
