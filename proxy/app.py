@@ -9,32 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import secrets
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import logs, router, rpc, store
+from proxy import dispatch, logs, rpc, store
 from proxy.audit import AuditLog
-from proxy.context import Caller, Services
+from proxy.context import Services
 from proxy.errors import (
     BodyTooLarge,
-    ProxyError,
     SettingsError,
-    Unauthorized,
     translate,
 )
 from proxy.forwarding import Forwarding
 from proxy.guard.gate import Gate
 from proxy.guard.metrics import GuardMetrics
 from proxy.identity import Identity
-from proxy.identity.auth import bearer, build_verifier, is_api_key
+from proxy.identity.auth import build_verifier
 from proxy.keyring import Keyring
 from proxy.ledger.metrics import LedgerMetrics
 from proxy.ledger.nonces import Ledger
@@ -43,9 +38,14 @@ from proxy.metrics import Metrics
 from proxy.nodes.facts import ChainFacts
 from proxy.nodes.pool import NodePool
 from proxy.nodes.tessera import Tessera
+from proxy.nodes.websocket import websocket_urls
 from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter, trusted_networks
 from proxy.settings import Settings
+from proxy.sockets import endpoint as sockets
+from proxy.sockets.endpoint import recheck
+from proxy.sockets.feeds import SubscriptionHub
+from proxy.sockets.registry import SocketRegistry
 from signer.errors import ModuleNotFound
 from signer.executors import BoundedExecutor
 from signer.pkcs11 import Hsm
@@ -54,11 +54,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 1024 * 1024
-# Ids of requests that came without X-Request-Id: unique across replicas and restarts (a random
-# prefix per process), and cheaper than random bytes per request.
-_REQUEST_IDS = map(f"{secrets.token_hex(4)}{{:08x}}".format, itertools.count())
 CORS_HEADERS = "Authorization, Content-Type, X-Signer-Password, Idempotency-Key, Quorum-PSI"
-PSI = "Quorum-PSI"
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -132,153 +128,30 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         opened.push_async_callback(gate.close)
         tessera = Tessera(timeout=settings.read_timeout)
         opened.callback(tessera.close)
+        subscriptions = SubscriptionHub(
+            pool,
+            websocket_urls(settings.upstreams, settings.upstreams_ws),
+            app[METRICS],
+            replay_blocks=settings.ws_replay_blocks,
+        )
+        opened.push_async_callback(subscriptions.close)
+        services: list[Services] = []
+        sockets = SocketRegistry(identity.rows, lambda session: recheck(services[0], session),
+                                 settings.ws_max_connections, app[METRICS])  # fmt: skip
         app[SERVICES] = Services(
             settings=settings, pool=pool, identity=identity, hsm=hsm, verifier=verifier,
             ledger=ledger, metrics=app[METRICS], keyring=keyring, hsm_probe=hsm_probe,
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
-            gate=gate, tessera=tessera,
+            gate=gate, tessera=tessera, sockets=sockets, subscriptions=subscriptions,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),
         )  # fmt: skip
+        services.append(app[SERVICES])
         logs.event("serving", chain_id=pool.chain_id, nodes=len(settings.upstreams))
         yield
-
-
-async def _authenticate(services: Services, request: web.Request) -> Caller:
-    # X-Forwarded-For counts only as far as QSIGNER_TRUSTED_PROXIES vouch for it: any caller
-    # could set it.
-    address = services.auth_failures.address_of(
-        request.remote, request.headers.getall("X-Forwarded-For", [])
-    )
-    services.auth_failures.check(address)
-    try:
-        return await _identify(services, request)
-    except Unauthorized:
-        services.auth_failures.failed(address)
-        raise
-
-
-async def _identify(services: Services, request: web.Request) -> Caller:
-    credential = request.match_info.get("apikey") or bearer(request.headers.get("Authorization"))
-    if not credential:
-        raise Unauthorized("authentication required: Authorization: Bearer <JWT or API key>")
-    if is_api_key(credential):
-        principal, credentials = await services.identity.unlock_with_api_key(credential)
-        caller = Caller(principal, credentials)
-    else:
-        user_id = await services.verifier.verify(credential)
-        principal = await services.identity.principal(user_id)
-        caller = Caller(principal, None, request.headers.get("X-Signer-Password"))
-    # GoQuorum multi-tenancy: only a private state of the caller's organisation reaches a node.
-    psi = await services.identity.private_state_for(principal, request.headers.getall(PSI, []))
-    if psi is not None:
-        caller.forward_headers[PSI] = psi
-    return caller
-
-
-async def _dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
-                    request_id: str) -> tuple[bytes, ProxyError | None]:  # fmt: skip
-    """One call's whole answer, as JSON bytes, and the error it carries if any."""
-    started = time.perf_counter()
-    services.metrics.in_flight.inc()
-    error: ProxyError | None = None
-    try:
-        services.rate_limiter.check(caller.principal.user_id)
-        handler = router.handler_for(call.method, services.settings.passthrough)
-        value = await handler(services, caller, call)
-        if isinstance(value, bytes):  # the node's own answer, with the caller's id
-            return value, None
-        return rpc.dumps(rpc.result(call.id, value)), None
-    except Exception as exc:
-        error = translate(exc)
-        return rpc.dumps(rpc.error(call.id, error)), error
-    finally:
-        services.metrics.in_flight.dec()
-        _record(services, caller, call.method, request_id, error, time.perf_counter() - started)
-
-
-def _record(services: Services, caller: Caller, method: str, request_id: str,
-            error: ProxyError | None, elapsed: float) -> None:  # fmt: skip
-    """One call's metrics and log line."""
-    outcome = "ok" if error is None else "error"
-    # Method names come from callers: only ours and those a node answered become labels, so
-    # that made-up names cannot grow the metrics without bound.
-    label = method if method in router.LOCAL or error is None else "other"
-    services.metrics.observe(label, outcome, elapsed)
-    logs.event("rpc", request_id=request_id, method=label, user=caller.principal.user_id,
-               org=caller.principal.organisation, outcome=outcome,
-               code=None if error is None else error.code,
-               duration_ms=round(elapsed * 1000, 2))  # fmt: skip
-
-
-async def _batch(services: Services, caller: Caller, items: list[rpc.RpcRequest | rpc.BadItem],
-                 request_id: str) -> list[bytes | None]:  # fmt: skip
-    """A batch's answers, in order (None for notifications). Its plain reads go to a node as one
-    batch of their own, so that a batch costs the node one request; when the node will not take
-    it as a batch, or it fails, each goes on its own like the rest, with its own retries."""
-    answers: list[bytes | None] = [None] * len(items)
-    alone: list[tuple[int, rpc.RpcRequest]] = []
-    together: list[tuple[int, rpc.RpcRequest]] = []
-    for n, item in enumerate(items):
-        if isinstance(item, rpc.BadItem):
-            answers[n] = rpc.dumps(rpc.error(item.id, item.error))
-        elif not item.notification and router.forwarded_as_bytes(
-            item.method, services.settings.passthrough
-        ):
-            together.append((n, item))
-        else:
-            alone.append((n, item))
-    if len(together) > 1:
-        together = await _forward_together(services, caller, together, answers, request_id)
-    alone += together  # those the node did not answer as a batch
-
-    async def one(n: int, item: rpc.RpcRequest) -> None:
-        answer, _ = await _dispatch(services, caller, item, request_id)
-        answers[n] = None if item.notification else answer
-
-    await asyncio.gather(*(one(n, item) for n, item in alone))
-    return answers
-
-
-async def _forward_together(services: Services, caller: Caller,
-                            chosen: list[tuple[int, rpc.RpcRequest]], answers: list[bytes | None],
-                            request_id: str) -> list[tuple[int, rpc.RpcRequest]]:  # fmt: skip
-    """Forwards the `chosen` reads (place in the batch, request) as one batch and fills in their
-    answers; returns those still to be answered one by one (all of them when the batch did not
-    go through)."""
-    sent: list[tuple[int, rpc.RpcRequest]] = []
-    for n, call in chosen:
-        try:
-            services.rate_limiter.check(caller.principal.user_id)
-        except ProxyError as refused:
-            answers[n] = rpc.dumps(rpc.error(call.id, refused))
-            _record(services, caller, call.method, request_id, refused, 0.0)
-            continue
-        sent.append((n, call))
-    if not sent:
-        return []
-    started = time.perf_counter()
-    try:
-        results = await services.pool.forward_batch(
-            [(call.method, call.params) for _, call in sent], caller.forward_headers
-        )
-    except Exception:
-        results = None
-    if results is None:
-        return sent
-    elapsed = time.perf_counter() - started
-    for (n, call), result in zip(sent, results, strict=True):
-        if isinstance(result, bytes):
-            answers[n] = rpc.result_bytes(rpc.id_json(call.id), result)
-            _record(services, caller, call.method, request_id, None, elapsed)
-        else:
-            error = translate(result)
-            answers[n] = rpc.dumps(rpc.error(call.id, error))
-            _record(services, caller, call.method, request_id, error, elapsed)
-    return []
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -304,10 +177,10 @@ async def _read_body(request: web.Request) -> bytes:
 
 async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    request_id = request.headers.get("X-Request-Id", "")[:64] or next(_REQUEST_IDS)
+    request_id = request.headers.get("X-Request-Id", "")[:64] or next(dispatch.REQUEST_IDS)
     try:
         body = await _read_body(request)
-        caller = await _authenticate(services, request)
+        caller = await dispatch.authenticate(services, request)
         caller.request_id = request_id
         caller.idempotency_key = request.headers.get("Idempotency-Key")
         parsed = rpc.parse_body(body)
@@ -316,16 +189,29 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
         return web.json_response(rpc.error(None, refused), status=refused.http_status)
 
     if isinstance(parsed, rpc.RpcRequest):
-        answer, failure = await _dispatch(services, caller, parsed, request_id)
+        answer, failure = await dispatch.dispatch(services, caller, parsed, request_id)
         if parsed.notification:
             return web.Response(status=204)
         return web.Response(body=answer, status=failure.http_status if failure else 200,
                             content_type="application/json")  # fmt: skip
 
-    answers = [a for a in await _batch(services, caller, parsed, request_id) if a is not None]
+    answered = await dispatch.batch(services, caller, parsed, request_id)
+    answers = [a for a in answered if a is not None]
     if not answers:
         return web.Response(status=204)
     return web.Response(body=b"[%s]" % b",".join(answers), content_type="application/json")
+
+
+async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
+    return await sockets.serve(request, request.app[SERVICES])
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """At shutdown, before the services close: every client socket is told (1001, going away),
+    rather than waited for."""
+    if SERVICES in app:
+        for session in app[SERVICES].sockets.sessions():
+            session.close_soon(WSCloseCode.GOING_AWAY, "shutdown", "the proxy is stopping")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -396,6 +282,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services)
     app.router.add_post("/", rpc_endpoint)
     app.router.add_post("/rpc/{apikey}", rpc_endpoint)
+    app.router.add_get("/", websocket_endpoint, allow_head=False)
+    app.router.add_get("/rpc/{apikey}", websocket_endpoint, allow_head=False)
+    app.on_shutdown.append(_close_sockets)
     app.router.add_route("OPTIONS", "/", _options)
     app.router.add_route("OPTIONS", "/rpc/{apikey}", _options)
     app.router.add_get("/healthz", healthz)

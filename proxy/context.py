@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.audit import AuditLog
 from proxy.forwarding import Forwarding
@@ -20,6 +21,11 @@ from proxy.probes import HsmProbe
 from proxy.ratelimit import AuthFailureThrottle, RateLimiter
 from proxy.settings import Settings
 from signer.pkcs11 import Hsm
+
+if TYPE_CHECKING:
+    from proxy.sockets.feeds import SubscriptionHub
+    from proxy.sockets.registry import SocketRegistry
+    from proxy.sockets.session import SocketSession
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Services:
     audit: AuditLog
     gate: Gate
     tessera: Tessera
+    sockets: SocketRegistry
+    subscriptions: SubscriptionHub
 
 
 @dataclass
@@ -55,3 +63,4 @@ class Caller:
     forward_headers: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
     idempotency_key: str | None = None  # the Idempotency-Key header
+    socket: SocketSession | None = None  # the WebSocket the call came on, if it did

@@ -32,6 +32,30 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         )  # fmt: skip
 
+        self.ws_connections = Gauge("qsigner_ws_connections", "open WebSocket connections",
+                                    registry=self.registry)  # fmt: skip
+        self.ws_subscriptions = Gauge(
+            "qsigner_ws_subscriptions", "clients' eth_subscribe subscriptions by kind", ["kind"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.ws_upstream_subscriptions = Gauge(
+            "qsigner_ws_upstream_subscriptions",
+            "subscriptions held on the nodes by kind (clients with the same one share it)",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
+        self.ws_closed = Counter(
+            "qsigner_ws_closed", "WebSocket connections the proxy closed, by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.ws_resubscriptions = Counter(
+            "qsigner_ws_resubscriptions",
+            "subscriptions moved to another node (or re-established) after theirs failed",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
+        for kind in ("newHeads", "logs", "newPendingTransactions"):
+            self.ws_subscriptions.labels(kind)
+            self.ws_upstream_subscriptions.labels(kind)
+
     def observe(self, method: str, outcome: str, seconds: float) -> None:
         """One JSON-RPC call: counted, and its latency recorded. The labelled children are
         looked up once per (method, outcome), not on every call."""

@@ -9,7 +9,7 @@ from proxy import rpc
 from proxy.context import Caller, Services
 from proxy.errors import MethodNotFound
 from proxy.forwarding import CONSTANT_ANSWERS, is_forwarded
-from proxy.handlers import accounts, signing
+from proxy.handlers import accounts, signing, subscriptions
 from proxy.rpc import RpcRequest
 
 # A handler's result is the request's `result`; bytes are the whole answer, ready to send.
@@ -29,6 +29,9 @@ LOCAL: dict[str, Handler] = {
     # geth's and web3.py's name for the same EIP-712 signing; v3 is v4 without arrays.
     "eth_signTypedData": signing.sign_typed_data_v4,
     "eth_signTypedData_v3": signing.sign_typed_data_v4,
+    # Over WebSocket only (an HTTP caller gets -32601, as from a node).
+    "eth_subscribe": subscriptions.subscribe,
+    "eth_unsubscribe": subscriptions.unsubscribe,
 }
 
 

@@ -173,6 +173,26 @@ class Settings:
     audit_checkpoint_seconds: int = setting(
         60, "seconds after which the audit key signs a chain's head (rows or seconds: the first)"
     )
+    upstreams_ws: tuple[str, ...] = setting(
+        (),
+        "the nodes' WebSocket URLs (ws or wss), comma-separated, in the order of "
+        "`QSIGNER_UPSTREAMS`; used for `eth_subscribe`",
+        unset="each upstream's URL with the ws(s) scheme (anvil; GoQuorum and geth serve "
+        "WebSocket on a port of their own, so set it for them)",
+    )
+    ws_max_connections: int = setting(32, "one user's open WebSockets in a replica, at most")
+    ws_max_subscriptions: int = setting(
+        100, "`eth_subscribe` subscriptions of one WebSocket, at most; beyond, -32005"
+    )
+    ws_max_message_bytes: int = setting(
+        1024 * 1024, "a WebSocket message from a client, at most (bytes); beyond, -32600"
+    )
+    ws_send_queue: int = setting(
+        256, "messages waiting for a slow WebSocket client; past it, the socket is closed"
+    )
+    ws_replay_blocks: int = setting(
+        256, "blocks a subscription moved to another node catches up on, at most"
+    )
 
     @classmethod
     def from_env(
@@ -239,6 +259,15 @@ class Settings:
             raise SettingsError("QSIGNER_SIGNED_TX_TIMEOUT, QSIGNER_IDEMPOTENCY_TTL and "
                                 "QSIGNER_RESEND_SECONDS must be at least 1 (seconds)")  # fmt: skip
 
+        if min(self.ws_max_connections, self.ws_max_subscriptions, self.ws_send_queue,
+               self.ws_replay_blocks) < 1:  # fmt: skip
+            raise SettingsError("QSIGNER_WS_MAX_CONNECTIONS, _MAX_SUBSCRIPTIONS, _SEND_QUEUE and "
+                                "_REPLAY_BLOCKS must be at least 1")  # fmt: skip
+        if self.ws_max_message_bytes < 1024:
+            raise SettingsError("QSIGNER_WS_MAX_MESSAGE_BYTES must be at least 1024")
+        if self.upstreams_ws and len(self.upstreams_ws) != len(self.upstreams):
+            raise SettingsError("QSIGNER_UPSTREAMS_WS must name one WebSocket URL per node of "
+                                "QSIGNER_UPSTREAMS, in the same order")  # fmt: skip
         if self.audit_checkpoint_rows < 1 or self.audit_checkpoint_seconds < 1:
             raise SettingsError("QSIGNER_AUDIT_CHECKPOINT_ROWS and "
                                 "QSIGNER_AUDIT_CHECKPOINT_SECONDS must be at least 1")  # fmt: skip

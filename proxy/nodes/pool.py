@@ -301,6 +301,26 @@ class NodePool:
         node = self._pick([], affinity)
         return None if node is None else node.name
 
+    def pick_node(self, avoid: Sequence[int] = ()) -> int | None:
+        """The place in QSIGNER_UPSTREAMS of a healthy node (the least busy, others than
+        `avoid` when there are), or None when none is healthy: where a WebSocket subscription
+        goes."""
+        node = self._pick([self._nodes[n] for n in avoid]) or self._pick([])
+        return None if node is None else self._nodes.index(node)
+
+    def in_rotation(self, place: int) -> bool:
+        """Whether the node at `place` in QSIGNER_UPSTREAMS is healthy now."""
+        return self._nodes[place].healthy
+
+    def height(self, place: int) -> int | None:
+        """The latest block the health probes saw on the node at `place`."""
+        node = self._nodes[place]
+        return node.block if node.reachable else None
+
+    def node_name(self, place: int) -> str:
+        """The masked name of the node at `place` in QSIGNER_UPSTREAMS."""
+        return self._nodes[place].name
+
     def _no_node(self, busy: bool) -> NoNodeAvailable:
         if busy:
             return NodeBusy(

@@ -1,6 +1,8 @@
 """A small HTTP server in front of a real node, as nginx or a load balancer stands in front of one
-in production: it passes JSON-RPC on, records what it received, and misbehaves on demand (502,
-silence, one method held back); the answers are still the node's own."""
+in production: it passes JSON-RPC on (over HTTP and WebSocket), records what it received, and
+misbehaves on demand (502, silence, one method held back, a WebSocket that goes quiet); the
+answers are still the node's own. Two forwarders in front of one node are two nodes of one
+chain: same blocks, same hashes, and either can die alone (`stop`)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,11 @@ class Forwarder:
         self.paths: set[str] = set()  # request paths seen
         self.batches: list[list[dict[str, Any]]] = []  # batch requests seen (also in `seen`)
         self.takes_batches = True  # else a batch is refused, as some gateways do
+        self.socket_mode = "forward"  # or "mute": the node's WebSocket messages are dropped
+        self.socket_messages: list[dict[str, Any]] = []  # what clients sent over WebSocket
+        self._socket_requests: list[web.BaseRequest] = []
         self._released = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -56,13 +62,25 @@ class Forwarder:
         self._released.set()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._client = self._client or aiohttp.ClientSession()
         self._released.clear()
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)  # any path, as Infura's /v3/<key>
+        app.router.add_get("/{path:.*}", self._socket)
         self._runner = await serve_on_loopback(app, self.port)
 
+    def stop_from_thread(self) -> None:
+        """`stop`, from a thread other than the forwarder's loop (fronts_in_thread)."""
+        assert self._loop is not None, "not started"
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
+
     async def stop(self) -> None:
+        """The node dies: its WebSocket connections drop without a close, and it listens no
+        more."""
+        for request in list(self._socket_requests):
+            if request.transport is not None:
+                request.transport.abort()
         self._released.set()
         runner, self._runner = self._runner, None
         await stop_serving(runner)
@@ -111,6 +129,40 @@ class Forwarder:
             await streamed.write_eof()
             return streamed
         return web.Response(body=answered, content_type="application/json")
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """A client's WebSocket, piped to the node's."""
+        client = web.WebSocketResponse(max_msg_size=0)
+        await client.prepare(request)
+        assert self._client is not None
+        self._socket_requests.append(request)
+        target = self.target.replace("http://", "ws://", 1)
+        try:
+            async with self._client.ws_connect(target, max_msg_size=0) as node:
+
+                async def up() -> None:
+                    async for message in client:
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            self.socket_messages.append(json.loads(message.data))
+                            await node.send_str(message.data)
+
+                async def down() -> None:
+                    async for message in node:
+                        if message.type == aiohttp.WSMsgType.TEXT and self.socket_mode != "mute":
+                            await client.send_str(message.data)
+
+                pipes = [asyncio.create_task(up()), asyncio.create_task(down())]
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+        finally:
+            self._socket_requests.remove(request)
+        await client.close()
+        return client
+
+    def carries_subscriptions(self) -> bool:
+        return any(m.get("method") == "eth_subscribe" for m in self.socket_messages)
 
     async def _batch(self, request: web.Request, body: bytes,
                      messages: list[dict[str, Any]]) -> web.Response:  # fmt: skip

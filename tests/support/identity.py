@@ -47,3 +47,24 @@ async def refused_within_a_second(attempt: Callable[[], Awaitable[Any]]) -> None
             return
         assert time.monotonic() < deadline, "still accepted a second after the change"
         await asyncio.sleep(0.01)
+
+
+async def revoke_elsewhere(database_url: str, settings: Any, api_key: str) -> float:
+    """`apikey revoke` as another replica (or the command line) runs it: its own pool and
+    identity service. The moment it committed (monotonic)."""
+    pool = await store.connect(database_url, max_size=2)
+    try:
+        await Identity(pool, settings).revoke_api_key(api_key.split("_")[1])
+        return time.monotonic()
+    finally:
+        await pool.close()
+
+
+async def disable_elsewhere(database_url: str, settings: Any, user_id: str) -> float:
+    """`user disable` as another replica runs it; the moment it committed (monotonic)."""
+    pool = await store.connect(database_url, max_size=2)
+    try:
+        await Identity(pool, settings).disable_user(user_id)
+        return time.monotonic()
+    finally:
+        await pool.close()
