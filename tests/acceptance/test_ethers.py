@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 from signer.messages import personal_message_digest
 from tests.acceptance.conftest import Running
 from tests.support.anvil import rpc
 from tests.support.checks import assert_signed_by, check_message_signature
+from tests.support.node_scripts import run_client
 from tests.support.stack import CHAIN_ID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,11 +19,7 @@ def test_ethers_send_deploy_call_sign(product: Running) -> None:
     env = {**os.environ, "PROXY_URL": product.url, "PROXY_JWT": product.stack.jwt,
            "PROXY_PASSWORD": product.stack.password, "ACCOUNT": product.stack.address,
            "ARTIFACT": str(ROOT / "contracts" / "build" / "Counter.json")}  # fmt: skip
-    script = str(Path(__file__).with_name("ethers_flow.mjs"))
-    result = subprocess.run(["node", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_client(Path(__file__).with_name("ethers_flow.mjs"), env)
     assert report["chainId"] == str(CHAIN_ID)
     assert report["accounts"] == [product.stack.address]
     assert report["count"] == "3"

@@ -23,6 +23,7 @@ from tests.support.checks import assert_signed_by
 from tests.support.contracts import deploy
 from tests.support.faults import fronts_in_thread
 from tests.support.forwarder import Forwarder
+from tests.support.node_scripts import run_client
 from tests.support.replicas import replicas
 from tests.support.serve import BIN, serve
 from tests.support.stack import CHAIN_ID, build_stack, environment
@@ -56,11 +57,7 @@ def test_ethers_websocket_provider(ticking: tuple[Running, dict[str, str]]) -> N
     env = {**os.environ, "PROXY_WS_URL": _ws(f"{product.url}/rpc/{stack.api_key}"),
            "ACCOUNT": stack.address,
            "ARTIFACT": str(ROOT / "contracts" / "build" / "Counter.json")}  # fmt: skip
-    script = str(Path(__file__).with_name("ethers_websocket.mjs"))
-    result = subprocess.run(["node", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_client(Path(__file__).with_name("ethers_websocket.mjs"), env)
     assert report["chainId"] == str(CHAIN_ID)
     sender = bytes.fromhex(stack.address[2:])
     for tx_hash in [report["sent"], *report["increments"]]:
