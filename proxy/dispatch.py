@@ -71,13 +71,17 @@ async def identify(services: Services, credential: str, password: str | None,
 
 
 async def dispatch(services: Services, caller: Caller, call: rpc.RpcRequest,
-                    request_id: str) -> tuple[bytes, ProxyError | None]:  # fmt: skip
-    """One call's whole answer, as JSON bytes, and the error it carries if any."""
+                   request_id: str, *, counted: bool = False,
+                   ) -> tuple[bytes, ProxyError | None]:  # fmt: skip
+    """One call's whole answer, as JSON bytes, and the error it carries if any. `counted`: the
+    call was already counted against the caller's rate limit (a batch's read that the node
+    would not take as a batch)."""
     started = time.perf_counter()
     services.metrics.in_flight.inc()
     error: ProxyError | None = None
     try:
-        services.rate_limiter.check(caller.principal.user_id)
+        if not counted:
+            services.rate_limiter.check(caller.principal.user_id)
         handler = router.handler_for(call.method, services.settings.passthrough)
         value = await handler(services, caller, call)
         if isinstance(value, bytes):  # the node's own answer, with the caller's id
@@ -122,15 +126,18 @@ async def batch(services: Services, caller: Caller, items: list[rpc.RpcRequest |
             together.append((n, item))
         else:
             alone.append((n, item))
+    counted: list[tuple[int, rpc.RpcRequest]] = []  # the node did not answer them as a batch
     if len(together) > 1:
-        together = await forward_together(services, caller, together, answers, request_id)
-    alone += together  # those the node did not answer as a batch
+        counted = await forward_together(services, caller, together, answers, request_id)
+    else:
+        alone += together
 
-    async def one(n: int, item: rpc.RpcRequest) -> None:
-        answer, _ = await dispatch(services, caller, item, request_id)
+    async def one(n: int, item: rpc.RpcRequest, already: bool = False) -> None:
+        answer, _ = await dispatch(services, caller, item, request_id, counted=already)
         answers[n] = None if item.notification else answer
 
-    await asyncio.gather(*(one(n, item) for n, item in alone))
+    await asyncio.gather(*(one(n, item) for n, item in alone),
+                         *(one(n, item, True) for n, item in counted))  # fmt: skip
     return answers
 
 
@@ -139,7 +146,7 @@ async def forward_together(services: Services, caller: Caller,
                             request_id: str) -> list[tuple[int, rpc.RpcRequest]]:  # fmt: skip
     """Forwards the `chosen` reads (place in the batch, request) as one batch and fills in their
     answers; returns those still to be answered one by one (all of them when the batch did not
-    go through)."""
+    go through), already counted against the caller's rate limit."""
     sent: list[tuple[int, rpc.RpcRequest]] = []
     for n, call in chosen:
         try:

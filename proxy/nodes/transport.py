@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,9 @@ from proxy.errors import (
 )
 from proxy.nodes.http import NodeHttp, http_endpoint
 
+# Seconds a node that did not answer a batch as a batch is not sent batches (its reads go one by
+# one meanwhile), before it is tried again.
+BATCHES_REFUSED_SECONDS = 60.0
 _URL_PARTS = re.compile(r"^(?:(?P<scheme>[^:/?#]+)://)?(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
 
 
@@ -82,6 +86,9 @@ class NodeTransport:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
         self._request_ids = itertools.count(1)
+        # Until when batches are not tried (monotonic): a node (or its gateway) that answered a
+        # batch other than as a batch is not asked again for a while.
+        self._batches_refused_until = float("-inf")
 
     async def request(
         self,
@@ -122,7 +129,10 @@ class NodeTransport:
     ) -> list[bytes | NodeError] | None:
         """`calls` (method, params) sent to the node as one JSON-RPC batch: per call, in order,
         the JSON of its result or the node's error; None when the node does not answer the batch
-        as a batch (one that takes no batches answers with one error)."""
+        as a batch (one that takes no batches answers with one error), and then for
+        BATCHES_REFUSED_SECONDS without asking it."""
+        if time.monotonic() < self._batches_refused_until:
+            return None
         first = next(self._request_ids)
         for _ in range(len(calls) - 1):
             next(self._request_ids)
@@ -137,6 +147,7 @@ class NodeTransport:
         except ValueError:
             answers = None
         if not (200 <= status < 300 and isinstance(answers, list)):
+            self._batches_refused_until = time.monotonic() + BATCHES_REFUSED_SECONDS
             return None
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
         out: list[bytes | NodeError] = []

@@ -165,3 +165,36 @@ async def test_a_batch_of_reads_is_one_request_to_a_node_that_takes_batches(
     methods = [method for method, _ in items]
     for method in set(methods) - {"eth_blockNumber"}:  # (also the health probes' method)
         assert seen.count(method) == methods.count(method) * (1 if takes_batches else 2), method
+
+
+async def test_a_node_refusing_batches_is_not_asked_again_and_each_read_counts_once(
+    setup: Any,
+) -> None:
+    """A node (or its gateway) that refuses a batch gets the reads one by one, and no batch for
+    a while after; the caller's rate limit counts each read of the batch once."""
+    _, stack, chain, _ = setup
+    items = [("eth_getBalance", [stack.address, "latest"]), ("eth_gasPrice", []),
+             ("eth_getCode", [stack.address, "latest"]), ("eth_getTransactionCount",
+             [stack.address, "latest"])]  # fmt: skip
+    body = b"[%s]" % b",".join(
+        request(method, params, str(n)) for n, (method, params) in enumerate(items)
+    )
+    async with forwarder(chain.url) as node:
+        node.takes_batches = False
+        # Exactly as many reads as one batch holds, at once; none refills within the test.
+        settings = dataclasses.replace(stack.settings, upstreams=(node.url,), rate_limit=1,
+                                       rate_burst=len(items))  # fmt: skip
+        async with in_process(settings) as (proxy_url, _):
+            auth = {"Authorization": f"Bearer {stack.jwt}"}
+            status, ours = await chain.raw(proxy_url + "/", body, auth)
+            assert status == 200
+            answers = json.loads(ours)
+            assert all("result" in answer for answer in answers), answers
+            status, ours = await chain.raw(proxy_url + "/", body, auth)  # over the limit now
+            assert {answer["error"]["code"] for answer in json.loads(ours)} == {-32005}
+        settings = dataclasses.replace(settings, rate_limit=0, rate_burst=0)
+        async with in_process(settings) as (proxy_url, _):
+            for _ in range(3):
+                status, ours = await chain.raw(proxy_url + "/", body, auth)
+                assert status == 200 and all("result" in a for a in json.loads(ours))
+    assert len(node.batches) == 2  # once per proxy: refused, then not asked again
