@@ -51,48 +51,40 @@ def _ws(url: str) -> str:
     return url.replace("http://", "ws://", 1)
 
 
-def test_ethers_websocket_provider(ticking: tuple[Running, dict[str, str]]) -> None:
-    product, _ = ticking
+def _checked_on_chain(product: Running, script: str) -> list[int]:
+    """Run a client script over the proxy's WebSocket (API key in the URL) and check its report
+    on chain: every transaction mined and signed by the account (low-s included), and the
+    contract's event heard once per increment it names. Returns the block numbers it heard."""
     stack = product.stack
     env = {**os.environ, "PROXY_WS_URL": _ws(f"{product.url}/rpc/{stack.api_key}"),
            "ACCOUNT": stack.address,
            "ARTIFACT": str(ROOT / "contracts" / "build" / "Counter.json")}  # fmt: skip
-    report = run_client(Path(__file__).with_name("ethers_websocket.mjs"), env)
+    report = run_client(Path(__file__).with_name(script), env)
     assert report["chainId"] == str(CHAIN_ID)
     sender = bytes.fromhex(stack.address[2:])
     for tx_hash in [report["sent"], *report["increments"]]:
         assert rpc(stack.anvil_url, "eth_getTransactionReceipt", [tx_hash])["status"] == "0x1"
         raw = rpc(stack.anvil_url, "eth_getRawTransactionByHash", [tx_hash])
         assert_signed_by(bytes.fromhex(raw[2:]), sender, chain_id=CHAIN_ID)  # low-s included
-    blocks = report["blocks"]
-    assert blocks == list(range(blocks[0], blocks[0] + 3))  # consecutive, none missed
     assert report["events"], "the contract's event never arrived"
     for event in report["events"]:
         assert event["by"] == stack.address and event["tx"] in report["increments"]
     assert len({event["tx"] for event in report["events"]}) == len(report["events"])  # once each
+    return [int(number) for number in report["blocks"]]
+
+
+def test_ethers_websocket_provider(ticking: tuple[Running, dict[str, str]]) -> None:
+    """ethers v6's WebSocketProvider: getSigner(address).sendTransaction, provider.on("block"),
+    contract.on for an event."""
+    blocks = _checked_on_chain(ticking[0], "ethers_websocket.mjs")
+    assert blocks == list(range(blocks[0], blocks[0] + 3))  # consecutive, none missed
 
 
 def test_viem_websocket_transport(ticking: tuple[Running, dict[str, str]]) -> None:
     """viem's webSocket transport: a JSON-RPC account signing through the socket, and
     watchBlockNumber / watchContractEvent over eth_subscribe."""
-    product, _ = ticking
-    stack = product.stack
-    env = {**os.environ, "PROXY_WS_URL": _ws(f"{product.url}/rpc/{stack.api_key}"),
-           "ACCOUNT": stack.address,
-           "ARTIFACT": str(ROOT / "contracts" / "build" / "Counter.json")}  # fmt: skip
-    report = run_client(Path(__file__).with_name("viem_websocket.mjs"), env)
-    assert report["chainId"] == str(CHAIN_ID)
-    sender = bytes.fromhex(stack.address[2:])
-    for tx_hash in [report["sent"], *report["increments"]]:
-        assert rpc(stack.anvil_url, "eth_getTransactionReceipt", [tx_hash])["status"] == "0x1"
-        raw = rpc(stack.anvil_url, "eth_getRawTransactionByHash", [tx_hash])
-        assert_signed_by(bytes.fromhex(raw[2:]), sender, chain_id=CHAIN_ID)  # low-s included
-    blocks = report["blocks"]
+    blocks = _checked_on_chain(ticking[0], "viem_websocket.mjs")
     assert len(blocks) >= 3 and blocks == list(range(blocks[0], blocks[0] + len(blocks)))
-    assert report["events"], "the contract's event never arrived"
-    for event in report["events"]:
-        assert event["by"] == stack.address and event["tx"] in report["increments"]
-    assert len({event["tx"] for event in report["events"]}) == len(report["events"])  # once each
 
 
 async def test_web3_websocket_provider(ticking: tuple[Running, dict[str, str]]) -> None:
