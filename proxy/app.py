@@ -25,6 +25,8 @@ from proxy.errors import (
     SettingsError,
     translate,
 )
+from proxy.events.stream import TransactionEvents
+from proxy.events.webhooks import WebhookDeliverer, WebhookMetrics
 from proxy.forwarding import Forwarding
 from proxy.guard.gate import Gate
 from proxy.guard.metrics import GuardMetrics
@@ -135,6 +137,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             replay_blocks=settings.ws_replay_blocks,
         )
         opened.push_async_callback(subscriptions.close)
+        events = TransactionEvents(store.BoundedPool(db, settings.database_timeout), app[METRICS])
+        await events.start(settings.require_database())
+        opened.push_async_callback(events.close)
+        webhooks = WebhookDeliverer(
+            store.BoundedPool(db, settings.database_timeout), events,
+            WebhookMetrics(app[METRICS].registry), timeout=settings.webhook_timeout,
+            retry_max=settings.webhook_retry_max, give_up=settings.webhook_give_up,
+            retention=settings.event_retention,
+        )  # fmt: skip
+        await webhooks.start()
+        opened.push_async_callback(webhooks.close)
         services: list[Services] = []
         sockets = SocketRegistry(identity.rows, lambda session: recheck(services[0], session),
                                  settings.ws_max_connections, app[METRICS])  # fmt: skip
@@ -144,7 +157,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             rate_limiter=RateLimiter(settings.rate_limit,
                                      settings.rate_burst or 2 * settings.rate_limit),
             forwarding=Forwarding(pool), chain_facts=ChainFacts(pool), audit=audit,
-            gate=gate, tessera=tessera, sockets=sockets, subscriptions=subscriptions,
+            gate=gate, tessera=tessera, sockets=sockets, subscriptions=subscriptions, events=events,
             auth_failures=AuthFailureThrottle(settings.auth_failure_rate,
                                               settings.auth_failure_burst,
                                               trusted_networks(settings.trusted_proxies)),

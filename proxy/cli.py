@@ -25,6 +25,7 @@ from proxy import store
 from proxy.audit import AuditLog
 from proxy.audit import commands as audit_commands
 from proxy.errors import BadInput, ProxyError, SettingsError, SystemFailure
+from proxy.events import webhooks
 from proxy.guard import admin as guard_admin
 from proxy.identity import ROLES, Identity
 from proxy.identity.auth import issue_token
@@ -351,6 +352,42 @@ def _tx_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _webhook_add(args: argparse.Namespace, settings: Settings) -> int:
+    events = webhooks.parse_events(args.events)
+    webhooks.check_url(args.url)
+    added = _with_audit(settings, lambda identity, audit: webhooks.add(
+        identity.pool, audit, args.org, args.url, events))  # fmt: skip
+    _progress(f"webhook id: {added.id}")
+    _progress(f"{args.org}: {', '.join(events)} events to {mask_url(args.url)}, signed with "
+              "the secret below (shown once): X-QSigner-Signature: sha256=<HMAC-SHA256 of the "
+              "body>")  # fmt: skip
+    print(added.secret)
+    return 0
+
+
+def _webhook_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = _with_pool(settings, lambda pool: webhooks.listing(pool, args.org))
+    print("id\torganisation\turl\tevents\tpending\tdelivered\tstate")
+    for row in rows:
+        state = "ok"
+        if row["failures"]:
+            state = f"failing ({row['failures']} in a row: {row['last_error'] or '?'})"
+            if row["paused_until"] is not None:
+                state += f", next try {_time(row['paused_until'])}"
+        counts = f"{row['pending']}\t{row['delivered']}"
+        print(f"{row['id']}\t{row['organisation']}\t{mask_url(row['url'])}\t"
+              f"{','.join(row['events'])}\t{counts}\t{state}")  # fmt: skip
+    if not rows:
+        _progress("no webhook")
+    return 0
+
+
+def _webhook_remove(args: argparse.Namespace, settings: Settings) -> int:
+    _with_audit(settings, lambda identity, audit: webhooks.remove(identity.pool, audit, args.id))
+    _progress(f"{args.id}: removed; its pending deliveries are dropped")
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.app import serve_app
 
@@ -670,6 +707,36 @@ def build_parser() -> argparse.ArgumentParser:
     tx_list.add_argument("--limit", type=int, default=50, metavar="N",
                          help="at most N transactions (default: %(default)s)")  # fmt: skip
     tx_list.set_defaults(handler=_tx_list)
+    webhook = commands.add_parser(
+        "webhook", help="transaction events POSTed to a URL"
+    ).add_subparsers(dest="webhook_command", metavar="COMMAND", required=True,
+                     parser_class=_Parser)  # fmt: skip
+    webhook_add = webhook.add_parser(
+        "add", help="POST an organisation's transaction events to URL",
+        description="POST each transaction event of the organisation's accounts (the JSON of "
+        "eth_subscribe(\"qsigner_transactions\")) to URL, at least once, with headers "
+        "X-QSigner-Event-Id and X-QSigner-Signature: sha256=<hex HMAC-SHA256 of the body under "
+        "the secret>. Prints 'webhook id: ID' on stderr and the secret alone on the last line "
+        "of stdout, once.",
+    )  # fmt: skip
+    webhook_add.add_argument("--org", required=True, metavar="NAME")
+    webhook_add.add_argument("url", metavar="URL", help="http:// or https://")
+    webhook_add.add_argument("--events", metavar="E,...",
+                             help="only these: queued, sent, mined, failed, filled (default: "
+                             "all)")  # fmt: skip
+    webhook_add.set_defaults(handler=_webhook_add)
+    webhook_list = webhook.add_parser(
+        "list", help="the webhooks and their deliveries",
+        description="Print a header line, then one tab-separated line per webhook: id, "
+        "organisation, URL (host only), events, pending and delivered deliveries, state.",
+    )  # fmt: skip
+    webhook_list.add_argument("--org", metavar="NAME", help="only this organisation's")
+    webhook_list.set_defaults(handler=_webhook_list)
+    webhook_remove = webhook.add_parser(
+        "remove", help="stop a webhook (its pending deliveries are dropped)"
+    )
+    webhook_remove.add_argument("id", metavar="ID")
+    webhook_remove.set_defaults(handler=_webhook_remove)
     audit_commands.add_parser(commands, _Parser)
     return parser
 

@@ -23,6 +23,7 @@ from proxy.settings import Settings
 from signer.pkcs11 import Hsm
 
 if TYPE_CHECKING:
+    from proxy.events.stream import TransactionEvents
     from proxy.sockets.feeds import SubscriptionHub
     from proxy.sockets.registry import SocketRegistry
     from proxy.sockets.session import SocketSession
@@ -51,6 +52,7 @@ class Services:
     tessera: Tessera
     sockets: SocketRegistry
     subscriptions: SubscriptionHub
+    events: TransactionEvents
 
 
 @dataclass

@@ -193,6 +193,22 @@ class Settings:
     ws_replay_blocks: int = setting(
         256, "blocks a subscription moved to another node catches up on, at most"
     )
+    webhook_timeout: int = setting(
+        10, "seconds a webhook receiver has to answer a delivery; past it, the delivery failed"
+    )
+    webhook_retry_max: int = setting(
+        300,
+        "seconds between retries of a failing webhook, at most (the wait doubles from 1 s after "
+        "each failure)",
+    )
+    webhook_give_up: int = setting(
+        259200,
+        "seconds after which an event not yet delivered to a webhook is given up (`expired`)",
+    )
+    event_retention: int = setting(
+        86400,
+        "seconds transaction events are kept once every webhook that wanted them has them",
+    )
 
     @classmethod
     def from_env(
@@ -263,6 +279,10 @@ class Settings:
                self.ws_replay_blocks) < 1:  # fmt: skip
             raise SettingsError("QSIGNER_WS_MAX_CONNECTIONS, _MAX_SUBSCRIPTIONS, _SEND_QUEUE and "
                                 "_REPLAY_BLOCKS must be at least 1")  # fmt: skip
+        if min(self.webhook_timeout, self.webhook_retry_max, self.webhook_give_up,
+               self.event_retention) < 1:  # fmt: skip
+            raise SettingsError("QSIGNER_WEBHOOK_TIMEOUT, _RETRY_MAX, _GIVE_UP and "
+                                "QSIGNER_EVENT_RETENTION must be at least 1 (seconds)")  # fmt: skip
         if self.ws_max_message_bytes < 1024:
             raise SettingsError("QSIGNER_WS_MAX_MESSAGE_BYTES must be at least 1024")
         if self.upstreams_ws and len(self.upstreams_ws) != len(self.upstreams):

@@ -1,5 +1,6 @@
 """`eth_subscribe` / `eth_unsubscribe`: subscriptions of the caller's WebSocket, carried to the
-nodes by the subscription hub (proxy/sockets/feeds.py) under ids of the proxy's own."""
+nodes by the subscription hub (proxy/sockets/feeds.py) under ids of the proxy's own, or, for
+`qsigner_transactions`, the organisation's transaction events (proxy/events/stream.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 from proxy.context import Caller, Services
 from proxy.errors import InvalidParams, MethodNotFound
+from proxy.events import stream
 from proxy.rpc import RpcRequest
+from proxy.sockets.feeds import ClientSubscription
 from proxy.sockets.session import SocketSession
 
 
@@ -23,6 +26,11 @@ async def subscribe(services: Services, caller: Caller, request: RpcRequest) -> 
     params = request.positional
     if not params:
         raise InvalidParams("eth_subscribe takes the subscription kind first")
+    if params[0] == stream.KIND:
+        organisation = caller.principal.organisation_id
+        events = await services.events.subscribe(session, caller.request_id, organisation,
+                                                 params[1:])  # fmt: skip
+        return events.id
     client = await services.subscriptions.subscribe(session, caller.request_id, params[0],
                                                     params[1:], caller.forward_headers)  # fmt: skip
     return client.id
@@ -36,5 +44,8 @@ async def unsubscribe(services: Services, caller: Caller, request: RpcRequest) -
     client = session.subscriptions.get(params[0].lower())
     if client is None:
         raise InvalidParams("no subscription with this id on this connection")
-    services.subscriptions.unsubscribe(client)
+    if isinstance(client, ClientSubscription):
+        services.subscriptions.unsubscribe(client)
+    elif isinstance(client, stream.TransactionSubscription):
+        services.events.unsubscribe(client)
     return True

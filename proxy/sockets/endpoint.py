@@ -121,6 +121,7 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
             task.add_done_callback(lambda _: slots.release())
     finally:
         services.subscriptions.unsubscribe_all(session)
+        services.events.unsubscribe_all(session)
         services.sockets.remove(session)
         for task in serving:
             task.cancel()

@@ -44,8 +44,8 @@ def subscription_key(kind: str, params: list[Any]) -> tuple[str, bytes]:
     """The feed a subscription belongs to; `InvalidParams` for a kind or filter we do not
     carry."""
     if kind not in KINDS:
-        raise InvalidParams(f"unknown subscription kind {kind!r}: the proxy carries "
-                            "newHeads, logs and newPendingTransactions")  # fmt: skip
+        raise InvalidParams(f"unknown subscription kind {kind!r}: the proxy carries newHeads, "
+                            "logs, newPendingTransactions and qsigner_transactions")  # fmt: skip
     if kind == "logs":
         criteria = params[0] if params else {}
         if not isinstance(criteria, dict) or not set(criteria) <= {"address", "topics"}:
@@ -324,7 +324,8 @@ class SubscriptionHub:
 
     def unsubscribe_all(self, session: SocketSession) -> None:
         for client in list(session.subscriptions.values()):
-            self.unsubscribe(client)
+            if isinstance(client, ClientSubscription):
+                self.unsubscribe(client)
 
     async def close(self) -> None:
         self._closed = True

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -15,7 +15,19 @@ from proxy.metrics import Metrics
 
 if TYPE_CHECKING:
     from proxy.context import Caller
-    from proxy.sockets.feeds import ClientSubscription
+
+
+class Subscription(Protocol):
+    """A subscription of the socket: one carried to a node (proxy/sockets/feeds.py) or the
+    proxy's own transaction events (proxy/events/stream.py)."""
+
+    id: str
+
+    @property
+    def kind(self) -> str: ...
+
+    def activate(self) -> None: ...
+
 
 _SESSION_IDS = itertools.count(1)
 # A close waits this long for its frame to go out and the client's answer; a client that reads
@@ -36,13 +48,13 @@ class SocketSession:
         self.credential = credential  # kept to check it again when it may have been revoked
         self.api_key_id = api_key_id
         self.max_subscriptions = max_subscriptions
-        self.subscriptions: dict[str, ClientSubscription] = {}
+        self.subscriptions: dict[str, Subscription] = {}
         self.closing: str | None = None  # why the proxy closes it, once it does
         self._metrics = metrics
         self._abort = abort  # drops the connection without a word
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(send_queue)
         self._send_queue = send_queue
-        self._pending: dict[str, list[ClientSubscription]] = {}
+        self._pending: dict[str, list[Subscription]] = {}
         self._writer = asyncio.create_task(self._write(), name=f"socket {self.id} writer")
         self._closer: asyncio.Task[None] | None = None
 
@@ -61,7 +73,7 @@ class SocketSession:
                             f"too slow: {self._send_queue} messages waited to be sent "
                             "(QSIGNER_WS_SEND_QUEUE)")  # fmt: skip
 
-    def hold_until_answered(self, subscription: ClientSubscription, request_id: str) -> None:
+    def hold_until_answered(self, subscription: Subscription, request_id: str) -> None:
         """A subscription whose notifications wait until the answer to message `request_id`,
         which names its id, is sent: a client learns the id before it sees notifications."""
         self._pending.setdefault(request_id, []).append(subscription)
