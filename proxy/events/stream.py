@@ -51,8 +51,8 @@ EVENTS_SINCE = """SELECT e.* FROM ledger_events e
 
 def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
     """An event as callers receive it (subscription result and webhook body alike). Numbers are
-    hex quantities, as in JSON-RPC; `status` and `blockNumber` come with `mined`, `reason` with
-    `failed` and `filled`."""
+    hex quantities, as in JSON-RPC; `receiptStatus` and `blockNumber` come with `mined`,
+    `reason` with `failed` and `filled`."""
     body: dict[str, Any] = {
         "id": str(row["id"]),
         "event": row["event"],
@@ -67,8 +67,10 @@ def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
         "time": timestamp(row["created_at"]),
     }
     if row["event"] == "mined":
+        # Not `status`: web3.py takes a subscription result with a `status` key for geth's
+        # syncing notification, and fails on it.
         status = row["receipt_status"]
-        body["status"] = None if status is None else hex(status)
+        body["receiptStatus"] = None if status is None else hex(status)
         body["blockNumber"] = hex(row["block_number"])
     elif row["event"] in ("failed", "filled"):
         body["reason"] = row["reason"]

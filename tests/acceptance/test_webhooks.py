@@ -107,7 +107,7 @@ async def test_two_replicas_deliver_every_event_once_signed(team: Team, cli: Cli
     arrived = lifecycle([d.event for d in deliveries])
     for tx_hash in accepted:  # each in order, mined with the chain's own status
         assert arrived[tx_hash] == ["queued", "sent", "mined"], (tx_hash, arrived[tx_hash])
-    statuses = {d.event["status"] for d in deliveries if d.event["event"] == "mined"}
+    statuses = {d.event["receiptStatus"] for d in deliveries if d.event["event"] == "mined"}
     assert statuses == {"0x1"}
     for tx_hash in node.rejected:
         assert arrived[tx_hash] == ["queued", "failed"], (tx_hash, arrived[tx_hash])

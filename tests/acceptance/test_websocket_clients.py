@@ -95,10 +95,22 @@ async def test_web3_websocket_provider(ticking: tuple[Running, dict[str, str]]) 
     async with AsyncWeb3(provider) as w3:
         assert await w3.eth.chain_id == CHAIN_ID
         assert await w3.eth.accounts == [stack.address]
+        # The organisation's transaction events, as docs/events.md shows them to web3.py users.
+        events = await w3.eth.subscribe("qsigner_transactions", {"account": stack.address})  # type: ignore[arg-type]
         tx_hash = await w3.eth.send_transaction({"from": stack.address, "to": stack.address,
                                                  "value": 3})  # fmt: skip
         receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
         assert receipt["status"] == 1
+        seen: list[str] = []
+        async with asyncio.timeout(30):
+            async for message in w3.socket.process_subscriptions():
+                assert message["subscription"] == events
+                if message["result"]["transactionHash"] == "0x" + tx_hash.hex():
+                    seen.append(message["result"]["event"])
+                if seen[-1:] == ["mined"]:
+                    break
+        assert seen == ["queued", "sent", "mined"]
+        assert await w3.eth.unsubscribe(events) is True
         raw = rpc(stack.anvil_url, "eth_getRawTransactionByHash", ["0x" + tx_hash.hex()])
         assert_signed_by(bytes.fromhex(raw[2:]), bytes.fromhex(stack.address[2:]),
                          chain_id=CHAIN_ID)  # fmt: skip

@@ -96,7 +96,7 @@ async def test_a_transaction_is_streamed_from_queued_to_mined(proxy: Proxy) -> N
         assert [e["event"] for e in events] == ["queued", "sent", "mined"], events
         receipt = rpc(stack.anvil_url, "eth_getTransactionReceipt", [tx_hash])
         mined = events[-1]
-        assert mined["status"] == "0x1" == receipt["status"]
+        assert mined["receiptStatus"] == "0x1" == receipt["status"]
         assert mined["blockNumber"] == receipt["blockNumber"]
         for event in events:
             assert event["account"] == stack.address  # checksummed
@@ -152,7 +152,7 @@ async def test_a_definite_rejection_is_a_failed_event(chain: str, database_url: 
                 events = await _events(socket, subscription, tx_hash, until="failed")
     assert [e["event"] for e in events] == ["queued", "failed"]
     assert events[-1]["reason"] and "intrinsic gas too low" in events[-1]["reason"]
-    assert "status" not in events[-1]
+    assert "receiptStatus" not in events[-1]
 
 
 async def test_events_are_written_with_the_ledger_change_only(proxy: Proxy) -> None:
