@@ -228,6 +228,7 @@ class WebhookDeliverer:
 
     async def _run(self) -> None:
         due = self._events.webhooks_due
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(due.wait(), POLL_SECONDS)
@@ -236,9 +237,14 @@ class WebhookDeliverer:
                 await self._expire_and_prune()
                 for lease in await self._lease():
                     self._start_delivering(lease)
-            except Exception as exc:  # the loop outlives a database outage
-                logs.event("webhooks: cannot look for deliveries", logging.WARNING,
-                           error=type(exc).__name__)  # fmt: skip
+                if failing:
+                    logs.event("webhooks: looking for deliveries again")
+                failing = False
+            except Exception as exc:  # the loop outlives a database outage (said once)
+                if not failing:
+                    logs.event("webhooks: cannot look for deliveries", logging.WARNING,
+                               error=type(exc).__name__)  # fmt: skip
+                failing = True
 
     def _start_delivering(self, lease: _Lease) -> None:
         task = asyncio.create_task(self._deliver(lease), name=f"webhook {lease.webhook_id}")

@@ -177,3 +177,35 @@ async def test_events_are_written_with_the_ledger_change_only(proxy: Proxy) -> N
         assert [r["event"] for r in rows] == ["queued", "sent", "mined"]
     finally:
         await conn.close()
+
+
+async def test_a_lost_listener_catches_up_with_nothing_twice(proxy: Proxy) -> None:
+    """The replica's events connection is cut (as a database failover or a network blip cuts
+    it) in the very transaction that writes an event (a reorganisation taking a mined
+    transaction back to `sent`): nobody listens when it commits, yet the subscription gets it,
+    once, when the connection is back."""
+    async with connect(proxy.session, f"{proxy.url}/rpc/{proxy.stack.api_key}") as socket:
+        subscription = await _subscribe(socket)
+        tx_hash = await _send(proxy)
+        await _events(socket, subscription, tx_hash)
+        conn = await asyncpg.connect(proxy.stack.database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("UPDATE ledger_transactions SET state = 'sent', "
+                                   "block_number = NULL, receipt_status = NULL "
+                                   "WHERE tx_hash = $1", bytes.fromhex(tx_hash[2:]))  # fmt: skip
+                cut = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                    "application_name = 'qsigner-events' AND datname = current_database()"
+                )
+        finally:
+            await conn.close()
+        assert cut == 1
+        event = await socket.notification(subscription)
+        assert (event["event"], event["transactionHash"]) == ("sent", tx_hash)
+        # ... and the receipt poller finds it mined again: that comes as usual, and nothing
+        # comes twice.
+        again = await socket.notification(subscription)
+        assert (again["event"], again["transactionHash"]) == ("mined", tx_hash)
+        await asyncio.sleep(QUIET_SECONDS)
+        assert socket.queue(subscription).empty(), "an event delivered twice"
