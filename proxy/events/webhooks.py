@@ -222,6 +222,11 @@ class WebhookDeliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._runner = None
+        # Leases given back, so that another replica goes on at once rather than after their
+        # expiry (a POST cut short here may have arrived: it is sent again, at least once).
+        with contextlib.suppress(Exception):
+            await self._db.execute("UPDATE webhooks SET lease_owner = NULL, lease_until = NULL "
+                                   "WHERE lease_owner = $1", self._owner)  # fmt: skip
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -329,22 +334,26 @@ class WebhookDeliverer:
             reason = cause.strerror if isinstance(cause, OSError) else None
             error = (type(exc).__name__ + (f": {reason}" if reason else ""))[:ERROR_MAX]
         if error is None:
+            # Marked only while the lease holds (a holder that stalled past it writes nothing,
+            # and stops); a delivery dropped meanwhile (its webhook removed) stays as it is.
             held = await self._db.fetchval(
                 """WITH lease AS (
                        UPDATE webhooks SET lease_until = now() + make_interval(secs => $4),
                                            failures = 0, paused_until = NULL
                         WHERE id = $1 AND lease_token = $2 AND lease_owner = $5
-                       RETURNING id)
-                   UPDATE webhook_deliveries d
-                      SET state = 'delivered', delivered_at = now(), attempts = d.attempts + 1,
-                          last_status = $6
-                     FROM lease
-                    WHERE d.id = $3 AND d.state = 'pending'
-                   RETURNING d.id""",
+                       RETURNING id),
+                   marked AS (
+                       UPDATE webhook_deliveries d
+                          SET state = 'delivered', delivered_at = now(),
+                              attempts = d.attempts + 1, last_status = $6
+                         FROM lease
+                        WHERE d.id = $3 AND d.state = 'pending'
+                       RETURNING d.id)
+                   SELECT EXISTS (SELECT 1 FROM lease)""",
                 lease.webhook_id, lease.token, row["delivery_id"], self._lease_seconds, self._owner,
                 status,
             )  # fmt: skip
-            if held is None:
+            if not held:
                 return False
             self._metrics.deliveries.labels("delivered").inc()
             created: datetime = row["created_at"]
