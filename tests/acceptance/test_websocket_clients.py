@@ -77,7 +77,8 @@ def test_ethers_websocket_provider(ticking: tuple[Running, dict[str, str]]) -> N
     """ethers v6's WebSocketProvider: getSigner(address).sendTransaction, provider.on("block"),
     contract.on for an event."""
     blocks = _checked_on_chain(ticking[0], "ethers_websocket.mjs")
-    assert blocks == list(range(blocks[0], blocks[0] + 3))  # consecutive, none missed
+    # Consecutive, none missed (a fourth may come in before the script reports, on a slow run).
+    assert len(blocks) >= 3 and blocks == list(range(blocks[0], blocks[0] + len(blocks)))
 
 
 def test_viem_websocket_transport(ticking: tuple[Running, dict[str, str]]) -> None:
