@@ -11,7 +11,11 @@
     ├── MethodNotFound              -32601  method unknown or refused
     ├── InvalidParams               -32602  bad parameters
     │   └── BadInput                -32602  bad input: one line saying what to fix (exit 2
-    │                                       on the command line)
+    │       │                               on the command line)
+    │       ├── NotFound                -32602  what the input names does not exist (or is not
+    │       │                               the caller's organisation's): HTTP 404 in the admin API
+    │       └── Conflict                -32602  the thing named is not in a state that allows it
+    │                                       (already decided, expired): HTTP 409 in the admin API
     ├── Unauthorized                  4100  HTTP 401: missing/invalid/expired credentials,
     │   │                                   wrong password, disabled or locked user
     │   ├── LockedOut                 4100  HTTP 401: too many wrong passwords in a row
@@ -132,6 +136,16 @@ class InvalidParams(ProxyError):
 
 class BadInput(InvalidParams):
     """Bad input to a command or a request parameter: one clear line saying what to fix."""
+
+
+class NotFound(BadInput):
+    """The user, key, approval or transaction named does not exist, or belongs to another
+    organisation (the two are not told apart, so that nobody learns what another holds)."""
+
+
+class Conflict(BadInput):
+    """The thing named exists but its state refuses the change: an approval already decided
+    or expired, a key already revoked."""
 
 
 class Unauthorized(ProxyError):
