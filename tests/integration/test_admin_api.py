@@ -38,8 +38,8 @@ async def serving(admins: Admins) -> AsyncIterator[tuple[AdminClient, Proxy]]:
 
 
 async def _send(proxy: Proxy, value: int = 1, headers: dict[str, str] | None = None) -> Any:
-    status, answer = await proxy.call("eth_sendTransaction", [
-        {"from": proxy.stack.address, "to": SINK, "value": hex(value)}], headers=headers)  # fmt: skip
+    tx = {"from": proxy.stack.address, "to": SINK, "value": hex(value)}
+    status, answer = await proxy.call("eth_sendTransaction", [tx], headers=headers)
     assert status == 200, answer
     return answer
 
