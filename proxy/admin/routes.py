@@ -297,7 +297,8 @@ def serve(
         finally:
             elapsed = time.perf_counter() - started
             metrics.observe(route.path, route.method, outcome, elapsed)
-            logs.event("admin", logging.INFO if outcome == "ok" else logging.WARNING,
+            level = logging.WARNING if outcome in ("internal", "unavailable") else logging.INFO
+            logs.event("admin", level,
                        route=f"{route.method} {route.path}",
                        user=principal.user_id if principal else None,
                        org=principal.organisation if principal else None, outcome=outcome,

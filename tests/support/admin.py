@@ -4,6 +4,7 @@ with its own admin), and a client that calls /admin/api/ as a console or a scrip
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -71,10 +72,13 @@ class AdminClient:
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, raw: bytes | None = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        data: Any = raw if raw is not None else (
+            None if body is None else json.dumps(body).encode())  # fmt: skip
         sent = {**self.headers(), **(headers or {})}
         if data is not None:
             sent.setdefault("Content-Type", "application/json")
+            if len(data) > 1024 * 1024:
+                data = io.BytesIO(data)  # aiohttp warns on large raw bodies
         async with self.session.request(method, f"{self.url}/admin/api{path}", params=params,
                                         data=data, headers=sent) as response:  # fmt: skip
             text = await response.read()
