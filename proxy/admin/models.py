@@ -4,10 +4,11 @@ them (`proxy.admin.openapi`), so the two cannot drift apart."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 T = TypeVar("T")
 
@@ -19,6 +20,18 @@ APPROVAL_ID = r"^apr_[0-9a-f]{16}$"
 API_KEY_ID = r"^[0-9a-f]{16}$"
 USER_ID = r"^[A-Za-z0-9._@+:|-]{1,200}$"
 
+
+def _iso_time(value: Any) -> Any:
+    """Times in a query are ISO-8601 text, as the document says (pydantic alone would also take
+    a number of seconds since 1970)."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", value):
+        raise ValueError("an ISO-8601 time with a zone is needed, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
+CURSOR = r"^[A-Za-z0-9_-]{1,200}$"
+
 Address = Annotated[
     str,
     Field(
@@ -28,7 +41,9 @@ Address = Annotated[
 TxState = Literal["reserved", "signed", "sent", "mined", "released", "replaced"]
 ApprovalState = Literal["pending", "approved", "rejected", "used", "expired"]
 Role = Literal["signer", "viewer", "admin"]
-PolicySource = Annotated[str, Field(min_length=1, max_length=256 * 1024,
+# 64 Ki characters: a policy file is a few KiB, and the longest JSON body of one (every
+# character \u-escaped) still stays under the 1 MiB body limit, so the length is what refuses it.
+PolicySource = Annotated[str, Field(min_length=1, max_length=64 * 1024,
                                     description="the policy file's YAML text")]  # fmt: skip
 
 
@@ -67,7 +82,7 @@ class ErrorAnswer(Output):
 
 class PageQuery(Input):
     limit: int = Field(50, ge=1, le=500, description="items per page")
-    cursor: str | None = Field(None, min_length=1, max_length=200,
+    cursor: str | None = Field(None, pattern=CURSOR,
                                description="`next_cursor` of the previous page")  # fmt: skip
 
 
@@ -137,9 +152,9 @@ class TransactionQuery(PageQuery):
     account: Address | None = None
     user: str | None = Field(None, pattern=USER_ID)
     state: TxState | None = None
-    since: AwareDatetime | None = Field(None, description="created at or after (ISO-8601 with a "
+    since: IsoTime | None = Field(None, description="created at or after (ISO-8601 with a "
                                         "zone)")  # fmt: skip
-    until: AwareDatetime | None = Field(None, description="created before")
+    until: IsoTime | None = Field(None, description="created before")
 
 
 class TransactionView(Output):
@@ -235,8 +250,8 @@ class VoteResult(Output):
 
 class AuditQuery(PageQuery):
     kind: Literal["decision", "signed", "security"] | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: IsoTime | None = None
+    until: IsoTime | None = None
 
 
 class Checkpoint(Output):
@@ -257,7 +272,7 @@ class AuditVerify(Output):
 
 
 class ExportQuery(Input):
-    since: AwareDatetime | None = None
+    since: IsoTime | None = None
 
 
 # --- users and API keys ---------------------------------------------------------------------
