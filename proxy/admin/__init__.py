@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry
 from proxy.admin import api  # noqa: F401 (its routes declare themselves on import)
 from proxy.admin.metrics import AdminMetrics
 from proxy.admin.openapi import document
-from proxy.admin.routes import PREFIX, ROUTES, MethodNotAllowed, error_answer
+from proxy.admin.routes import PREFIX, ROUTES, error_answer
 from proxy.admin.routes import serve as serve_route
 from proxy.context import Services
-from proxy.errors import NotFound
+from proxy.errors import MethodNotAllowed, NotFound
 
 
 def add_routes(app: web.Application, services_of: Callable[[web.Request], Services],
@@ -43,7 +43,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Servic
             | ({"GET"} if request.path == PREFIX + "/openapi.json" else set())
         )
         exc: Exception = (
-            MethodNotAllowed(allowed)
+            MethodNotAllowed("this route does not take that method", allowed)
             if allowed
             else NotFound("no such route in the admin API (see /admin/api/openapi.json)")
         )

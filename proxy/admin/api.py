@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from policy import abi
 from policy.parse import PolicyError, parse_policy
+from proxy import logs
 from proxy.admin import models as m
 from proxy.admin import queries as q
 from proxy.admin.routes import Call, route
@@ -180,8 +182,9 @@ async def get_transaction(call: Call) -> m.TransactionLife:
     request_id = live["request_id"]
     by_request = (f'%"request_id":{q.like_literal(json.dumps(request_id))}%'
                   if request_id else None)  # fmt: skip
+    until = live["mined_at"] or datetime.now(UTC)
     events = await db.fetch(q.TRANSACTION_EVENTS, call.principal.organisation,
-                            live["created_at"], by_hash, by_request)  # fmt: skip
+                            live["created_at"], by_hash, by_request, until)  # fmt: skip
     account = checksum(live["account"])
     mine = [e for e in map(_entry, events)
             if e.content.get("tx_hash") == path.hash.lower()
@@ -349,13 +352,24 @@ async def export_audit(call: Call) -> web.StreamResponse:
             # Read the first line before answering: a database failure is still a clean error.
             first = await anext(lines)
             await response.prepare(call.request)
-            buffered = [first[1]]
-            async for _, line in lines:
-                buffered.append(line)
-                if len(buffered) >= 500:
-                    await response.write("".join(buffered).encode())
-                    buffered = []
-            await response.write("".join(buffered).encode())
+            try:
+                buffered = [first[1]]
+                async for _, line in lines:
+                    buffered.append(line)
+                    if len(buffered) >= 500:
+                        await response.write("".join(buffered).encode())
+                        buffered = []
+                await response.write("".join(buffered).encode())
+            except Exception as exc:
+                # The answer has begun: no error body can follow. The connection is cut before
+                # the body's end is sent, so the client sees a download cut short, never a
+                # complete-looking file.
+                logs.event("admin audit export cut short", logging.WARNING,
+                           error=type(exc).__name__)  # fmt: skip
+                transport = call.request.transport
+                if transport is not None:
+                    transport.abort()
+                return response
     await response.write_eof()
     return response
 

@@ -109,10 +109,12 @@ TRANSACTION_BY_HASH = """
      ORDER BY t.state IN ('released', 'replaced'), t.created_at DESC, t.id DESC"""
 
 # The audit rows of a transaction: its request's decision and what followed, found by request
-# id or hash in the organisation's chain, from a little before the ledger row was made.
+# id or hash in the organisation's chain, from a little before the ledger row was made to a
+# little after it was mined (or now): a range of the `at` index, not the whole chain.
 TRANSACTION_EVENTS = """
     SELECT seq, at, hash, content FROM audit_log
      WHERE chain = $1 AND at >= $2::timestamptz - interval '5 minutes'
+       AND at <= $5::timestamptz + interval '5 minutes'
        AND (content LIKE $3 OR ($4::text IS NOT NULL AND content LIKE $4))
      ORDER BY seq
      LIMIT 200"""
@@ -144,10 +146,12 @@ APPROVAL = """
                        FROM approval_votes v WHERE v.approval_id = a.id), '[]') AS votes
       FROM approvals a WHERE a.id = $1 AND a.organisation_id = $2"""
 
-# The decision that held the request (its facts as the gate saw them).
+# The decision that held the request (its facts as the gate saw them), appended as the approval
+# was made.
 HELD_DECISION = """
     SELECT content FROM audit_log
-     WHERE chain = $1 AND at >= $2::timestamptz - interval '1 minute'
+     WHERE chain = $1 AND at BETWEEN $2::timestamptz - interval '1 minute'
+                                 AND $2::timestamptz + interval '1 minute'
        AND content LIKE $3
      ORDER BY seq LIMIT 1"""
 

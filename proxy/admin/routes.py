@@ -29,8 +29,10 @@ from proxy.errors import (
     DatabaseUnavailable,
     Forbidden,
     HsmUnavailable,
+    InputProblems,
     InvalidParams,
     InvalidRequest,
+    MethodNotAllowed,
     NoNodeAvailable,
     NotFound,
     ParseError,
@@ -136,23 +138,16 @@ _ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
 )
 
 
-class MethodNotAllowed(Exception):
-    def __init__(self, allowed: list[str]) -> None:
-        super().__init__("method not allowed")
-        self.allowed = allowed
-
-
 def error_answer(exc: Exception) -> tuple[int, ErrorAnswer, dict[str, str]]:
     """The HTTP status, the body and the headers for a failure. Unexpected ones become 500 with
     only a correlation id (the log has the rest)."""
     if isinstance(exc, InputProblems):
-        first = exc.problems[0] if exc.problems else None
-        message = f"{first.location}: {first.message}" if first else "invalid input"
-        return 400, ErrorAnswer(error=ErrorDetail(code="bad_input", message=message,
-                                                  problems=exc.problems)), {}  # fmt: skip
+        problems = [Problem(location=where, message=what) for where, what in exc.problems]
+        return 400, ErrorAnswer(error=ErrorDetail(code="bad_input", message=exc.message,
+                                                  problems=problems)), {}  # fmt: skip
     if isinstance(exc, MethodNotAllowed):
         return 405, ErrorAnswer(error=ErrorDetail(
-            code="method_not_allowed", message="this route does not take that method")), {
+            code="method_not_allowed", message=exc.message)), {
             "Allow": ", ".join(exc.allowed)}  # fmt: skip
     failure = exc if isinstance(exc, ProxyError) else translate(exc)
     for cls, status, code in _ERRORS:
@@ -227,17 +222,6 @@ def _query_values(request: web.Request) -> dict[str, str]:
     return values
 
 
-class InputProblems(Exception):
-    """A path, query or body that its model refused: each problem with its location."""
-
-    def __init__(self, where: str, exc: ValidationError) -> None:
-        super().__init__("invalid input")
-        self.problems = [
-            Problem(location=".".join([where, *(str(p) for p in e["loc"])]), message=e["msg"])
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-
-
 async def _parse(route: Route, call: Call) -> None:
     request = call.request
     where = "path"
@@ -258,7 +242,12 @@ async def _parse(route: Route, call: Call) -> None:
                 body = b"{}"
             call.body = route.body_model.model_validate_json(body)
     except ValidationError as exc:
-        raise InputProblems(where, exc) from None
+        problems = [
+            (".".join([where, *(str(p) for p in e["loc"])]), e["msg"])
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        first = f"{problems[0][0]}: {problems[0][1]}" if problems else f"invalid {where}"
+        raise InputProblems(first, problems) from None
 
 
 # --- the wrapper ----------------------------------------------------------------------------
