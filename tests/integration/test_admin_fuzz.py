@@ -110,7 +110,8 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document
         config.write_text(CONFIG.format(
             approval=approval, key_id=stack.api_key.split("_")[1], address=stack.address,
             other=stack.other_address, tx_hash=hashes[0], semantic=SEMANTIC))  # fmt: skip
-        # The API key travels in the environment, never on a command line.
+        # The API key travels in the environment, never on a command line; schemathesis keeps
+        # its cache (.schemathesis/) in its working directory: the test's, not the project.
         env = {**os.environ, "QSIGNER_FUZZ_API_KEY": admins.api_key["ada"]}
         st = Path(sys.executable).parent / "schemathesis"
         process = await asyncio.create_subprocess_exec(
@@ -118,7 +119,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document
             "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
             "--workers", "2", "--phases", "examples,coverage,fuzzing", "--no-color",
             "--generation-database", "none", "--report", "json,junit", "--report-dir",
-            str(reports), env=env, stdout=asyncio.subprocess.PIPE,
+            str(reports), env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)  # fmt: skip
         try:
             output, _ = await asyncio.wait_for(process.communicate(), timeout=300)
