@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import dispatch, logs, rpc, store
+from proxy import admin, dispatch, logs, rpc, store
 from proxy.audit import AuditLog
 from proxy.context import Services
 from proxy.errors import (
@@ -303,6 +303,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    admin.add_routes(app, lambda request: request.app[SERVICES], app[METRICS].registry)
     return app
 
 

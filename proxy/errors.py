@@ -9,9 +9,17 @@
     ├── InvalidRequest              -32600  not a JSON-RPC request
     │   └── BodyTooLarge            -32600  HTTP 413: over the body size limit
     ├── MethodNotFound              -32601  method unknown or refused
+    │   └── MethodNotAllowed        -32601  HTTP 405: an admin API route called with an HTTP
+    │                                       method it does not take
     ├── InvalidParams               -32602  bad parameters
     │   └── BadInput                -32602  bad input: one line saying what to fix (exit 2
-    │                                       on the command line)
+    │       │                               on the command line)
+    │       ├── InputProblems           -32602  admin API input its model refused, each problem
+    │       │                               with its location (query.limit, body.source)
+    │       ├── NotFound                -32602  what the input names does not exist (or is not
+    │       │                               the caller's organisation's): HTTP 404 in the admin API
+    │       └── Conflict                -32602  the thing named is not in a state that allows it
+    │                                       (already decided, expired): HTTP 409 in the admin API
     ├── Unauthorized                  4100  HTTP 401: missing/invalid/expired credentials,
     │   │                                   wrong password, disabled or locked user
     │   ├── LockedOut                 4100  HTTP 401: too many wrong passwords in a row
@@ -126,12 +134,42 @@ class MethodNotFound(ProxyError):
     code = -32601
 
 
+class MethodNotAllowed(MethodNotFound):
+    """An admin API route called with an HTTP method it does not take; `allowed` are those it
+    takes (the Allow header)."""
+
+    http_status = 405
+
+    def __init__(self, message: str, allowed: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.allowed = allowed or []
+
+
 class InvalidParams(ProxyError):
     code = -32602
 
 
 class BadInput(InvalidParams):
     """Bad input to a command or a request parameter: one clear line saying what to fix."""
+
+
+class InputProblems(BadInput):
+    """A path, query or body of the admin API that its model refused: `problems` holds each
+    (location, what is wrong), e.g. ("query.limit", "Input should be greater than 0")."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class NotFound(BadInput):
+    """The user, key, approval or transaction named does not exist, or belongs to another
+    organisation (the two are not told apart, so that nobody learns what another holds)."""
+
+
+class Conflict(BadInput):
+    """The thing named exists but its state refuses the change: an approval already decided
+    or expired, a key already revoked."""
 
 
 class Unauthorized(ProxyError):

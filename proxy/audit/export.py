@@ -96,6 +96,18 @@ async def first_seq_since(conn: asyncpg.Connection, chain: str, since: datetime)
 async def write_export(conn: asyncpg.Connection, out: TextIO, *, since: datetime | None = None,
                        organisation: str | None = None) -> tuple[int, int]:  # fmt: skip
     """Write the export (in `conn`'s transaction: one snapshot); (rows, checkpoints) written."""
+    written = {"row": 0, "checkpoint": 0, "header": 0}
+    async for kind, line in export_lines(conn, since=since, organisation=organisation):
+        out.write(line)
+        written[kind] += 1
+    return written["row"], written["checkpoint"]
+
+
+async def export_lines(
+    conn: asyncpg.Connection, *, since: datetime | None = None, organisation: str | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """The export's lines, each with its kind (header, row, checkpoint), read in `conn`'s
+    transaction (one snapshot): what `write_export` writes and the admin API streams."""
     starts: dict[str, int] = {}
     for chain in await chains(conn, organisation):
         start = 1 if since is None else await first_seq_since(conn, chain, since)
@@ -117,23 +129,19 @@ async def write_export(conn: asyncpg.Connection, out: TextIO, *, since: datetime
             if h["chain"] in starts
         ],
     }
-    out.write(_line(header))
-    written_rows = written_checkpoints = 0
+    yield "header", _line(header)
     for chain, start in starts.items():
         async for row in rows(conn, chain, start):
-            out.write(_line({"type": "row", "chain": row.chain, "seq": row.seq,
-                             "at": timestamp(row.at), "content": row.content,
-                             "prev_hash": _hex(row.prev_hash),
-                             "hash": _hex(row.hash)}))  # fmt: skip
-            written_rows += 1
+            yield "row", _line({"type": "row", "chain": row.chain, "seq": row.seq,
+                                "at": timestamp(row.at), "content": row.content,
+                                "prev_hash": _hex(row.prev_hash),
+                                "hash": _hex(row.hash)})  # fmt: skip
     for chain, start in starts.items():
         for c in await checkpoints(conn, chain, start):
-            out.write(_line({"type": "checkpoint", "chain": c.chain, "seq": c.seq,
-                             "hash": _hex(c.hash), "at": timestamp(c.at),
-                             "address": checksum(c.address), "content": c.content,
-                             "signature": _hex(c.signature)}))  # fmt: skip
-            written_checkpoints += 1
-    return written_rows, written_checkpoints
+            yield "checkpoint", _line({"type": "checkpoint", "chain": c.chain, "seq": c.seq,
+                                       "hash": _hex(c.hash), "at": timestamp(c.at),
+                                       "address": checksum(c.address), "content": c.content,
+                                       "signature": _hex(c.signature)})  # fmt: skip
 
 
 def _line(value: dict[str, Any]) -> str:

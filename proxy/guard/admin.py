@@ -21,9 +21,9 @@ from policy.model import Limit, Policy, RequestFacts
 from policy.parse import PolicyError, parse_policy
 from proxy.audit import AuditLog
 from proxy.audit.records import AuditEvent, parse_timestamp
-from proxy.errors import BadInput, Forbidden
+from proxy.errors import BadInput, Conflict, Forbidden, NotFound
 from proxy.guard.preflight import CHAIN_CHECKS
-from proxy.identity import Identity
+from proxy.identity import Identity, Principal
 from proxy.identity.rowcache import RowCache
 
 
@@ -35,9 +35,11 @@ def validate(text: str) -> None:
         raise BadInput(f"policy file: {exc}") from None
 
 
-async def install(identity: Identity, audit: AuditLog, organisation: str, text: str) -> int:
+async def install(identity: Identity, audit: AuditLog, organisation: str, text: str,
+                  by: str | None = None) -> int:  # fmt: skip
     """Store `text` as the organisation's next policy version; every replica takes it within
-    a second (NOTIFY). Returns the version."""
+    a second (NOTIFY). Returns the version. `by`: the admin who installed it through the admin
+    API (the command line's operator has no user)."""
     validate(text)
     org_id = await identity.organisation_id(organisation)
     async with identity.pool.acquire() as conn, conn.transaction():
@@ -52,13 +54,13 @@ async def install(identity: Identity, audit: AuditLog, organisation: str, text: 
         version = 1 if previous is None else int(previous["version"]) + 1
         await conn.execute(
             """INSERT INTO policy_versions (organisation_id, version, source, installed_at,
-                                            limit_since)
-               VALUES ($1, $2, $3, $4, $5::jsonb)""",
-            org_id, version, text, now, json.dumps(since))  # fmt: skip
+                                            limit_since, installed_by)
+               VALUES ($1, $2, $3, $4, $5::jsonb, $6)""",
+            org_id, version, text, now, json.dumps(since), by)  # fmt: skip
         await RowCache.notify(conn, "policy", str(org_id))
         await audit.append_in(conn, [AuditEvent(
-            kind="security", organisation=organisation, user=None, action="policy_set",
-            policy_version=version)])  # fmt: skip
+            kind="security", organisation=organisation, user=by, action="policy_set",
+            policy_version=version, detail={"via": "admin_api"} if by else {})])  # fmt: skip
     return version
 
 
@@ -109,6 +111,15 @@ async def vote(identity: Identity, audit: AuditLog, approval_id: str, admin: str
     """An admin of the approval's organisation, other than its requester, proving who they are
     with their own password, approves or rejects a held request."""
     principal, _ = await identity.unlock_with_password(admin, password)
+    return await decide(identity, audit, approval_id, principal, approve)
+
+
+async def decide(identity: Identity, audit: AuditLog, approval_id: str, principal: Principal,
+                 approve: bool, via: str | None = None) -> Vote:  # fmt: skip
+    """The vote of `principal`, who has proved who they are (their password, or an unlocked
+    API key): an admin of the approval's organisation other than its requester, on a request
+    still pending and not expired. `via` is recorded in the audit row (the admin API)."""
+    admin = principal.user_id
     if principal.role != "admin":
         raise Forbidden(f"{admin} is not an admin: only admins approve or reject")
     async with identity.pool.acquire() as conn, conn.transaction():
@@ -116,19 +127,19 @@ async def vote(identity: Identity, audit: AuditLog, approval_id: str, admin: str
             """SELECT organisation_id, requester, state, needed, expires_at <= now() AS expired
                FROM approvals WHERE id = $1 FOR UPDATE""", approval_id)  # fmt: skip
         if row is None or row["organisation_id"] != principal.organisation_id:
-            raise BadInput(f"no held request {approval_id} in {principal.organisation}")
+            raise NotFound(f"no held request {approval_id} in {principal.organisation}")
         if row["requester"] == admin:
             raise Forbidden("the requester cannot approve or reject their own request")
         if row["state"] != "pending":
-            raise BadInput(f"{approval_id} is already {row['state']}")
+            raise Conflict(f"{approval_id} is already {row['state']}")
         if row["expired"]:
-            raise BadInput(f"{approval_id} expired; the requester may ask again")
+            raise Conflict(f"{approval_id} expired; the requester may ask again")
         try:
             await conn.execute(
                 "INSERT INTO approval_votes (approval_id, user_id, vote) VALUES ($1, $2, $3)",
                 approval_id, admin, "approve" if approve else "reject")  # fmt: skip
         except asyncpg.UniqueViolationError:
-            raise BadInput(f"{admin} already voted on {approval_id}") from None
+            raise Conflict(f"{admin} already voted on {approval_id}") from None
         votes = int(await conn.fetchval(
             "SELECT count(*) FROM approval_votes WHERE approval_id = $1 AND vote = 'approve'",
             approval_id))  # fmt: skip
@@ -141,11 +152,12 @@ async def vote(identity: Identity, audit: AuditLog, approval_id: str, admin: str
                        expires_at = CASE WHEN $2 = 'approved'
                                          THEN now() + (expires_at - created_at) ELSE expires_at END
                    WHERE id = $1""", approval_id, state)  # fmt: skip
+        detail = {"approval_id": approval_id, "requester": row["requester"], "state": state}
+        if via is not None:
+            detail["via"] = via
         await audit.append_in(conn, [AuditEvent(
             kind="security", organisation=principal.organisation, user=admin,
-            action="approved" if approve else "rejected",
-            detail={"approval_id": approval_id, "requester": row["requester"],
-                    "state": state})])  # fmt: skip
+            action="approved" if approve else "rejected", detail=detail)])  # fmt: skip
     return Vote(approval_id, state, votes, int(row["needed"]))
 
 
@@ -261,11 +273,17 @@ async def dry_run(identity: Identity, organisation: str, text: str, last: int,
     except PolicyError as exc:
         raise BadInput(f"policy file: {exc}") from None
     await identity.organisation_id(organisation)  # an unknown organisation is input to fix
-    rows = await identity.pool.fetch(
+    decisions = await recent_decisions(identity.pool, organisation, last)
+    decimals = await token_decimals(node_url, draft)
+    return replay(draft, decisions, decimals)
+
+
+async def recent_decisions(db: Any, organisation: str, last: int) -> list[dict[str, Any]]:
+    """The organisation's last `last` audited signing decisions, oldest first."""
+    rows = await db.fetch(
         """SELECT content FROM (
                SELECT seq, content FROM audit_log
                WHERE chain = $1 AND content LIKE '{%"kind":"decision"%'
                ORDER BY seq DESC LIMIT $2) recent
            ORDER BY seq""", organisation, last)  # fmt: skip
-    decimals = await token_decimals(node_url, draft)
-    return replay(draft, [json.loads(r["content"]) for r in rows], decimals)
+    return [json.loads(r["content"]) for r in rows]

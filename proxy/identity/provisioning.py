@@ -20,7 +20,7 @@ import asyncpg
 from policy.parse import is_tessera_key
 from proxy import logs
 from proxy.audit import AuditLog
-from proxy.errors import BadInput, Forbidden
+from proxy.errors import BadInput, Conflict, Forbidden, NotFound
 from proxy.identity.credentials import (
     Envelope,
     HsmCredentials,
@@ -502,16 +502,23 @@ class Provisioning:
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 
-    async def disable_user(self, user_id: str) -> None:
+    async def disable_user(self, user_id: str, *, organisation_id: int | None = None,
+                           by: str | None = None) -> None:  # fmt: skip
+        """The user can no longer sign or read, at once on every replica. `organisation_id`:
+        only a user of that organisation (the admin API's caller's); `by`: the admin who did
+        it, recorded in the audit row."""
         async with self.pool.acquire() as conn, conn.transaction():
             organisation = await conn.fetchval(
                 """UPDATE users u SET status = 'disabled' FROM organisations o
-                   WHERE u.id = $1 AND o.id = u.organisation_id RETURNING o.name""",
-                user_id,
-            )
+                   WHERE u.id = $1 AND o.id = u.organisation_id
+                     AND ($2::bigint IS NULL OR u.organisation_id = $2)
+                   RETURNING o.name""",
+                user_id, organisation_id,
+            )  # fmt: skip
             if organisation is None:
-                raise BadInput(f"no user {user_id!r}")
-            await security_event(self.audit, conn, organisation, user_id, "user_disabled", {})
+                raise NotFound(f"no user {user_id!r}")
+            await security_event(self.audit, conn, organisation, user_id, "user_disabled",
+                                 _by(by))  # fmt: skip
             await self.rows.notify(conn, "user", user_id)
         self.rows.forget("user", user_id)
 
@@ -539,21 +546,35 @@ class Provisioning:
         self.rows.forget("apikey", key_id)
         return NewApiKey(key_id, f"qsk_{key_id}_{secret}")
 
-    async def revoke_api_key(self, key_id: str) -> None:
+    async def revoke_api_key(self, key_id: str, *, organisation_id: int | None = None,
+                             by: str | None = None) -> None:  # fmt: skip
+        """The key no longer authenticates, at once on every replica. `organisation_id` and
+        `by` as for `disable_user`."""
         async with self.pool.acquire() as conn, conn.transaction():
             revoked = await conn.fetchrow(
                 """UPDATE api_keys k SET revoked_at = now() FROM users u, organisations o
                    WHERE k.id = $1 AND k.revoked_at IS NULL AND u.id = k.user_id
                      AND o.id = u.organisation_id
+                     AND ($2::bigint IS NULL OR u.organisation_id = $2)
                    RETURNING k.user_id, o.name AS organisation""",
-                key_id,
-            )
+                key_id, organisation_id,
+            )  # fmt: skip
             if revoked is None:
-                raise BadInput(f"no active API key with id {key_id!r}")
+                if organisation_id is not None and await conn.fetchval(
+                    """SELECT 1 FROM api_keys k JOIN users u ON u.id = k.user_id
+                       WHERE k.id = $1 AND u.organisation_id = $2""", key_id, organisation_id,
+                ):  # fmt: skip
+                    raise Conflict(f"the API key {key_id!r} is already revoked")
+                raise NotFound(f"no active API key with id {key_id!r}")
             await security_event(self.audit, conn, revoked["organisation"], revoked["user_id"],
-                                 "apikey_revoked", {"key_id": key_id})  # fmt: skip
+                                 "apikey_revoked", {"key_id": key_id, **_by(by)})  # fmt: skip
             await self.rows.notify(conn, "apikey", key_id)
         self.rows.forget("apikey", key_id)
+
+
+def _by(admin: str | None) -> dict[str, str]:
+    """What an audit row of a change made through the admin API adds: who made it."""
+    return {} if admin is None else {"by": admin, "via": "admin_api"}
 
 
 def _check_tessera_url(url: str) -> None:

@@ -12,9 +12,10 @@ import hashlib
 import itertools
 import logging
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from proxy.errors import (
@@ -39,12 +40,28 @@ T = TypeVar("T")
 _ALREADY_KNOWN = re.compile(r"already ?known|known transaction|already imported", re.IGNORECASE)
 
 
+# Changes of the nodes' health kept in memory for the admin API (the newest last).
+HEALTH_HISTORY = 500
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     url: str  # masked (mask_url), unique within the pool
     ok: bool
     block: int | None
     chain_id: int | None
+    reason: str | None = None  # why it is out of rotation
+    in_flight: int = 0  # requests under way at it from this replica
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    """A node going into or out of rotation, as this replica saw it."""
+
+    at: datetime
+    url: str
+    ok: bool
+    reason: str | None
 
 
 class _Node:
@@ -58,6 +75,7 @@ class _Node:
         self.block: int | None = None
         self.reason = "not probed yet"
         self.healthy = False
+        self.why_out: str | None = "not probed yet"
         # Bumped when a request fails, so that a probe already under way when it failed cannot
         # put the node straight back: only a probe started afterwards can.
         self.epoch = 0
@@ -107,6 +125,7 @@ class NodePool:
         self._max_lag_blocks = max_lag_blocks
         self._turn = itertools.count()
         self._probe_task: asyncio.Task[None] | None = None
+        self._history: deque[HealthChange] = deque(maxlen=HEALTH_HISTORY)
 
     async def start(self) -> None:
         if self._probe_task is not None:
@@ -144,9 +163,16 @@ class NodePool:
                 # What an unreachable node said last is no longer known to be true.
                 block=node.block if node.reachable else None,
                 chain_id=node.chain_id if node.reachable else None,
+                reason=None if node.healthy else node.why_out,
+                in_flight=node.transport.in_flight,
             )
             for node in self._nodes
         ]
+
+    def health_history(self) -> list[HealthChange]:
+        """The nodes' latest changes in and out of rotation (at most HEALTH_HISTORY), oldest
+        first, since this replica started: the pool keeps them in memory only."""
+        return list(self._history)
 
     def healthy_count(self) -> int:
         return sum(node.healthy for node in self._nodes)
@@ -444,7 +470,9 @@ class NodePool:
         for node in self._nodes:
             reason = self._why_out(node, best)
             healthy = reason is None
+            node.why_out = reason
             if announce or healthy != node.healthy:
+                self._history.append(HealthChange(datetime.now(UTC), node.name, healthy, reason))
                 if reason is None:
                     log.info("node %s in rotation", node.name)
                 else:
