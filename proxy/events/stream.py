@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -26,7 +25,7 @@ from proxy import logs, rpc
 from proxy.audit.records import timestamp
 from proxy.errors import InvalidParams, RateLimited
 from proxy.metrics import Metrics
-from proxy.sockets.session import SocketSession
+from proxy.sockets.session import SocketSession, Subscription
 from proxy.store import BoundedPool
 from signer.base import checksum
 
@@ -77,39 +76,24 @@ def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-class TransactionSubscription:
+class TransactionSubscription(Subscription):
     """A client's `qsigner_transactions` subscription: its organisation's events, or one
     account's."""
 
-    kind = KIND
-
     def __init__(self, session: SocketSession, organisation_id: int,
                  account: bytes | None) -> None:  # fmt: skip
-        self.id = "0x" + secrets.token_hex(16)
-        self.session = session
+        super().__init__(session)
         self.organisation_id = organisation_id
         self.account = account
-        self.active = False
-        self._held: list[bytes] = []
+
+    @property
+    def kind(self) -> str:
+        return KIND
 
     def wants(self, row: Mapping[str, Any]) -> bool:
         return row["organisation_id"] == self.organisation_id and (
             self.account is None or bytes(row["account"]) == self.account
         )
-
-    def notify(self, result_json: bytes) -> None:
-        frame = (b'{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"%s",'
-                 b'"result":%s}}' % (self.id.encode(), result_json))  # fmt: skip
-        if self.active:
-            self.session.send(frame)
-        else:
-            self._held.append(frame)
-
-    def activate(self) -> None:
-        self.active = True
-        held, self._held = self._held, []
-        for frame in held:
-            self.session.send(frame)
 
 
 def _subscription_account(params: list[Any]) -> bytes | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,7 @@ from proxy.errors import (
 from proxy.metrics import Metrics
 from proxy.nodes.pool import NodePool
 from proxy.nodes.websocket import NodeSocket
-from proxy.sockets.session import SocketSession
+from proxy.sockets.session import SocketSession, Subscription
 
 KINDS = ("newHeads", "logs", "newPendingTransactions")
 OPEN_TIMEOUT = 5.0  # seconds to open a node's WebSocket
@@ -101,34 +100,17 @@ def _is_hex(value: Any, size: int) -> bool:
     return True
 
 
-class ClientSubscription:
+class ClientSubscription(Subscription):
     """A client's subscription: its id, its socket, and the feed that brings its
     notifications."""
 
     def __init__(self, session: SocketSession, feed: Feed) -> None:
-        self.id = "0x" + secrets.token_hex(16)
-        self.session = session
+        super().__init__(session)
         self.feed = feed
-        self.active = False
-        self._held: list[bytes] = []
 
     @property
     def kind(self) -> str:
         return self.feed.kind
-
-    def notify(self, result_json: bytes) -> None:
-        frame = (b'{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"%s",'
-                 b'"result":%s}}' % (self.id.encode(), result_json))  # fmt: skip
-        if self.active:
-            self.session.send(frame)
-        else:
-            self._held.append(frame)
-
-    def activate(self) -> None:
-        self.active = True
-        held, self._held = self._held, []
-        for frame in held:
-            self.session.send(frame)
 
 
 class Feed:

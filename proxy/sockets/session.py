@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -17,16 +18,34 @@ if TYPE_CHECKING:
     from proxy.context import Caller
 
 
-class Subscription(Protocol):
+class Subscription:
     """A subscription of the socket: one carried to a node (proxy/sockets/feeds.py) or the
-    proxy's own transaction events (proxy/events/stream.py)."""
+    proxy's own transaction events (proxy/events/stream.py). Its id is the proxy's own; its
+    notifications wait until the answer naming it is sent (`activate`)."""
 
-    id: str
+    def __init__(self, session: SocketSession) -> None:
+        self.id = "0x" + secrets.token_hex(16)
+        self.session = session
+        self.active = False
+        self._held: list[bytes] = []
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        raise NotImplementedError
 
-    def activate(self) -> None: ...
+    def notify(self, result_json: bytes) -> None:
+        frame = (b'{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"%s",'
+                 b'"result":%s}}' % (self.id.encode(), result_json))  # fmt: skip
+        if self.active:
+            self.session.send(frame)
+        else:
+            self._held.append(frame)
+
+    def activate(self) -> None:
+        self.active = True
+        held, self._held = self._held, []
+        for frame in held:
+            self.session.send(frame)
 
 
 _SESSION_IDS = itertools.count(1)

@@ -200,12 +200,12 @@ async def test_a_lost_listener_catches_up_with_nothing_twice(proxy: Proxy) -> No
                 )
         finally:
             await conn.close()
-        assert cut == 1
+        assert cut == 1, f"{cut} events listeners of this database were cut"
         event = await socket.notification(subscription)
-        assert (event["event"], event["transactionHash"]) == ("sent", tx_hash)
+        assert (event["event"], event["transactionHash"]) == ("sent", tx_hash), event
         # ... and the receipt poller finds it mined again: that comes as usual, and nothing
         # comes twice.
         again = await socket.notification(subscription)
-        assert (again["event"], again["transactionHash"]) == ("mined", tx_hash)
+        assert (again["event"], again["transactionHash"]) == ("mined", tx_hash), again
         await asyncio.sleep(QUIET_SECONDS)
         assert socket.queue(subscription).empty(), "an event delivered twice"
