@@ -129,6 +129,7 @@ class TransactionEvents:
         self._recent: deque[int] = deque()
         self._recent_set: set[int] = set()
         self._alive_at: datetime | None = None  # the server's time when the listener last answered
+        self._closing = False
         self.webhooks_due = asyncio.Event()  # set when a delivery was written (any replica)
 
     async def start(self, dsn: str) -> None:
@@ -137,11 +138,17 @@ class TransactionEvents:
         self._watcher = asyncio.create_task(self._watch(), name="events listener")
 
     async def close(self) -> None:
-        for task in (self._watcher, self._reader):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # Stopped by a flag, not only by cancelling: on Python 3.11 a cancellation that lands
+        # as a timeout's wait finishes may be lost, and awaiting the task would never end.
+        self._closing = True
+        self._lost.set()
+        tasks = [t for t in (self._watcher, self._reader) if t is not None]
+        if self._reader is not None:
+            self._reader.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for task in tasks:
+            task.cancel()
         self._watcher = self._reader = None
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
@@ -239,9 +246,12 @@ class TransactionEvents:
 
     async def _watch(self) -> None:
         """Keep the listener alive; after a loss, reconnect and catch up."""
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), KEEPALIVE_SECONDS)
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    await self._lost.wait()
+            if self._closing:
+                return
             listener = self._listener
             if listener is not None and not self._lost.is_set():
                 try:
@@ -256,15 +266,18 @@ class TransactionEvents:
                 listener.terminate()
             logs.event("transaction events listener lost: reconnecting", logging.WARNING)
             delay = 0.1
-            while True:
+            while not self._closing:
                 try:
-                    await asyncio.wait_for(self._connect(), 30)
+                    async with asyncio.timeout(30):
+                        await self._connect()
                     break
                 except Exception as exc:  # the watcher must outlive any failure
                     logs.event("transaction events listener cannot reconnect", logging.WARNING,
                                error=type(exc).__name__, retry_seconds=delay)  # fmt: skip
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            if self._closing:
+                return
             logs.event("transaction events listener back")
             await self._catch_up(lost_at)
 

@@ -206,6 +206,7 @@ class WebhookDeliverer:
         self._runner: asyncio.Task[None] | None = None
         self._delivering: dict[str, asyncio.Task[None]] = {}
         self._pruned_at = 0.0
+        self._closing = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -215,12 +216,18 @@ class WebhookDeliverer:
         self._runner = asyncio.create_task(self._run(), name="webhooks")
 
     async def close(self) -> None:
+        # Stopped by a flag, not only by cancelling: on Python 3.11 a cancellation that lands
+        # as `wait_for` finishes is lost, and awaiting the task would then never end.
+        self._closing = True
+        self._events.webhooks_due.set()
         tasks = [t for t in (self._runner, *self._delivering.values()) if t is not None]
         for task in tasks:
-            task.cancel()
+            if task is not self._runner:
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # one still running after that is left to end on its own
         self._runner = None
         # Leases given back, so that another replica goes on at once rather than after their
         # expiry (a POST cut short here may have arrived: it is sent again, at least once).
@@ -234,9 +241,12 @@ class WebhookDeliverer:
     async def _run(self) -> None:
         due = self._events.webhooks_due
         failing = False
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(due.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await due.wait()
+            if self._closing:
+                return
             due.clear()
             try:
                 await self._expire_and_prune()
