@@ -295,7 +295,7 @@ class WebhookDeliverer:
     async def _deliver(self, lease: _Lease) -> None:
         """POST the webhook's pending deliveries in order while the lease holds."""
         try:
-            while True:
+            while not self._closing:
                 rows = await self._db.fetch(
                     """SELECT d.id AS delivery_id, e.*
                           FROM webhook_deliveries d JOIN ledger_events e ON e.id = d.event_id
@@ -308,7 +308,7 @@ class WebhookDeliverer:
                         return
                     continue  # one arrived meanwhile
                 for row in rows:
-                    if not await self._post(lease, row):
+                    if self._closing or not await self._post(lease, row):
                         return
         except Exception as exc:  # the lease expires; another round (or replica) goes on
             logs.event("webhooks: delivery interrupted", logging.WARNING,
