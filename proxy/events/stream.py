@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -80,9 +80,9 @@ class TransactionSubscription(Subscription):
     """A client's `qsigner_transactions` subscription: its organisation's events, or one
     account's."""
 
-    def __init__(self, session: SocketSession, organisation_id: int,
-                 account: bytes | None) -> None:  # fmt: skip
-        super().__init__(session)
+    def __init__(self, session: SocketSession, organisation_id: int, account: bytes | None,
+                 on_end: Callable[[TransactionSubscription], None]) -> None:  # fmt: skip
+        super().__init__(session, on_end)
         self.organisation_id = organisation_id
         self.account = account
 
@@ -170,7 +170,7 @@ class TransactionEvents:
         if len(session.subscriptions) >= session.max_subscriptions:
             raise RateLimited(f"at most {session.max_subscriptions} subscriptions per connection "
                               "(QSIGNER_WS_MAX_SUBSCRIPTIONS)")  # fmt: skip
-        subscription = TransactionSubscription(session, organisation_id, account)
+        subscription = TransactionSubscription(session, organisation_id, account, self.unsubscribe)
         self._subscriptions[subscription.id] = subscription
         session.subscriptions[subscription.id] = subscription
         session.hold_until_answered(subscription, request_id)
@@ -182,11 +182,6 @@ class TransactionEvents:
             return
         subscription.session.subscriptions.pop(subscription.id, None)
         self._metrics.ws_subscriptions.labels(KIND).dec()
-
-    def unsubscribe_all(self, session: SocketSession) -> None:
-        for subscription in list(session.subscriptions.values()):
-            if isinstance(subscription, TransactionSubscription):
-                self.unsubscribe(subscription)
 
     # The listener
 

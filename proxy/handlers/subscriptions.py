@@ -10,7 +10,6 @@ from proxy.context import Caller, Services
 from proxy.errors import InvalidParams, MethodNotFound
 from proxy.events import stream
 from proxy.rpc import RpcRequest
-from proxy.sockets.feeds import ClientSubscription
 from proxy.sockets.session import SocketSession
 
 
@@ -44,8 +43,5 @@ async def unsubscribe(services: Services, caller: Caller, request: RpcRequest) -
     client = session.subscriptions.get(params[0].lower())
     if client is None:
         raise InvalidParams("no subscription with this id on this connection")
-    if isinstance(client, ClientSubscription):
-        services.subscriptions.unsubscribe(client)
-    elif isinstance(client, stream.TransactionSubscription):
-        services.events.unsubscribe(client)
+    client.end()
     return True

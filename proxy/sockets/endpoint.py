@@ -120,8 +120,8 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
             task.add_done_callback(serving.discard)
             task.add_done_callback(lambda _: slots.release())
     finally:
-        services.subscriptions.unsubscribe_all(session)
-        services.events.unsubscribe_all(session)
+        for subscription in list(session.subscriptions.values()):
+            subscription.end()
         services.sockets.remove(session)
         for task in serving:
             task.cancel()

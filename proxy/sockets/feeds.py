@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -104,8 +104,9 @@ class ClientSubscription(Subscription):
     """A client's subscription: its id, its socket, and the feed that brings its
     notifications."""
 
-    def __init__(self, session: SocketSession, feed: Feed) -> None:
-        super().__init__(session)
+    def __init__(self, session: SocketSession, feed: Feed,
+                 on_end: Callable[[ClientSubscription], None]) -> None:  # fmt: skip
+        super().__init__(session, on_end)
         self.feed = feed
 
     @property
@@ -275,7 +276,7 @@ class SubscriptionHub:
             if len(session.subscriptions) >= session.max_subscriptions:
                 raise RateLimited(f"at most {session.max_subscriptions} subscriptions per "
                                   "connection (QSIGNER_WS_MAX_SUBSCRIPTIONS)")  # fmt: skip
-            client = ClientSubscription(session, feed)
+            client = ClientSubscription(session, feed, self.unsubscribe)
             feed.clients[client.id] = client
             joined = True
         finally:
@@ -303,11 +304,6 @@ class SubscriptionHub:
         task = asyncio.create_task(self._end(feed), name=f"feed {feed.kind} end")
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
-
-    def unsubscribe_all(self, session: SocketSession) -> None:
-        for client in list(session.subscriptions.values()):
-            if isinstance(client, ClientSubscription):
-                self.unsubscribe(client)
 
     async def close(self) -> None:
         self._closed = True

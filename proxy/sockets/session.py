@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -23,15 +23,21 @@ class Subscription:
     proxy's own transaction events (proxy/events/stream.py). Its id is the proxy's own; its
     notifications wait until the answer naming it is sent (`activate`)."""
 
-    def __init__(self, session: SocketSession) -> None:
+    def __init__(self, session: SocketSession, on_end: Callable[[Any], None]) -> None:
         self.id = "0x" + secrets.token_hex(16)
         self.session = session
         self.active = False
         self._held: list[bytes] = []
+        self._on_end = on_end  # what ends it where it came from (a feed, the events stream)
 
     @property
     def kind(self) -> str:
         raise NotImplementedError
+
+    def end(self) -> None:
+        """Unsubscribe: no notification under this id follows (eth_unsubscribe, or the socket
+        closed)."""
+        self._on_end(self)
 
     def notify(self, result_json: bytes) -> None:
         frame = (b'{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"%s",'
