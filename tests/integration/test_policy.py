@@ -429,8 +429,13 @@ async def test_editing_a_rule_keeps_the_limits_counting(
         await _install(stack, "version: 1\nrules:\n  - {name: no-eth-sign, action: deny, "
                        "match: {method: eth_sign}}\n" + limit % 1)  # fmt: skip
         _refused(await _send(proxy), "limit_exceeded", "one-a-day")  # still counted
-        await _install(stack, "version: 1\n" + limit % 2)  # another limit: from now on
-        assert "result" in await _send(proxy)
+        version = await _install(stack, "version: 1\n" + limit % 2)  # another limit: from now on
+        # In force on the replica within a second (NOTIFY): a send refused meanwhile, under
+        # the version before, took nothing, and is made again.
+        async with asyncio.timeout(2):
+            while "result" not in (answer := await _send(proxy)):
+                assert answer["error"]["data"]["policy_version"] < version, answer
+                await asyncio.sleep(0.05)
         assert "result" in await _send(proxy)
         _refused(await _send(proxy), "limit_exceeded", "one-a-day")
 
