@@ -21,8 +21,8 @@ from policy import abi
 from policy.parse import PolicyError, parse_policy
 from proxy import logs
 from proxy.admin import models as m
-from proxy.admin.calls import decode_call
 from proxy.admin import queries as q
+from proxy.admin.calls import decode_call
 from proxy.admin.routes import Call, route
 from proxy.audit.export import export_lines, verify_database
 from proxy.audit.records import AuditEvent

@@ -219,8 +219,10 @@ class DecodedCall(Output):
                                  "(`transfer(address,uint256)`), when the selector is one the "
                                  "proxy knows (ERC-20 transfer, transferFrom, approve); null "
                                  "otherwise: read `selector` and `data`")  # fmt: skip
-    args: dict[str, str] | None = Field(description="the function's arguments by name: "
-                                        "addresses EIP-55, integers as decimal strings")  # fmt: skip
+    args: dict[str, str] | None = Field(
+        description="the function's arguments by name: addresses EIP-55, integers as decimal "
+        "strings"
+    )
     data: str = Field(description="the raw data as audited, 0x-hex")
     data_cut: bool = Field(description="the audit kept only the data's first bytes")
     problem: str | None = Field(description="why a known function's arguments do not decode")
@@ -240,8 +242,11 @@ class ApprovalView(Output):
     request: dict[str, Any] | None = Field(
         description="the held request as the audit log recorded its decision (to, value, data, gas)"
     )
-    call: DecodedCall | None = Field(None, description="`request.data` decoded: the function "
-                                     "and its arguments where known, else the selector")  # fmt: skip
+    call: DecodedCall | None = Field(
+        None,
+        description="`request.data` decoded: the function and its arguments where known, else "
+        "the selector",
+    )
     created_at: datetime
     expires_at: datetime
     decided_at: datetime | None

@@ -2,11 +2,11 @@
 the same dispatch (`proxy.dispatch`), plus `eth_subscribe` / `eth_unsubscribe`.
 
 At the upgrade: the page's `Origin`, when a browser sends one, must be in QSIGNER_CORS_ORIGINS
-or the proxy's own (the web console; 403 otherwise); the caller authenticates as over HTTP (API key in the path, `Authorization:
-Bearer`, `X-Signer-Password`, `Quorum-PSI`) or, for browsers, which cannot set headers, with
-`Sec-WebSocket-Protocol: qsigner, bearer.<JWT or API key>[, password.<base64url>]`. A refusal is
-an HTTP answer with a JSON-RPC error, as over HTTP (401, 403, 429). Every message of the socket
-is then that caller's.
+or the proxy's own (the web console; 403 otherwise); the caller authenticates as over HTTP (API
+key in the path, `Authorization: Bearer`, `X-Signer-Password`, `Quorum-PSI`) or, for browsers,
+which cannot set headers, with `Sec-WebSocket-Protocol: qsigner, bearer.<JWT or API key>[,
+password.<base64url>]`. A refusal is an HTTP answer with a JSON-RPC error, as over HTTP (401,
+403, 429). Every message of the socket is then that caller's.
 """
 
 from __future__ import annotations

@@ -60,8 +60,11 @@ def browser_ready() -> None:
 @contextlib.asynccontextmanager
 async def serving(admins: Admins) -> AsyncIterator[tuple[str, AdminClient, Proxy]]:
     async with in_process(admins.stack.settings) as (url, session):
-        yield url, AdminClient(url, session, admins.api_key["ada"]), Proxy(url, session,
-                                                                           admins.stack)
+        yield (
+            url,
+            AdminClient(url, session, admins.api_key["ada"]),
+            Proxy(url, session, admins.stack),
+        )
 
 
 async def browse(scenario: str, url: str, shots: Path, admins: Admins,
@@ -76,8 +79,8 @@ async def browse(scenario: str, url: str, shots: Path, admins: Admins,
     for requested in report["urls"] + report["sockets"]:
         assert not any(s in requested for s in secrets), "a credential in a requested URL"
         assert "qsk_" not in requested and not re.search(r"eyJ[\w-]+\.", requested), requested
-    assert report["sockets"] == [] or all(re.fullmatch(r"ws://127\.0\.0\.1:\d+/", s)
-                                          for s in report["sockets"]), report["sockets"]  # fmt: skip
+    sockets = report["sockets"]
+    assert all(re.fullmatch(r"ws://127\.0\.0\.1:\d+/", s) for s in sockets), sockets
     assert report["csp"] == [], report["csp"]
     assert report["errors"] == [], report["errors"]
     assert report["secretsInHtml"] == 0
@@ -100,7 +103,7 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
     async with serving(admins) as (url, admin, proxy):
         await admin.ok("PUT", "/policy", body={"source": textwrap.dedent(HOLD_BIG)})
         held_tx = {"from": stack.address, "to": SINK, "value": hex(5000), "data": _transfer_call()}
-        status, answer = await proxy.call("eth_sendTransaction", [held_tx])
+        _, answer = await proxy.call("eth_sendTransaction", [held_tx])
         assert answer["error"]["data"]["reason"] == "approval_required", answer
         approval = answer["error"]["data"]["approval_id"]
 
@@ -145,8 +148,9 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
                 "'%\"action\":\"allow\"%'")  # fmt: skip
             # As a database administrator would: the append-only trigger bypassed.
             await conn.execute("SET session_replication_role = replica")
-            await conn.execute("UPDATE audit_log SET content = replace(content, '\"allow\"', "
-                               "'\"deny\"') WHERE chain = 'acme' AND seq = $1", tampered)  # fmt: skip
+            await conn.execute(
+                "UPDATE audit_log SET content = replace(content, '\"allow\"', '\"deny\"') "
+                "WHERE chain = 'acme' AND seq = $1", tampered)  # fmt: skip
         finally:
             await conn.close()
         report = await browse("audit", url, shots, admins, ADMIN_KEY=admins.api_key["ada"])
@@ -157,7 +161,7 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
 
         # A viewer and a signer cannot sign in; globex's admin sees and does nothing of acme's.
         other_tx = {"from": stack.address, "to": SINK, "value": hex(7000)}
-        status, answer = await proxy.call("eth_sendTransaction", [other_tx])
+        _, answer = await proxy.call("eth_sendTransaction", [other_tx])
         other = answer["error"]["data"]["approval_id"]
         report = await browse("outsiders", url, shots, admins, VIEWER_JWT=stack.viewer_jwt,
                               SIGNER_KEY=stack.api_key, OTHER_KEY=admins.api_key["gina"],
@@ -180,3 +184,53 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
     assert len(list(shots.glob("*.png"))) >= 14
     if os.environ.get("CONSOLE_KEEP_SCREENSHOTS"):
         shutil.copytree(shots, os.environ["CONSOLE_KEEP_SCREENSHOTS"], dirs_exist_ok=True)
+
+
+async def test_every_answer_under_admin_has_the_strict_policy_and_no_secret(
+    anvil: str, database_url: str, softhsm_conf: Path, softhsm_module: str
+) -> None:
+    admins = await admin_stack(anvil, database_url, softhsm_module)
+    secrets = admins.secrets()
+    async with serving(admins) as (url, admin, _):
+        session = admin.session
+        for path, status, kind in (
+            *((f"/admin/{f}", 200, None) for f in FILES),
+            ("/admin/api/me", 401, "application/json"), ("/admin/api/openapi.json", 200, None),
+            ("/admin/nope.js", 404, None), ("/admin/api/nope", 404, "application/json"),
+        ):  # fmt: skip
+            async with session.get(url + path, allow_redirects=False) as response:
+                body = await response.text()
+                assert response.status == status, (path, response.status)
+                csp = response.headers["Content-Security-Policy"]
+                for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'",
+                                  "frame-ancestors 'none'", "object-src 'none'"):  # fmt: skip
+                    assert directive in csp, (path, csp)
+                assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+                host = url.removeprefix("http://")
+                assert f"connect-src 'self' ws://{host} wss://{host};" in csp
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+                assert response.headers["Referrer-Policy"] == "no-referrer"
+                assert not any(s in body for s in secrets), path
+                if kind:
+                    assert response.content_type == kind
+        async with session.get(url + "/admin", allow_redirects=False) as response:
+            assert response.status == 302 and response.headers["Location"] == "/admin/"
+            assert "Content-Security-Policy" in response.headers
+        # Outside /admin/ nothing changes.
+        async with session.get(url + "/healthz") as response:
+            assert "Content-Security-Policy" not in response.headers
+        # The page: no inline script or style, no remote origin, no form field that could put
+        # a credential in a URL.
+        async with session.get(url + "/admin/") as response:
+            page = await response.text()
+        assert response.content_type == "text/html"
+        assert all("src=" in tag for tag in re.findall(r"<script[^>]*>", page)), page
+        assert "<style" not in page and " style=" not in page and "http" not in page
+        assert not re.search(r"<(input|select|textarea)[^>]* name=", page), page
+        for name in FILES[1:]:
+            async with session.get(url + "/admin/" + name) as response:
+                source = await response.text()
+            assert "innerHTML" not in source and "eval(" not in source, name
+            assert "http://" not in source and "https://" not in source, name
+            assert response.content_type == ("text/css" if name.endswith("css")
+                                             else "text/javascript")  # fmt: skip
