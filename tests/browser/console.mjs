@@ -149,6 +149,23 @@ try {
     report.seen.tampered = await page.$$eval("tr.tampered", (rows) => rows.map((r) => r.dataset.seq));
     await shot(page, "audit-tampered");
     await collect(page);
+    // An admin's JWT: read-only without the password (no vote offered), able to vote with it.
+    for (const [label, password] of [["jwt", ""], ["jwtWithPassword", env.JWT_PASSWORD]]) {
+      await page.getByRole("button", { name: "Sign out" }).click();
+      await signIn(page, env.ADMIN_JWT, password);
+      await page.waitForSelector('#view[data-view="approvals"][aria-busy="false"]');
+      await page.getByRole("button", { name: `Review ${env.APPROVAL_ID}` }).click();
+      const dialog = page.getByRole("dialog");
+      await dialog.waitFor();
+      report.seen[label] = {
+        who: await page.textContent("#who-text"),
+        canApprove: await dialog.getByRole("button", { name: "Approve" }).count(),
+        dialog: await dialog.innerText(),
+      };
+      await shot(page, `approvals-${label}`);
+      await dialog.getByRole("button", { name: "Cancel" }).click();
+    }
+    await collect(page);
   } else if (env.CONSOLE_SCENARIO === "outsiders") {
     const page = await newPage();
     report.seen.refused = {};

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from policy import abi
-from tests.support.admin import AdminClient, Admins, admin_stack
+from tests.support.admin import ADMIN_PASSWORD, AdminClient, Admins, admin_stack
 from tests.support.anvil import rpc, run_anvil
 from tests.support.node_scripts import ROOT, run_client_async
 from tests.support.proxy_client import Proxy
@@ -153,16 +153,24 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
                 "WHERE chain = 'acme' AND seq = $1", tampered)  # fmt: skip
         finally:
             await conn.close()
-        report = await browse("audit", url, shots, admins, ADMIN_KEY=admins.api_key["ada"])
+        other_tx = {"from": stack.address, "to": SINK, "value": hex(7000)}
+        _, answer = await proxy.call("eth_sendTransaction", [other_tx])
+        other = answer["error"]["data"]["approval_id"]
+        report = await browse("audit", url, shots, admins, ADMIN_KEY=admins.api_key["ada"],
+                              ADMIN_JWT=admins.jwt["bob"], JWT_PASSWORD=ADMIN_PASSWORD,
+                              APPROVAL_ID=other)  # fmt: skip
         seen = report["seen"]
         assert seen["intact"] == "false" and seen["broken"] == str(tampered), seen
         assert f"BROKEN at seq {tampered}" in seen["banner"]
         assert seen["tampered"] == [str(tampered)], seen
+        # With a JWT the console is read-only until the admin gives their password.
+        assert "read-only" in seen["jwt"]["who"] and seen["jwt"]["canApprove"] == 0, seen["jwt"]
+        assert "Sign in with your password" in seen["jwt"]["dialog"]
+        unlocked = seen["jwtWithPassword"]
+        assert unlocked["who"].startswith("bob · acme · admin") and "read-only" not in unlocked["who"]
+        assert unlocked["canApprove"] == 1, unlocked
 
         # A viewer and a signer cannot sign in; globex's admin sees and does nothing of acme's.
-        other_tx = {"from": stack.address, "to": SINK, "value": hex(7000)}
-        _, answer = await proxy.call("eth_sendTransaction", [other_tx])
-        other = answer["error"]["data"]["approval_id"]
         report = await browse("outsiders", url, shots, admins, VIEWER_JWT=stack.viewer_jwt,
                               SIGNER_KEY=stack.api_key, OTHER_KEY=admins.api_key["gina"],
                               ACCOUNT=stack.address, ACME_TX=mined_hash,
