@@ -167,7 +167,8 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
         assert "read-only" in seen["jwt"]["who"] and seen["jwt"]["canApprove"] == 0, seen["jwt"]
         assert "Sign in with your password" in seen["jwt"]["dialog"]
         unlocked = seen["jwtWithPassword"]
-        assert unlocked["who"].startswith("bob · acme · admin") and "read-only" not in unlocked["who"]
+        assert unlocked["who"].startswith("bob · acme · admin"), unlocked
+        assert "read-only" not in unlocked["who"]
         assert unlocked["canApprove"] == 1, unlocked
 
         # A viewer and a signer cannot sign in; globex's admin sees and does nothing of acme's.
