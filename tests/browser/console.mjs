@@ -117,8 +117,15 @@ try {
     report.seen.users = await page.innerText("#view");
     await shot(page, "users");
     await view(page, "#policy", "policy");
+    const draft = page.getByLabel("Policy draft (YAML)");
+    const source = await draft.inputValue();
+    await draft.fill(source.replace("action: hold", "action: hodl"));
     await page.getByRole("button", { name: "Validate" }).click();
-    await page.waitForFunction(() => /Valid/.test(document.getElementById("policy-output").textContent));
+    await page.waitForFunction(() => /valid/i.test(document.getElementById("policy-output").textContent));
+    report.seen.invalid = await page.textContent("#policy-output");
+    await draft.fill(source.replace("gt: 1000}", "gt: 100000}"));
+    await page.getByRole("button", { name: "Validate" }).click();
+    await page.waitForFunction((before) => !["…", before].includes(document.getElementById("policy-output").textContent), report.seen.invalid);
     report.seen.validate = await page.textContent("#policy-output");
     await page.getByRole("button", { name: "Dry-run" }).click();
     await page.waitForFunction(() => /Replayed/.test(document.getElementById("policy-output").textContent));
@@ -133,9 +140,12 @@ try {
     const phone = await newPage(390, 844);
     await signIn(phone, env.ADMIN_KEY);
     await phone.waitForSelector('#view[data-view="approvals"][aria-busy="false"]');
+    await view(phone, "#approvals?state=used", "approvals");
+    const overflow = () => phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+    report.seen.phoneOverflow = await overflow();
     await shot(phone, "phone-approvals");
     await view(phone, `#account/${env.ACCOUNT}`, "account");
-    report.seen.phoneOverflow = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+    report.seen.phoneOverflow ||= await overflow();
     await shot(phone, "phone-account");
     await collect(phone);
   } else if (env.CONSOLE_SCENARIO === "audit") {

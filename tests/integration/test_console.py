@@ -132,7 +132,12 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
         assert seen["audit"] == "true"
         assert "victor" in seen["users"] and "gina" not in seen["users"]
         assert seen["validate"] == "Valid."
-        assert re.match(r"Replayed \d+ requests; 0 decisions would change\.", seen["dryRun"])
+        assert seen["invalid"].startswith("Not valid: policy file: line "), seen["invalid"]
+        assert "hodl" in seen["invalid"]
+        # The draft lifting the threshold would have let the held request through.
+        assert re.match(r"Replayed \d+ requests; [1-9]\d* decisions would change\.",
+                        seen["dryRun"]), seen["dryRun"]  # fmt: skip
+        assert "hold(big-transfers) → allow" in seen["dryRun"], seen["dryRun"]
         assert CHAIN_ID == 1337 and "Chain id 1337" in seen["nodes"]
         assert not seen["phoneOverflow"], "the page is wider than a phone's screen"
         # The vote is audited, with the console's comment.
