@@ -237,7 +237,7 @@ async function transactionsView(view, params) {
 }
 
 async function transactionView(view, hash) {
-  const life = await api("GET", `/transactions/${hash}`);
+  const life = await api("GET", `/transactions/${encodeURIComponent(hash)}`);
   const t = life.transaction;
   view.append(h("h2", {}, "Transaction"),
     facts([["Hash", h("span", { class: "mono" }, t.hash)], ["Account", h("a", { href: `#account/${t.account}` }, t.account)],
@@ -263,7 +263,8 @@ async function accountsView(view) {
 }
 
 async function accountView(view, address) {
-  const [account, page] = await Promise.all([api("GET", `/accounts/${address}`),
+  // (Path parts from the address bar are encoded: a crafted link cannot steer the call elsewhere.)
+  const [account, page] = await Promise.all([api("GET", `/accounts/${encodeURIComponent(address)}`),
     api("GET", "/transactions", { query: { account: address, limit: 100 } })]);
   const l = account.ledger;
   const items = [...page.items].sort((x, y) => x.nonce - y.nonce || (x.created_at < y.created_at ? -1 : 1));
