@@ -129,6 +129,7 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
         assert "sent" in states and states[-1] == "mined", states
         assert states.index("sent") < states.index("mined") and not seen["reloaded"], states
         assert "decision · allow" in seen["life"] and "signed · sent" in seen["life"], seen["life"]
+        assert "null" not in seen["life"] and "undefined" not in seen["life"], seen["life"]
         assert seen["audit"] == "true"
         assert "victor" in seen["users"] and "gina" not in seen["users"]
         assert seen["validate"] == "Valid."

@@ -249,8 +249,8 @@ async function transactionView(view, hash) {
     h("ol", { class: "timeline" }, life.events.map((e) => h("li", {},
       h("strong", {}, `${e.content.kind} · ${e.content.action}`), ` — ${when(e.at)} (seq ${e.seq})`,
       e.content.rule ? ` rule ${e.content.rule}` : ""))),
-    life.earlier.length ? h("h3", {}, "Earlier rows with the same bytes") : null,
-    life.earlier.length ? table("Earlier rows", ["Hash", "Account", "Nonce", "State", "Kind", "User", "Block", "Created"], life.earlier.map(txRow)) : null);
+    ...(life.earlier.length ? [h("h3", {}, "Earlier rows with the same bytes"),
+      table("Earlier rows", ["Hash", "Account", "Nonce", "State", "Kind", "User", "Block", "Created"], life.earlier.map(txRow))] : []));
 }
 
 async function accountsView(view) {
@@ -378,9 +378,11 @@ async function nodesView(view) {
 const VIEWS = { approvals: approvalsView, transactions: transactionsView, accounts: accountsView,
   audit: auditView, users: usersView, policy: policyView, nodes: nodesView };
 let current = "";
+let routing = 0;
 
 async function route() {
   if (!me) return;
+  const mine = ++routing;  // a slower, older call must not replace the view drawn after it
   const [path, search] = (location.hash.slice(1) || "approvals").split("?");
   const params = new URLSearchParams(search || "");
   const [name, arg] = path.split("/");
@@ -395,11 +397,13 @@ async function route() {
     if (name === "tx" && arg) await transactionView(view, arg);
     else if (name === "account" && arg) await accountView(view, arg);
     else await (VIEWS[name] || approvalsView)(view, params);
+    if (mine !== routing) return;
     view.setAttribute("aria-busy", "false");
     $("view").replaceWith(view);
     document.title = `${view.querySelector("h2")?.textContent ?? "Console"} · quorum-signer`;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) { signOut(error.message); return; }
+    if (mine !== routing) return;
     view.append(h("h2", {}, "Cannot show this"), h("p", { class: "error", role: "alert" },
       error instanceof ApiError ? `${error.code}: ${error.message}` : String(error)));
     view.setAttribute("aria-busy", "false");
@@ -425,7 +429,13 @@ onEvent((event) => {
   // (A list of transactions is read again only for a row it lacks: its filters and pages stay.)
   const stale = ["account", "accounts", "tx"].includes(current) || (current === "transactions" && !shown.length);
   if (stale && !refresh) {
-    refresh = setTimeout(() => { refresh = null; if (!$("confirm").open) route(); }, shown.length ? 1000 : 250);
+    // Only the view that heard the event is read again: one left meanwhile (a policy being
+    // edited, say) is never redrawn under the user's hands.
+    const heard = location.hash;
+    refresh = setTimeout(() => {
+      refresh = null;
+      if (location.hash === heard && !$("confirm").open) route();
+    }, shown.length ? 1000 : 250);
   }
 });
 
