@@ -206,6 +206,7 @@ class WebhookDeliverer:
         self._runner: asyncio.Task[None] | None = None
         self._delivering: dict[str, asyncio.Task[None]] = {}
         self._pruned_at = 0.0
+        self._closing = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -215,6 +216,10 @@ class WebhookDeliverer:
         self._runner = asyncio.create_task(self._run(), name="webhooks")
 
     async def close(self) -> None:
+        # The flag too, not only the cancel: a cancel can be swallowed on its way (Python 3.11's
+        # wait_for returns the event when a cancel meets its setting; a database call may eat
+        # one), and the loop then ran on while close() waited for it forever.
+        self._closing = True
         tasks = [t for t in (self._runner, *self._delivering.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -234,7 +239,7 @@ class WebhookDeliverer:
     async def _run(self) -> None:
         due = self._events.webhooks_due
         failing = False
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(due.wait(), POLL_SECONDS)
             due.clear()
