@@ -175,6 +175,15 @@ try {
       await shot(page, `approvals-${label}`);
       await dialog.getByRole("button", { name: "Cancel" }).click();
     }
+    // Users and keys: bob revokes his own API key (he is signed in with his JWT).
+    await view(page, "#users", "users");
+    await page.locator("tr", { has: page.getByRole("cell", { name: "bob", exact: true }) })
+      .getByRole("button", { name: /^Revoke key / }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Revoke" }).click();
+    await page.waitForFunction(() => /revoked/.test(document.getElementById("status").textContent));
+    report.seen.revoked = await page.textContent("#status");
+    await page.waitForSelector('#view[data-view="users"][aria-busy="false"]');
+    await shot(page, "users-revoked");
     await collect(page);
   } else if (env.CONSOLE_SCENARIO === "outsiders") {
     const page = await newPage();

@@ -176,6 +176,10 @@ async def test_console_approves_watches_nonces_and_shows_a_tampered_audit_row(
         assert unlocked["who"].startswith("bob · acme · admin"), unlocked
         assert "read-only" not in unlocked["who"]
         assert unlocked["canApprove"] == 1, unlocked
+        # The key revoked from the users view no longer authenticates.
+        assert re.fullmatch(r"key [0-9a-f]{16} revoked", seen["revoked"]), seen["revoked"]
+        status, _ = await admin.as_(admins.api_key["bob"]).request("GET", "/me")
+        assert status == 401
 
         # A viewer and a signer cannot sign in; globex's admin sees and does nothing of acme's.
         report = await browse("outsiders", url, shots, admins, VIEWER_JWT=stack.viewer_jwt,
