@@ -4,6 +4,8 @@ nonces, transactions, held requests, the audit log, users and API keys, the poli
 `routes` runs every call (authentication, the admin role, input models, one error shape,
 metrics), `api` holds the routes, `models` their typed input and answers, `queries` the SQL,
 and `openapi` the OpenAPI 3.1 document generated from them, served at /admin/api/openapi.json.
+`serving` serves the web console at /admin/ (the static files of `console/`) and puts the
+Content-Security-Policy on every answer under /admin/.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from proxy.admin.metrics import AdminMetrics
 from proxy.admin.openapi import document
 from proxy.admin.routes import PREFIX, ROUTES, error_answer
 from proxy.admin.routes import serve as serve_route
+from proxy.admin.serving import add_console
 from proxy.context import Services
 from proxy.errors import MethodNotAllowed, NotFound
 
 
 def add_routes(app: web.Application, services_of: Callable[[web.Request], Services],
                registry: CollectorRegistry) -> None:  # fmt: skip
-    """Every admin API route on `app`, its OpenAPI document, and JSON errors for the rest of
-    /admin/api/ (404, or 405 for a known route with another method)."""
+    """Every admin API route on `app`, its OpenAPI document, JSON errors for the rest of
+    /admin/api/ (404, or 405 for a known route with another method), and the web console."""
     metrics = AdminMetrics(registry)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, serve_route(route, services_of, metrics))
@@ -54,6 +57,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Servic
 
     app.router.add_route("*", PREFIX + "/{tail:.*}", unmatched)
     app.router.add_route("*", PREFIX, unmatched)
+    add_console(app)  # after the API's routes: /admin/{file} must not take /admin/api
 
 
 def _matches(template: str, path: str) -> bool:

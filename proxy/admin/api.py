@@ -22,6 +22,7 @@ from policy.parse import PolicyError, parse_policy
 from proxy import logs
 from proxy.admin import models as m
 from proxy.admin import queries as q
+from proxy.admin.calls import decode_call
 from proxy.admin.routes import Call, route
 from proxy.audit.export import export_lines, verify_database
 from proxy.audit.records import AuditEvent
@@ -229,7 +230,9 @@ async def _approval(call: Call, row: Any) -> m.ApprovalView:
         id=row["id"], state=state, requester=row["requester"], method=row["method"],
         rule=row["rule"], policy_version=row["policy_version"], needed=row["needed"],
         approvals=sum(v.vote == "approve" for v in votes), votes=votes,
-        summary=json.loads(row["summary"]), request=request, created_at=row["created_at"],
+        summary=json.loads(row["summary"]), request=request,
+        call=decode_call(request.get("data"), bool(request.get("data_cut"))) if request else None,
+        created_at=row["created_at"],
         expires_at=row["expires_at"], decided_at=row["decided_at"],
         used_at=row["used_at"])  # fmt: skip
 

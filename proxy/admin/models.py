@@ -210,6 +210,24 @@ class VoteView(Output):
     at: datetime
 
 
+class DecodedCall(Output):
+    """The held request's calldata as an approver reads it."""
+
+    selector: str | None = Field(description="the first 4 bytes of the data, 0x-hex; null "
+                                 "without data (a plain transfer of value)")  # fmt: skip
+    function: str | None = Field(description="the function called, as its canonical signature "
+                                 "(`transfer(address,uint256)`), when the selector is one the "
+                                 "proxy knows (ERC-20 transfer, transferFrom, approve); null "
+                                 "otherwise: read `selector` and `data`")  # fmt: skip
+    args: dict[str, str] | None = Field(
+        description="the function's arguments by name: addresses EIP-55, integers as decimal "
+        "strings"
+    )
+    data: str = Field(description="the raw data as audited, 0x-hex")
+    data_cut: bool = Field(description="the audit kept only the data's first bytes")
+    problem: str | None = Field(description="why a known function's arguments do not decode")
+
+
 class ApprovalView(Output):
     id: str
     state: ApprovalState
@@ -223,6 +241,11 @@ class ApprovalView(Output):
     summary: dict[str, Any] = Field(description="what the request would do: account, to, value")
     request: dict[str, Any] | None = Field(
         description="the held request as the audit log recorded its decision (to, value, data, gas)"
+    )
+    call: DecodedCall | None = Field(
+        None,
+        description="`request.data` decoded: the function and its arguments where known, else "
+        "the selector",
     )
     created_at: datetime
     expires_at: datetime

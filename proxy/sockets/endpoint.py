@@ -2,11 +2,11 @@
 the same dispatch (`proxy.dispatch`), plus `eth_subscribe` / `eth_unsubscribe`.
 
 At the upgrade: the page's `Origin`, when a browser sends one, must be in QSIGNER_CORS_ORIGINS
-(403 otherwise); the caller authenticates as over HTTP (API key in the path, `Authorization:
-Bearer`, `X-Signer-Password`, `Quorum-PSI`) or, for browsers, which cannot set headers, with
-`Sec-WebSocket-Protocol: qsigner, bearer.<JWT or API key>[, password.<base64url>]`. A refusal is
-an HTTP answer with a JSON-RPC error, as over HTTP (401, 403, 429). Every message of the socket
-is then that caller's.
+or the proxy's own (the web console; 403 otherwise); the caller authenticates as over HTTP (API
+key in the path, `Authorization: Bearer`, `X-Signer-Password`, `Quorum-PSI`) or, for browsers,
+which cannot set headers, with `Sec-WebSocket-Protocol: qsigner, bearer.<JWT or API key>[,
+password.<base64url>]`. A refusal is an HTTP answer with a JSON-RPC error, as over HTTP (401,
+403, 429). Every message of the socket is then that caller's.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ HEARTBEAT_SECONDS = 30.0  # a ping to clients: dead peers are found, idle socket
 IN_FLIGHT_PER_SOCKET = 64  # messages of one socket served at once; more wait to be read
 
 
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], host: str | None = None) -> bool:
     """A socket opened by a web page (a browser sends its `Origin`) only from an allowed
-    origin, as CORS preflights; clients outside browsers send none."""
-    return origin is None or "*" in allowed or origin in allowed
+    origin, as CORS preflights, or from the proxy's own pages (the web console at /admin/: the
+    origin's host is the one the browser connects to); clients outside browsers send none."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return host is not None and origin.partition("://")[2] == host
 
 
 def protocol_credentials(request: web.Request) -> tuple[str | None, str | None]:
@@ -79,7 +82,7 @@ async def serve(request: web.Request, services: Services) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPMethodNotAllowed("GET", ["POST", "OPTIONS"])
     origin = request.headers.get("Origin")
-    if not origin_allowed(origin, settings.cors_origins):
+    if not origin_allowed(origin, settings.cors_origins, request.host):
         forbidden = Forbidden(f"this origin may not open a socket (QSIGNER_CORS_ORIGINS): "
                               f"{origin}")  # fmt: skip
         return web.json_response(rpc.error(None, forbidden), status=403)

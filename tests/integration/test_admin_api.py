@@ -234,6 +234,7 @@ async def test_approving_and_rejecting_as_the_cli_does(
         assert shown["id"] == approval and shown["state"] == "pending" and shown["approvals"] == 0
         assert shown["requester"] == "alice" and shown["rule"] == "big-transfers"
         assert shown["summary"]["value"] == "5000" and shown["request"]["to"] == SINK, shown
+        assert shown["call"] is None, shown  # a plain transfer of value: no calldata to decode
         assert await admin.ok("GET", f"/approvals/{approval}") == shown
 
         async with audit_rows(database_url) as written:

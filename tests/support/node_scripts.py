@@ -18,3 +18,23 @@ def run_client(script: Path, env: dict[str, str], timeout: float = 120) -> dict[
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return report
+
+
+async def run_client_async(script: Path, env: dict[str, str], timeout: float = 120
+                           ) -> dict[str, Any]:  # fmt: skip
+    """`run_client` for a test whose server runs in its own event loop (the proxy in process):
+    the script runs while the loop goes on serving it."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        "node", str(script), cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, stderr.decode()
+    report: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return report

@@ -50,6 +50,10 @@ def test_origins_and_api_key_ids() -> None:
     assert not origin_allowed("https://a.example", ())
     assert origin_allowed("https://a.example", ("https://a.example",))
     assert origin_allowed("https://b.example", ("*",))
+    # The proxy's own pages (the web console): the origin's host is the one connected to.
+    assert origin_allowed("http://signer.example:8545", (), "signer.example:8545")
+    assert not origin_allowed("http://evil.example", (), "signer.example:8545")
+    assert not origin_allowed("http://signer.example:8545.evil.example", (), "signer.example:8545")
     assert api_key_id("qsk_0123456789abcdef_" + "s" * 43) == "0123456789abcdef"
     assert api_key_id("eyJhbGciOi.x.y") is None
 
