@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.admin import (
     ADMIN_PASSWORD,
+    HOLD_BIG,
     AdminClient,
     Admins,
     admin_stack,
@@ -117,17 +118,6 @@ async def test_an_admin_reads_accounts_transactions_audit_users_policy_and_nodes
         nodes = await admin.ok("GET", "/nodes")
         assert nodes["chain_id"] == CHAIN_ID and nodes["nodes"][0]["ok"] is True
         assert nodes["history"][0]["ok"] is True
-
-
-HOLD_BIG = """
-    version: 1
-    default: allow
-    rules:
-      - name: big-transfers
-        action: hold
-        match: {value: {gt: 1000}}
-    approvals: {approvers: 1, expire: 1h}
-    """
 
 
 async def _held(proxy: Proxy, value: int, headers: dict[str, str] | None = None) -> str:

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from policy import abi
-from tests.support.admin import ADMIN_PASSWORD, AdminClient, Admins, admin_stack
+from tests.support.admin import ADMIN_PASSWORD, HOLD_BIG, AdminClient, Admins, admin_stack
 from tests.support.anvil import rpc, run_anvil
 from tests.support.node_scripts import ROOT, run_client_async
 from tests.support.proxy_client import Proxy
@@ -31,15 +31,6 @@ from tests.support.stack import CHAIN_ID, in_process
 SCRIPT = ROOT / "tests" / "browser" / "console.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SINK = "0x000000000000000000000000000000000000dEaD"
-HOLD_BIG = """
-    version: 1
-    default: allow
-    rules:
-      - name: big-transfers
-        action: hold
-        match: {value: {gt: 1000}}
-    approvals: {approvers: 1, expire: 1h}
-    """
 FILES = ("", "app.js", "api.js", "live.js", "console.css")
 
 

@@ -19,6 +19,16 @@ from signer.pkcs11 import Hsm
 from tests.support.stack import Stack, build_stack
 
 ADMIN_PASSWORD = "admin-pw-" + "k" * 10
+# A policy that holds transfers above 1000 wei for one admin's approval (an hour to decide).
+HOLD_BIG = """
+    version: 1
+    default: allow
+    rules:
+      - name: big-transfers
+        action: hold
+        match: {value: {gt: 1000}}
+    approvals: {approvers: 1, expire: 1h}
+    """
 
 
 @dataclass
